@@ -1,0 +1,264 @@
+"""Synthetic messages and their related documents, for tests, the demo and benchmarks.
+
+One ``messages`` index and three related indices keyed by ``message_id``:
+
+* ``history`` — 0..``max_history`` events per message (created, edited, forwarded...);
+* ``status`` — at most one current status per message, with the changes that led to it;
+* ``audit`` — 0..``max_audit`` access records per message.
+
+A share of messages (``no_related_ratio``) has no related document at all. Text mixes
+scripts and emoji. Everything is a pure function of the :class:`DatasetSpec`, so the same
+seed gives the same documents; :func:`load` bulk-loads them with the client's bulk
+helpers and returns how many documents each index received.
+
+Command line: ``python -m include.datagen --messages 10000 --start 2024-03-01 --end 2024-03-08``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
+ROLES = ("messages", "history", "status", "audit")
+
+_WORDS = (
+    "invoice",
+    "meeting",
+    "report",
+    "shipment",
+    "delay",
+    "approved",
+    "question",
+    "follow-up",
+    "Grüße",
+    "naïve",
+    "café",
+    "Zürich",
+    "Ωmega",
+    "Привет",
+    "日本語",
+    "テスト",
+    "中文",
+    "한국어",
+    "مرحبا",
+    "שלום",
+    "नमस्ते",
+    "emoji🚀",
+    "ok👍",
+    "€100",
+    "‰",
+    "tab\tseparated",
+    'quote"d',
+    "back\\slash",
+)
+_CHANNELS = ("email", "sms", "chat", "push")
+_EVENTS = ("created", "edited", "forwarded", "replied", "archived", "restored")
+_STATUSES = ("received", "queued", "delivered", "read", "failed", "bounced")
+_ACTIONS = ("view", "export", "print", "share", "redact")
+
+
+@dataclass(frozen=True)
+class IndexNames:
+    """Names of the four indices; defaults match ``include/backfill_defaults.json``."""
+
+    messages: str = "messages"
+    history: str = "history"
+    status: str = "status"
+    audit: str = "audit"
+
+    def of(self, role: str) -> str:
+        return getattr(self, role)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """What to generate. ``start``/``end`` bound message timestamps, half-open: [start, end)."""
+
+    messages: int
+    start: datetime
+    end: datetime
+    seed: int = 42
+    max_history: int = 6
+    max_audit: int = 4
+    no_related_ratio: float = 0.1
+    body_words: int = 40
+    indices: IndexNames = field(default_factory=IndexNames)
+
+    def __post_init__(self) -> None:
+        if self.start.tzinfo is None or self.end.tzinfo is None:
+            raise ValueError("start and end must be timezone-aware (UTC)")
+        if self.end <= self.start:
+            raise ValueError(f"end ({self.end}) must be after start ({self.start})")
+        if self.messages < 0 or self.max_history < 0 or self.max_audit < 0:
+            raise ValueError("messages, max_history and max_audit must not be negative")
+        if not 0.0 <= self.no_related_ratio <= 1.0:
+            raise ValueError("no_related_ratio must be within [0, 1]")
+
+
+@dataclass
+class DatasetCounts:
+    """How many documents each index got."""
+
+    messages: int = 0
+    history: int = 0
+    status: int = 0
+    audit: int = 0
+
+    def add(self, role: str) -> None:
+        setattr(self, role, getattr(self, role) + 1)
+
+    def as_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+def iso_millis(moment: datetime) -> str:
+    """UTC timestamp with millisecond precision, the way Elasticsearch stores ``date`` fields."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def message_id(index: int) -> str:
+    return f"msg-{index:09d}"
+
+
+def _text(rng: random.Random, words: int) -> str:
+    return " ".join(rng.choice(_WORDS) for _ in range(words))
+
+
+def _timestamp(rng: random.Random, start: datetime, span_ms: int) -> datetime:
+    return start + timedelta(milliseconds=rng.randrange(span_ms))
+
+
+def generate(spec: DatasetSpec) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """Yield ``(role, document id, source)`` for every document, message first, then its related ones."""
+    rng = random.Random(spec.seed)
+    span_ms = max(1, int((spec.end - spec.start).total_seconds() * 1000))
+    for i in range(spec.messages):
+        mid = message_id(i)
+        created = _timestamp(rng, spec.start, span_ms)
+        body = _text(rng, rng.randint(1, spec.body_words))
+        yield (
+            "messages",
+            mid,
+            {
+                "message_id": mid,
+                "@timestamp": iso_millis(created),
+                "channel": rng.choice(_CHANNELS),
+                "sender": f"user{rng.randrange(1000)}@example.com",
+                "recipients": [f"user{rng.randrange(1000)}@example.com" for _ in range(rng.randint(1, 3))],
+                "subject": _text(rng, rng.randint(1, 6)),
+                "body": body,
+                "size_bytes": len(body.encode()),
+                "tags": sorted({rng.choice(_WORDS) for _ in range(rng.randint(0, 3))}),
+            },
+        )
+        if rng.random() < spec.no_related_ratio:
+            continue
+        yield from _related(rng, spec, mid, created)
+
+
+def _related(
+    rng: random.Random, spec: DatasetSpec, mid: str, created: datetime
+) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    moment = created
+    for j in range(rng.randint(0, spec.max_history)):
+        moment += timedelta(seconds=rng.randint(1, 3600))
+        yield (
+            "history",
+            f"{mid}-h{j:03d}",
+            {
+                "message_id": mid,
+                "event_id": f"{mid}-h{j:03d}",
+                "@timestamp": iso_millis(moment),
+                "event": rng.choice(_EVENTS),
+                "actor": f"user{rng.randrange(1000)}",
+                "details": _text(rng, rng.randint(0, 8)),
+            },
+        )
+    changes = []
+    previous = "received"
+    moment = created
+    for _ in range(rng.randint(0, 3)):
+        moment += timedelta(seconds=rng.randint(1, 600))
+        current = rng.choice(_STATUSES)
+        changes.append({"from": previous, "to": current, "at": iso_millis(moment)})
+        previous = current
+    yield "status", mid, {"message_id": mid, "status": previous, "updated_at": iso_millis(moment), "changes": changes}
+    for k in range(rng.randint(0, spec.max_audit)):
+        yield (
+            "audit",
+            f"{mid}-a{k:03d}",
+            {
+                "message_id": mid,
+                "audit_id": f"{mid}-a{k:03d}",
+                "@timestamp": iso_millis(created + timedelta(seconds=rng.randint(1, 86_400))),
+                "action": rng.choice(_ACTIONS),
+                "user": f"auditor{rng.randrange(50)}",
+                "ip": f"10.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+            },
+        )
+
+
+def create_indices(es: Any, names: IndexNames, *, recreate: bool = True) -> None:
+    """Create the four indices from the mappings in ``include/mappings`` (dropping old ones if asked)."""
+    for role in ROLES:
+        body = json.loads((MAPPINGS_DIR / f"{role}.json").read_text())
+        name = names.of(role)
+        if recreate:
+            es.options(ignore_status=404).indices.delete(index=name)
+        es.indices.create(index=name, settings=body["settings"], mappings=body["mappings"])
+
+
+def load(es: Any, spec: DatasetSpec, *, chunk_size: int = 2000, recreate: bool = True) -> DatasetCounts:
+    """Create the indices, bulk-load the dataset, refresh, and return the per-index counts."""
+    from elasticsearch import helpers
+
+    create_indices(es, spec.indices, recreate=recreate)
+    counts = DatasetCounts()
+
+    def actions() -> Iterator[dict[str, Any]]:
+        for role, doc_id, source in generate(spec):
+            counts.add(role)
+            yield {"_index": spec.indices.of(role), "_id": doc_id, "_source": source}
+
+    bulk = helpers.streaming_bulk(es, actions(), chunk_size=chunk_size, raise_on_error=True)
+    for loaded, _ in enumerate(bulk, start=1):
+        if loaded % 100_000 == 0:
+            log.info("Loaded %s documents", loaded)
+    es.indices.refresh(index=",".join(spec.indices.of(role) for role in ROLES))
+    log.info("Loaded dataset %s", counts.as_dict())
+    return counts
+
+
+def _parse_utc(text: str) -> datetime:
+    moment = datetime.fromisoformat(text)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--es-url", required=True)
+    parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--start", type=_parse_utc, default=_parse_utc("2024-03-01"))
+    parser.add_argument("--end", type=_parse_utc, default=_parse_utc("2024-03-08"))
+    parser.add_argument("--seed", type=int, default=42)
+    args = parser.parse_args(argv)
+    from elasticsearch import Elasticsearch
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    with Elasticsearch(args.es_url, request_timeout=60) as es:
+        counts = load(es, DatasetSpec(messages=args.messages, start=args.start, end=args.end, seed=args.seed))
+    print(json.dumps(counts.as_dict()))
+
+
+if __name__ == "__main__":
+    main()

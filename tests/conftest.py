@@ -1,0 +1,80 @@
+"""Shared fixtures: an isolated Airflow home, and the real Elasticsearch and S3 servers.
+
+The servers start once per test session, only when a test asks for them, and a
+server that cannot start fails the run loudly: nothing is skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Airflow reads its configuration on first import, so this happens before any test imports it.
+_AIRFLOW_HOME = tempfile.mkdtemp(prefix="es-backfill-airflow-")
+os.environ.update(
+    {
+        "AIRFLOW_HOME": _AIRFLOW_HOME,
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+    }
+)
+
+from include.devservers.elasticsearch import RunningCluster, running_elasticsearch  # noqa: E402
+from include.devservers.s3 import RunningS3, aws_connection_uri, running_s3  # noqa: E402
+
+
+def _announce(config: pytest.Config, line: str) -> None:
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter:
+        reporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def es_cluster(pytestconfig: pytest.Config) -> Iterator[RunningCluster]:
+    with running_elasticsearch() as cluster:
+        _announce(pytestconfig, f"Elasticsearch {cluster.version} at {cluster.url}")
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def es_client(es_cluster: RunningCluster):
+    from elasticsearch import Elasticsearch
+
+    with Elasticsearch(es_cluster.url, request_timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def s3_server(pytestconfig: pytest.Config) -> Iterator[RunningS3]:
+    with running_s3() as server:
+        _announce(pytestconfig, f"S3 server at {server.endpoint_url}")
+        os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = aws_connection_uri(server.endpoint_url)
+        yield server
+        os.environ.pop("AIRFLOW_CONN_AWS_DEFAULT", None)
+
+
+@pytest.fixture
+def s3_bucket(s3_server: RunningS3) -> str:
+    """A new, empty bucket on the S3 server, reached through ``aws_default``."""
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    S3Hook(aws_conn_id="aws_default").create_bucket(bucket_name=name)
+    return name
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> None:
+    """A migrated SQLite metadata database, which ``dag.test()`` needs."""
+    subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=600)
