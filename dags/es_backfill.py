@@ -1,0 +1,204 @@
+"""
+### Elasticsearch → S3 backfill
+
+Copies the messages of a date range out of Elasticsearch, joins each message with its
+history, status and audit documents, and writes the records as JSON to S3.
+
+* **plan** checks the conf and the cluster, and splits `[start, end)` into windows.
+* **extract** runs once per window (a mapped task named after its window), inside the
+  `es_backfill` pool, which caps how many windows read Elasticsearch at once. A window's
+  objects have fixed keys and its manifest is written last, so a failed window is retried
+  by clearing its task, and a re-triggered run skips the windows already complete.
+* **summarise** writes the run manifest and fails if any window's written count differs
+  from Elasticsearch's.
+
+Output: `s3://{s3_bucket}/{s3_prefix}/{backfill_name}/dt=YYYY-MM-DD/{window}/part-NNNNN.jsonl.gz`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import pendulum
+from airflow.sdk import Param, dag, task
+from airflow.sdk.exceptions import AirflowFailException
+
+from es_backfill.config import (
+    OUTPUT_FORMATS,
+    PAGE_SIZE_MAX,
+    PAGE_SIZE_MIN,
+    BackfillConfig,
+    ConfigError,
+    from_params,
+    load_defaults,
+)
+
+log = logging.getLogger(__name__)
+
+POOL = os.environ.get("ES_BACKFILL_POOL", "es_backfill")
+DEFAULTS_FILE = Path(
+    os.environ.get("ES_BACKFILL_DEFAULTS", Path(__file__).resolve().parents[1] / "include" / "backfill_defaults.json")
+)
+INSTANT_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
+
+
+def _config(params: dict[str, Any] | None) -> BackfillConfig:
+    assert params is not None, "Airflow passes the run's params to every task"
+    try:
+        return from_params(params, load_defaults(DEFAULTS_FILE))
+    except ConfigError as err:
+        raise AirflowFailException(str(err)) from err  # bad input: retrying cannot help
+
+
+@dag(
+    dag_id="es_backfill",
+    schedule=None,
+    start_date=pendulum.datetime(2024, 1, 1, tz="UTC"),
+    catchup=False,
+    doc_md=__doc__,
+    tags=["backfill", "elasticsearch", "s3"],
+    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30), "retry_exponential_backoff": True},
+    params={
+        "start": Param(
+            "2024-03-01",
+            type="string",
+            pattern=INSTANT_PATTERN,
+            title="Start (UTC, inclusive)",
+            description="First instant to copy: a date (2024-03-01) or date-time (2024-03-01T06:00:00Z).",
+        ),
+        "end": Param(
+            "2024-03-08",
+            type="string",
+            pattern=INSTANT_PATTERN,
+            title="End (UTC, exclusive)",
+            description="First instant not copied; must be after start. The range is [start, end).",
+        ),
+        "window": Param(
+            "1d",
+            type="string",
+            pattern=r"^\s*[1-9]\d*\s*[smhd]\s*$",
+            title="Window size",
+            description="Length of one mapped task's slice of the range: 1d, 6h, 15m, 30s.",
+        ),
+        "query": Param(
+            None,
+            type=["object", "null"],
+            title="Message filter",
+            description='Optional Elasticsearch query DSL applied to messages, e.g. {"term": {"channel": "email"}}.',
+        ),
+        "backfill_name": Param(
+            None,
+            type=["string", "null"],
+            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+            title="Backfill name",
+            description="Output folder name. Empty: derived from start, end and window, so a re-trigger "
+            "of the same range resumes into the same keys.",
+        ),
+        "s3_bucket": Param(
+            "es-backfill",
+            type="string",
+            pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
+            title="S3 bucket",
+            description="Bucket that receives the output (through the aws_default connection).",
+        ),
+        "s3_prefix": Param(
+            "es-backfill", type="string", title="S3 prefix", description="Key prefix above the backfill folder."
+        ),
+        "output_format": Param(
+            "jsonl.gz",
+            type="string",
+            enum=list(OUTPUT_FORMATS),
+            title="Output format",
+            description="jsonl.gz (gzip JSON Lines parts), jsonl, or json (one object per message).",
+        ),
+        "page_size": Param(
+            1000,
+            type="integer",
+            minimum=PAGE_SIZE_MIN,
+            maximum=PAGE_SIZE_MAX,
+            title="Page size",
+            description=f"Messages per Elasticsearch request ({PAGE_SIZE_MIN}..{PAGE_SIZE_MAX}).",
+        ),
+        "balance_windows": Param(
+            False,
+            type="boolean",
+            title="Balance windows",
+            description="Cut windows so each holds about as many messages (one date_histogram request).",
+        ),
+        "dry_run": Param(
+            False,
+            type="boolean",
+            title="Dry run",
+            description="Only plan: per-window counts and an estimate of the output size; nothing is written.",
+        ),
+        "force": Param(
+            False,
+            type="boolean",
+            title="Force",
+            description="Rewrite windows even when their manifest says they are complete.",
+        ),
+        "source": Param(
+            {},
+            type="object",
+            title="Source overrides",
+            description="Overrides of include/backfill_defaults.json for this run (index names, fields, "
+            'related indices, connection ids), e.g. {"messages": {"index": "messages-2024", ...}}.',
+        ),
+    },
+)
+def es_backfill():
+    @task
+    def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        from airflow.configuration import conf
+
+        from es_backfill.hooks import es_reader
+        from es_backfill.plan import check_cluster, dry_run_report, plan_windows
+        from es_backfill.summary import log_dry_run
+
+        config = _config(params)
+        reader = es_reader(config.source)
+        try:
+            check_cluster(config, reader)
+            windows = plan_windows(config, reader, conf.getint("core", "max_map_length"))
+        except ConfigError as err:
+            raise AirflowFailException(str(err)) from err
+        if config.dry_run:
+            log_dry_run(dry_run_report(config, reader, windows))
+            return []  # nothing to extract
+        return [w.to_dict() for w in windows]
+
+    @task(
+        pool=POOL,
+        map_index_template="{{ task.op_kwargs['window']['label'] }}",
+        execution_timeout=pendulum.duration(hours=6),
+        retry_exponential_backoff=True,
+        max_retry_delay=pendulum.duration(minutes=10),
+    )
+    def extract(window: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        from es_backfill.extract import run_window
+        from es_backfill.hooks import es_reader, object_store
+        from es_backfill.windows import Window
+
+        config = _config(params)
+        store = object_store(config.source.aws_conn_id, config.s3_bucket)
+        return run_window(config, Window.from_dict(window), es_reader(config.source), store).to_dict()
+
+    @task(trigger_rule="none_failed")
+    def summarise(results: list[dict[str, Any]], params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+        from es_backfill.hooks import object_store
+        from es_backfill.summary import summarise
+
+        config = _config(params)
+        if config.dry_run:
+            log.info("Dry run: nothing was written; the plan task's log shows the windows and the estimate")
+            return None
+        return summarise(config, list(results), object_store(config.source.aws_conn_id, config.s3_bucket))
+
+    results = extract.expand(window=plan())
+    summarise(results)
+
+
+es_backfill()

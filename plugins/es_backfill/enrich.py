@@ -1,0 +1,87 @@
+"""Batched lookups of the documents related to a page of messages.
+
+For each related index, one ``terms`` query on the join field covers a whole page of
+message ids, paged with ``search_after`` inside a point in time when a batch has more
+hits than one request returns. Never one request per message. Related documents come
+back grouped by message id, ordered by the index's sort fields and then by index and
+document id, so the output is the same however Elasticsearch orders ties.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from contextlib import ExitStack
+from typing import Any
+
+from es_backfill.config import RelatedIndex
+from es_backfill.source import EsReader, PointInTime
+
+log = logging.getLogger(__name__)
+
+RelatedDocs = dict[str, dict[str, list[dict[str, Any]]]]  # related name -> message id -> sources
+
+
+class RelatedLookup:
+    """Points in time over the related indices for one window; a context manager that closes them."""
+
+    def __init__(self, reader: EsReader, related: Sequence[RelatedIndex], keep_alive: str, page_size: int) -> None:
+        self.reader = reader
+        self.related = related
+        self.keep_alive = keep_alive
+        self.page_size = page_size
+        self._stack = ExitStack()
+        self._pits: dict[str, PointInTime] = {}
+
+    def __enter__(self) -> RelatedLookup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def _pit(self, spec: RelatedIndex) -> PointInTime:
+        # Opened on first use, so windows without messages cost no point in time at all.
+        if spec.name not in self._pits:
+            self._pits[spec.name] = self._stack.enter_context(PointInTime(self.reader, spec.index, self.keep_alive))
+        return self._pits[spec.name]
+
+    def fetch(self, message_ids: Sequence[str]) -> RelatedDocs:
+        """Every related document of ``message_ids``, per related index, grouped and ordered."""
+        return {spec.name: self._fetch_one(spec, message_ids) for spec in self.related} if message_ids else {}
+
+    def _fetch_one(self, spec: RelatedIndex, message_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        pit = self._pit(spec)
+        while True:
+            reopened_before = pit.reopened
+            hits = [
+                hit
+                for page in pit.pages(
+                    query={"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}},
+                    sort=[{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort), "_shard_doc"],
+                    size=self.page_size,
+                )
+                for hit in page
+            ]
+            # A point in time reopened mid-batch may order ties differently: fetch the batch again.
+            if pit.reopened == reopened_before:
+                break
+        grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for hit in sorted(hits, key=_order_key):
+            grouped[str(hit["sort"][0])].append(hit["_source"])
+        return grouped
+
+
+def _order_key(hit: dict[str, Any]) -> tuple[Any, ...]:
+    # sort = [join value, *sort field values, _shard_doc]; _shard_doc is replaced by (index, id)
+    # because it differs between points in time and clusters.
+    return (*(_comparable(v) for v in hit["sort"][:-1]), hit["_index"], hit["_id"])
+
+
+def _comparable(value: Any) -> tuple[int, Any]:
+    # Missing values and mixed types must not make Python's sort fail.
+    if value is None:
+        return (2, 0)
+    if isinstance(value, int | float):
+        return (0, value)
+    return (1, str(value))

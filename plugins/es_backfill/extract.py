@@ -1,0 +1,177 @@
+"""One window, end to end: read its messages, enrich them, write them, then its manifest.
+
+``run_window`` serves the DAG's mapped task, the command line, tests and benchmarks.
+It is safe to run again on the same window: a complete window is skipped (unless
+``force``); otherwise the old manifest goes first, unfinished multipart uploads of a
+failed attempt are aborted, parts are overwritten under the same keys, objects the
+new attempt did not write are deleted, and the manifest is written last.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from es_backfill import manifest
+from es_backfill.config import BackfillConfig
+from es_backfill.enrich import RelatedLookup
+from es_backfill.records import build_record, dumps_document, dumps_line, related_counts
+from es_backfill.sink import DocumentWriter, ObjectStore, PartWriter, window_prefix
+from es_backfill.source import EsReader, PointInTime
+from es_backfill.windows import Window, iso
+
+log = logging.getLogger(__name__)
+
+PROGRESS_EVERY_S = 10.0
+
+
+@dataclass
+class WindowResult:
+    """The small summary of one window that travels through XCom."""
+
+    window: dict[str, Any]
+    status: str  # "written" or "skipped"
+    es_count: int
+    messages: int
+    related: dict[str, int] = field(default_factory=dict)
+    objects: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    es_requests: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def message_query(config: BackfillConfig, window: Window) -> dict[str, Any]:
+    """The window's messages: the half-open time range, and the run's query if any."""
+    time_range = {
+        "range": {
+            config.source.timestamp_field: {
+                "gte": iso(window.start),
+                "lt": iso(window.end),
+                "format": "strict_date_optional_time",
+            }
+        }
+    }
+    filters: list[dict[str, Any]] = [time_range]
+    if config.query:
+        filters.append(config.query)
+    return {"bool": {"filter": filters}}
+
+
+def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: ObjectStore) -> WindowResult:
+    started = time.monotonic()
+    manifest_key = manifest.window_manifest_key(config, window)
+    if not config.force:
+        existing = manifest.read(store, manifest_key)
+        if manifest.completeness_problem(existing, config, window) is None:
+            assert existing is not None
+            log.info("Window %s is complete (%s messages); skipping", window.label, existing["messages"])
+            return WindowResult(
+                window=window.to_dict(),
+                status="skipped",
+                es_count=existing["es_count"],
+                messages=existing["messages"],
+                related=existing["related"],
+                objects=len(existing["objects"]),
+                bytes=existing["bytes"],
+            )
+
+    prefix = window_prefix(config.root_prefix, window.day, window.key)
+    # No manifest may exist while the window's objects are being replaced.
+    store.delete([manifest_key])
+    aborted = store.abort_uploads(prefix + "/")
+    if aborted:
+        log.info("Aborted %s unfinished multipart uploads left by an earlier attempt", aborted)
+
+    query = message_query(config, window)
+    es_count = reader.count(config.source.messages_index, query)
+    log.info("Window %s: %s messages to copy", window.label, es_count)
+
+    writer = (
+        DocumentWriter(store, prefix)
+        if config.output_format == "json"
+        else PartWriter(
+            store, prefix, config.output_format, config.source.part_max_records, config.source.part_max_bytes
+        )
+    )
+    messages, related = 0, Counter({spec.name: 0 for spec in config.source.related})
+    progress = _Progress(window.label, es_count)
+    try:
+        with (
+            PointInTime(reader, config.source.messages_index, config.source.pit_keep_alive) as pit,
+            RelatedLookup(
+                reader, config.source.related, config.source.pit_keep_alive, config.source.related_page_size
+            ) as lookup,
+        ):
+            id_field = config.source.id_field
+            for page in pit.pages(
+                query=query,
+                sort=[{config.source.timestamp_field: "asc"}, {id_field: "asc"}, "_shard_doc"],
+                size=config.page_size,
+                source=list(config.source.source_fields) if config.source.source_fields is not None else True,
+            ):
+                ids = [str(hit["sort"][1]) for hit in page]
+                docs = lookup.fetch(ids)
+                for message_id, hit in zip(ids, page, strict=True):
+                    record = build_record(message_id, window.key, hit["_source"], config.source.related, docs)
+                    related.update(related_counts(record, config.source.related))
+                    writer.write(
+                        message_id, dumps_document(record) if config.output_format == "json" else dumps_line(record)
+                    )
+                messages += len(page)
+                progress.update(messages)
+        objects = writer.close()
+    except BaseException:
+        writer.abort()
+        raise
+
+    written = {o.key for o in objects}
+    stale = [o["Key"] for o in store.list(prefix + "/") if o["Key"] not in written and o["Key"] != manifest_key]
+    if stale:
+        log.info("Deleting %s objects an earlier attempt left behind", len(stale))
+        store.delete(stale)
+    body = manifest.build_window_manifest(
+        config, window, es_count=es_count, messages=messages, related=dict(related), objects=objects
+    )
+    store.put(manifest_key, manifest.dumps(body))
+    seconds = time.monotonic() - started
+    log.info(
+        "Window %s done: %s messages (Elasticsearch counted %s), %s objects, %s bytes, %.1fs, %s ES requests",
+        window.label, messages, es_count, len(objects), body["bytes"], seconds, reader.total_requests,
+    )  # fmt: skip
+    if messages != es_count:
+        log.warning("Window %s wrote %s messages but Elasticsearch counts %s", window.label, messages, es_count)
+    return WindowResult(
+        window=window.to_dict(),
+        status="written",
+        es_count=es_count,
+        messages=messages,
+        related=dict(related),
+        objects=len(objects),
+        bytes=body["bytes"],
+        seconds=round(seconds, 3),
+        es_requests=reader.total_requests,
+    )
+
+
+class _Progress:
+    """Logs records done, rate and ETA at most every PROGRESS_EVERY_S seconds."""
+
+    def __init__(self, label: str, total: int) -> None:
+        self.label = label
+        self.total = total
+        self.started = self.last = time.monotonic()
+
+    def update(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S:
+            return
+        self.last = now
+        rate = done / max(now - self.started, 1e-9)
+        eta = (self.total - done) / rate if rate else float("inf")
+        log.info("Window %s: %s/%s messages, %.0f/s, ETA %.0fs", self.label, done, self.total, rate, eta)

@@ -1,0 +1,139 @@
+"""Planning a backfill: check the cluster, split the range into windows, count, estimate.
+
+Everything here happens before anything is written, so a bad run stops with a clear
+:class:`~es_backfill.config.ConfigError` and leaves no trace. Counting all windows
+takes one ``range`` aggregation; balancing windows by document count takes one
+``date_histogram``; the dry-run size estimate enriches a small sample of messages.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import math
+from datetime import UTC, datetime
+from typing import Any
+
+from elasticsearch import ApiError
+
+from es_backfill.config import BackfillConfig, ConfigError
+from es_backfill.enrich import RelatedLookup
+from es_backfill.extract import message_query
+from es_backfill.records import build_record, dumps_line
+from es_backfill.source import EsReader
+from es_backfill.windows import Window, WindowError, balance, iso, split
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SIZE = 50
+HISTOGRAM_BUCKETS_PER_WINDOW = 32
+
+
+def check_cluster(config: BackfillConfig, reader: EsReader) -> None:
+    """Every index answers and Elasticsearch accepts the query; otherwise a ConfigError that says which."""
+    indices = [config.source.messages_index, *(r.index for r in config.source.related)]
+    missing = [
+        index
+        for index in indices
+        if not reader.call("indices.exists", reader.client.indices.exists, index=index, allow_no_indices=False)
+    ]
+    if missing:
+        raise ConfigError([f"index {name!r} does not exist (or matches nothing) on the cluster" for name in missing])
+    try:
+        reader.count(config.source.messages_index, message_query(config, Window(config.start, config.end)))
+    except ApiError as err:
+        if err.meta.status != 400:
+            raise
+        raise ConfigError([f"Elasticsearch rejected the query: {_reason(err)}; fix the query param"]) from err
+
+
+def _reason(err: ApiError) -> str:
+    info = err.info if isinstance(err.info, dict) else {}
+    causes = (info.get("error") or {}).get("root_cause") or [info.get("error") or {}]
+    return "; ".join(f"{c.get('type')}: {c.get('reason')}" for c in causes if isinstance(c, dict)) or str(err)
+
+
+def plan_windows(config: BackfillConfig, reader: EsReader, max_windows: int) -> list[Window]:
+    try:
+        windows = split(config.start, config.end, config.window, max_windows=max_windows)
+    except WindowError as err:
+        raise ConfigError([str(err)]) from err
+    if config.balance_windows and len(windows) > 1:
+        windows = balance(_histogram(config, reader, len(windows)), config.start, config.end, len(windows))
+    return windows
+
+
+def _histogram(config: BackfillConfig, reader: EsReader, windows: int) -> list[tuple[datetime, int]]:
+    span_s = (config.end - config.start).total_seconds()
+    interval_s = max(1, math.ceil(span_s / (windows * HISTOGRAM_BUCKETS_PER_WINDOW)))
+    field = config.source.timestamp_field
+    response = reader.search(
+        index=config.source.messages_index,
+        size=0,
+        query=message_query(config, Window(config.start, config.end)),
+        aggs={
+            "h": {
+                "date_histogram": {
+                    "field": field,
+                    "fixed_interval": f"{interval_s}s",
+                    "offset": f"{int(config.start.timestamp()) % interval_s}s",
+                    "min_doc_count": 1,
+                }
+            }
+        },
+    )
+    return [
+        (datetime.fromtimestamp(b["key"] / 1000, tz=UTC), b["doc_count"])
+        for b in response["aggregations"]["h"]["buckets"]
+    ]
+
+
+def window_counts(config: BackfillConfig, reader: EsReader, windows: list[Window]) -> list[int]:
+    """Each window's message count, in one request (range buckets are half-open too)."""
+    ranges = [{"key": w.key, "from": iso(w.start), "to": iso(w.end)} for w in windows]
+    filters = [config.query] if config.query else []
+    response = reader.search(
+        index=config.source.messages_index,
+        size=0,
+        query={"bool": {"filter": filters}},
+        aggs={"w": {"date_range": {"field": config.source.timestamp_field, "ranges": ranges, "keyed": True}}},
+    )
+    buckets = response["aggregations"]["w"]["buckets"]
+    return [buckets[w.key]["doc_count"] for w in windows]
+
+
+def estimate_bytes_per_message(config: BackfillConfig, reader: EsReader) -> float:
+    """Average output bytes per message over a small enriched sample (compressed if the format is)."""
+    response = reader.search(
+        index=config.source.messages_index,
+        size=SAMPLE_SIZE,
+        query=message_query(config, Window(config.start, config.end)),
+        sort=[{config.source.timestamp_field: "asc"}],
+    )
+    hits = response["hits"]["hits"]
+    if not hits:
+        return 0.0
+    ids = [str(h["_source"].get(config.source.id_field, h["_id"])) for h in hits]
+    with RelatedLookup(reader, config.source.related, "30s", config.source.related_page_size) as lookup:
+        docs = lookup.fetch(ids)
+    data = b"".join(
+        dumps_line(build_record(i, "sample", h["_source"], config.source.related, docs))
+        for i, h in zip(ids, hits, strict=True)
+    )
+    size = len(gzip.compress(data, mtime=0)) if config.output_format == "jsonl.gz" else len(data)
+    return size / len(hits)
+
+
+def dry_run_report(config: BackfillConfig, reader: EsReader, windows: list[Window]) -> dict[str, Any]:
+    counts = window_counts(config, reader, windows)
+    per_message = estimate_bytes_per_message(config, reader)
+    rows = [
+        {"window": w.label, "messages": c, "estimated_bytes": round(c * per_message)}
+        for w, c in zip(windows, counts, strict=True)
+    ]
+    return {
+        "windows": rows,
+        "messages": sum(counts),
+        "estimated_bytes": round(sum(counts) * per_message),
+        "bytes_per_message": round(per_message, 1),
+    }

@@ -1,0 +1,171 @@
+"""Reading from Elasticsearch gently: counted requests, backoff, points in time, search_after.
+
+Every request goes through :class:`EsReader`, which counts it (so load is a figure we
+can report) and retries transient failures — 429 rejections, 502/503/504, timeouts and
+dropped connections — with bounded exponential backoff and jitter. :class:`PointInTime`
+pages through an index with ``search_after`` (never from/size), reopens a point in time
+that expired or vanished and resumes after the last sort key, and always closes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from elasticsearch import ApiError, NotFoundError
+from elasticsearch import ConnectionError as EsConnectionError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
+MAX_PIT_REOPENS = 5
+
+
+class SourceError(RuntimeError):
+    """Elasticsearch could not be read, even after retries."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: overload (429), gateway errors, timeouts and dropped connections."""
+    if isinstance(exc, EsConnectionError):  # includes ConnectionTimeout
+        return True
+    return isinstance(exc, ApiError) and exc.meta.status in TRANSIENT_STATUSES
+
+
+def is_lost_pit(exc: BaseException) -> bool:
+    """The point in time expired or was closed: a 404 naming the search context or PIT."""
+    if not isinstance(exc, NotFoundError):
+        return False
+    text = str(exc).lower()
+    return "search_context_missing" in text or "no search context" in text or "point in time" in text
+
+
+class EsReader:
+    """An Elasticsearch client wrapper that counts and retries every request."""
+
+    def __init__(self, client: Any, *, max_retries: int = 6, backoff_s: float = 0.5, max_backoff_s: float = 30.0):
+        self.client = client
+        self.requests: Counter[str] = Counter()
+        self._max_attempts = max_retries + 1
+        self._backoff_s = backoff_s
+        self._max_backoff_s = max_backoff_s
+
+    @property
+    def total_requests(self) -> int:
+        return sum(self.requests.values())
+
+    def call(self, name: str, fn: Callable[..., T], **kwargs: Any) -> T:
+        """``fn(**kwargs)``, counted as ``name``, retried while it fails transiently."""
+        retrying = Retrying(
+            stop=stop_after_attempt(self._max_attempts),
+            wait=wait_random_exponential(multiplier=self._backoff_s, max=self._max_backoff_s),
+            retry=retry_if_exception(is_transient),
+            reraise=True,
+            before_sleep=lambda state: log.warning(
+                "Elasticsearch %s failed (%s), attempt %s of %s; backing off",
+                name,
+                state.outcome.exception() if state.outcome else "?",
+                state.attempt_number,
+                self._max_attempts,
+            ),
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self.requests[name] += 1
+                    return fn(**kwargs)
+        except Exception as exc:
+            if is_transient(exc):
+                raise SourceError(
+                    f"Elasticsearch {name} still failing after {self._max_attempts} attempts: {exc}"
+                ) from exc
+            raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def count(self, index: str, query: dict[str, Any]) -> int:
+        return int(self.call("count", self.client.count, index=index, query=query)["count"])
+
+    def search(self, **body: Any) -> dict[str, Any]:
+        return self.call("search", self.client.search, **body).body
+
+
+class PointInTime:
+    """A point in time over ``index``, used as a context manager that always closes it."""
+
+    def __init__(self, reader: EsReader, index: str, keep_alive: str) -> None:
+        self.reader = reader
+        self.index = index
+        self.keep_alive = keep_alive
+        self.pit_id: str | None = None
+        self.reopened = 0
+
+    def __enter__(self) -> PointInTime:
+        self._open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _open(self) -> None:
+        response = self.reader.call(
+            "open_point_in_time", self.reader.client.open_point_in_time, index=self.index, keep_alive=self.keep_alive
+        )
+        self.pit_id = response["id"]
+
+    def close(self) -> None:
+        if self.pit_id is None:
+            return
+        pit_id, self.pit_id = self.pit_id, None
+        try:
+            self.reader.call("close_point_in_time", self.reader.client.close_point_in_time, id=pit_id)
+        except (ApiError, EsConnectionError, SourceError) as err:
+            # It expires on its own after keep_alive; failing the window over it would be worse.
+            log.warning(
+                "Could not close point in time on %s (it expires after %s): %s", self.index, self.keep_alive, err
+            )
+
+    def pages(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True
+    ) -> Iterator[list[dict[str, Any]]]:
+        """Pages of hits in ``sort`` order (which must end in ``_shard_doc``), until the last short page."""
+        search_after: list[Any] | None = None
+        while True:
+            hits = self._search(query, sort, size, source, search_after)
+            if hits:
+                yield hits
+                search_after = hits[-1]["sort"]
+            if len(hits) < size:
+                return
+
+    def _search(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any, search_after: list[Any] | None
+    ) -> list[dict[str, Any]]:
+        while True:
+            body: dict[str, Any] = {
+                "query": query,
+                "sort": sort,
+                "size": size,
+                "_source": source,
+                "pit": {"id": self.pit_id, "keep_alive": self.keep_alive},
+                "track_total_hits": False,
+            }
+            if search_after is not None:
+                body["search_after"] = search_after
+            try:
+                response = self.reader.search(**body)
+            except NotFoundError as err:
+                if not is_lost_pit(err) or self.reopened >= MAX_PIT_REOPENS:
+                    raise
+                # Resuming after the last sort key in a fresh point in time neither skips nor repeats
+                # documents that existed in both (the sort ends with a total tiebreaker).
+                self.reopened += 1
+                log.warning("Point in time on %s was lost (%s); reopening and resuming", self.index, err)
+                self.pit_id = None
+                self._open()
+                continue
+            self.pit_id = response.get("pit_id", self.pit_id)
+            return response["hits"]["hits"]

@@ -1,0 +1,84 @@
+"""The end of a run: gather the windows' small results, reconcile, write the run manifest.
+
+Reconciliation compares, per window, the messages written with Elasticsearch's count
+for the same window and query (taken when the window was extracted). Any difference
+fails the run, naming the windows, after the run manifest and the table are written.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import Any
+
+from es_backfill import manifest
+from es_backfill.config import BackfillConfig
+from es_backfill.sink import ObjectStore
+
+log = logging.getLogger(__name__)
+
+
+class ReconciliationError(RuntimeError):
+    """Written counts differ from Elasticsearch's for some windows."""
+
+
+def table(results: list[dict[str, Any]]) -> str:
+    header = f"{'window':<37} {'status':<8} {'es_count':>9} {'written':>9} {'objects':>7} {'bytes':>12}"
+    lines = [header, "-" * len(header)]
+    for r in results:
+        lines.append(
+            f"{r['window']['label']:<37} {r['status']:<8} {r['es_count']:>9} {r['messages']:>9} "
+            f"{r['objects']:>7} {r['bytes']:>12}"
+        )
+    return "\n".join(lines)
+
+
+def summarise(config: BackfillConfig, results: list[dict[str, Any]], store: ObjectStore) -> dict[str, Any]:
+    """Write the run manifest, log the table, and raise if any window's counts do not reconcile."""
+    results = sorted(results, key=lambda r: r["window"]["start"])
+    mismatched = [r["window"]["label"] for r in results if r["messages"] != r["es_count"]]
+    related: Counter[str] = Counter()
+    for r in results:
+        related.update(r["related"])
+    status = Counter(r["status"] for r in results)
+    run = {
+        "version": manifest.VERSION,
+        "backfill_name": config.backfill_name,
+        "fingerprint": config.fingerprint(),
+        "windows": len(results),
+        "written": status["written"],
+        "skipped": status["skipped"],
+        "messages": sum(r["messages"] for r in results),
+        "es_count": sum(r["es_count"] for r in results),
+        "related": dict(sorted(related.items())),
+        "objects": sum(r["objects"] for r in results),
+        "bytes": sum(r["bytes"] for r in results),
+        "mismatched_windows": mismatched,
+        "window_keys": [r["window"]["key"] for r in results],
+    }
+    store.put(manifest.run_manifest_key(config), manifest.dumps(run))
+    log.info("Backfill %s:\n%s", config.backfill_name, table(results))
+    log.info(
+        "%s windows (%s written, %s skipped), %s messages, %s related documents, %s objects, %s bytes",
+        run["windows"], run["written"], run["skipped"], run["messages"], sum(related.values()),
+        run["objects"], run["bytes"],
+    )  # fmt: skip
+    if mismatched:
+        raise ReconciliationError(
+            f"{len(mismatched)} windows wrote a different number of messages than Elasticsearch counts: "
+            + ", ".join(mismatched)
+            + ". Clear those windows' extract tasks to rerun them."
+        )
+    return run
+
+
+def log_dry_run(report: dict[str, Any]) -> dict[str, Any]:
+    """Log the plan of a dry run: per-window counts and estimated output size."""
+    lines = [f"{'window':<37} {'messages':>9} {'est. bytes':>12}"]
+    lines += [f"{r['window']:<37} {r['messages']:>9} {r['estimated_bytes']:>12}" for r in report["windows"]]
+    log.info("Dry run, nothing written:\n%s", "\n".join(lines))
+    log.info(
+        "Dry run total: %s windows, %s messages, about %s bytes (%s bytes per message)",
+        len(report["windows"]), report["messages"], report["estimated_bytes"], report["bytes_per_message"],
+    )  # fmt: skip
+    return report

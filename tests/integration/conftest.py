@@ -1,0 +1,65 @@
+"""Helpers for tests against the real servers: seeded indices, DAG runs, reading the output back."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+
+from include.datagen import DatasetSpec, IndexNames, generate, load
+from tests.integration.support import unique_indices, utc
+
+
+@pytest.fixture(scope="session")
+def es_connection(es_cluster) -> str:
+    """``elasticsearch_default`` pointing at the test cluster, as an Airflow connection env var."""
+    url = urlsplit(es_cluster.url)
+    os.environ["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"] = json.dumps(
+        {"conn_type": "elasticsearch", "host": url.hostname, "port": url.port, "schema": url.scheme}
+    )
+    return "elasticsearch_default"
+
+
+@pytest.fixture
+def seeded(es_client) -> Callable[..., tuple[IndexNames, list]]:
+    """Load a generated dataset (plus extra documents) into fresh indices; return names and documents."""
+
+    def seed(spec_kwargs: dict[str, Any], extra: list[tuple[str, str, dict[str, Any]]] = ()):
+        names = unique_indices()
+        spec = DatasetSpec(indices=names, **spec_kwargs)
+        load(es_client, spec, chunk_size=1000)
+        extra = list(extra)
+        if extra:
+            from elasticsearch import helpers
+
+            helpers.bulk(
+                es_client, ({"_index": names.of(r), "_id": i, "_source": s} for r, i, s in extra), refresh=True
+            )
+        return names, [*generate(spec), *extra]
+
+    return seed
+
+
+@pytest.fixture(scope="session")
+def seeded_small(es_client) -> IndexNames:
+    """A small dataset shared by tests that only need indices to exist (bad-conf tests)."""
+    names = unique_indices()
+    load(es_client, DatasetSpec(messages=50, start=utc(2024, 3, 1), end=utc(2024, 3, 4), indices=names))
+    return names
+
+
+@pytest.fixture
+def run_backfill(airflow_db, es_connection, s3_server):
+    """Run the DAG through ``dag.test()`` with a conf; return the dag run."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    dag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("es_backfill")
+
+    def run(conf: dict[str, Any]):
+        return dag.test(run_conf=conf)
+
+    return run

@@ -1,0 +1,81 @@
+"""Plain helpers for the integration tests: index names, expected records, reading S3 back."""
+
+from __future__ import annotations
+
+import gzip
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from include.datagen import IndexNames
+
+RELATED_SORT = {"history": ("@timestamp", "event_id"), "audit": ("@timestamp", "audit_id")}
+
+
+def unique_indices() -> IndexNames:
+    tag = uuid.uuid4().hex[:8]
+    return IndexNames(messages=f"m_{tag}", history=f"h_{tag}", status=f"s_{tag}", audit=f"a_{tag}")
+
+
+def source_override(names: IndexNames) -> dict[str, Any]:
+    """The ``source`` param that points a run at ``names`` (other settings from the defaults file)."""
+    return {
+        "messages": {"index": names.messages, "id_field": "message_id", "timestamp_field": "@timestamp"},
+        "related": [
+            {"name": "history", "index": names.history, "join_field": "message_id",
+             "sort": ["@timestamp", "event_id"], "cardinality": "many"},
+            {"name": "status", "index": names.status, "join_field": "message_id",
+             "sort": ["updated_at"], "cardinality": "one"},
+            {"name": "audit", "index": names.audit, "join_field": "message_id",
+             "sort": ["@timestamp", "audit_id"], "cardinality": "many"},
+        ],
+    }  # fmt: skip
+
+
+def expected_records(docs: list[tuple[str, str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    """What the backfill must write for these documents, built independently of the pipeline."""
+    records: dict[str, dict[str, Any]] = {}
+    related: dict[str, dict[str, list[dict[str, Any]]]] = {"history": {}, "status": {}, "audit": {}}
+    for role, _, source in docs:
+        if role == "messages":
+            records[source["message_id"]] = {"message": source}
+        else:
+            related[role].setdefault(source["message_id"], []).append(source)
+    for mid, record in records.items():
+        for role, fields in RELATED_SORT.items():
+            record[role] = sorted(related[role].get(mid, []), key=lambda d, f=fields: tuple(d[x] for x in f))
+        record["status"] = (related["status"].get(mid) or [None])[0]
+    return records
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+def read_objects(bucket: str, prefix: str) -> dict[str, bytes]:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    client = S3Hook(aws_conn_id="aws_default").get_conn()
+    out = {}
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        for obj in page.get("Contents", []):
+            out[obj["Key"]] = client.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+    return out
+
+
+def decode_records(objects: dict[str, bytes]) -> list[dict[str, Any]]:
+    """Every record in the data objects (manifests excluded), in key order."""
+    records = []
+    for key in sorted(objects):
+        data = objects[key]
+        if key.endswith("_manifest.json"):
+            continue
+        if key.endswith(".jsonl.gz"):
+            records += [orjson.loads(line) for line in gzip.decompress(data).splitlines()]
+        elif key.endswith(".jsonl"):
+            records += [orjson.loads(line) for line in data.splitlines()]
+        else:
+            records.append(orjson.loads(data))
+    return records
