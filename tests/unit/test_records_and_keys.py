@@ -1,0 +1,72 @@
+import gzip
+
+import orjson
+
+from es_backfill.config import RelatedIndex
+from es_backfill.enrich import _order_key
+from es_backfill.records import build_record, dumps_line, related_counts
+from es_backfill.sink import PartWriter, safe_id
+
+RELATED = (
+    RelatedIndex("history", "history", "message_id", ("@timestamp",), "many"),
+    RelatedIndex("status", "status", "message_id", ("updated_at",), "one"),
+)
+
+
+def test_record_carries_lists_for_many_and_the_last_document_for_one():
+    docs = {"history": {"m1": [{"e": 1}, {"e": 2}]}, "status": {"m1": [{"s": "old"}, {"s": "current"}]}}
+    record = build_record("m1", "W", {"body": "x"}, RELATED, docs)
+    assert record == {"message_id": "m1", "window": "W", "message": {"body": "x"},
+                      "history": [{"e": 1}, {"e": 2}], "status": {"s": "current"}}  # fmt: skip
+    assert related_counts(record, RELATED) == {"history": 2, "status": 1}
+
+
+def test_record_without_related_documents_has_empty_list_and_null():
+    record = build_record("m2", "W", {}, RELATED, {})
+    assert record["history"] == [] and record["status"] is None
+    assert related_counts(record, RELATED) == {"history": 0, "status": 0}
+
+
+def test_lines_are_utf8_json_with_a_newline():
+    line = dumps_line({"text": "日本語 🚀"})
+    assert line.endswith(b"\n") and "日本語 🚀".encode() in line
+    assert orjson.loads(line) == {"text": "日本語 🚀"}
+
+
+def test_related_order_ignores_shard_doc_and_breaks_ties_by_index_and_id():
+    a = {"sort": ["m1", 5, 999], "_index": "h", "_id": "b"}
+    b = {"sort": ["m1", 5, 1], "_index": "h", "_id": "a"}
+    c = {"sort": ["m1", None, 0], "_index": "h", "_id": "c"}
+    assert sorted([a, c, b], key=_order_key) == [b, a, c]
+
+
+def test_safe_ids_keep_plain_ids_and_make_others_harmless_and_distinct():
+    assert safe_id("msg-000001") == "msg-000001"
+    odd = ["a/b", "../../etc/passwd", "..", ".", "with space", "ünï", "a_b", "a b", "x" * 500]
+    keys = [safe_id(i) for i in odd]
+    assert len(set(keys)) == len(keys)
+    for key in keys:
+        assert "/" not in key and not key.startswith(".") and key.isascii() and " " not in key and len(key) < 120
+
+
+class _MemoryStore:
+    def __init__(self):
+        self.objects = {}
+
+    def put(self, key, data, content_type="application/json"):
+        self.objects[key] = data
+
+
+def test_parts_are_cut_by_record_count_and_are_reproducible():
+    def write():
+        store = _MemoryStore()
+        writer = PartWriter(store, "p", "jsonl.gz", max_records=3, max_bytes=10**9)
+        for i in range(7):
+            writer.write(str(i), dumps_line({"i": i}))
+        return store.objects, writer.close()
+
+    objects, infos = write()
+    assert [i.key for i in infos] == ["p/part-00000.jsonl.gz", "p/part-00001.jsonl.gz", "p/part-00002.jsonl.gz"]
+    assert [i.records for i in infos] == [3, 3, 1]
+    assert gzip.decompress(objects["p/part-00002.jsonl.gz"]) == b'{"i":6}\n'
+    assert write()[0] == objects  # byte-identical on a second run
