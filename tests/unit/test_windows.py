@@ -1,3 +1,4 @@
+import itertools
 from datetime import timedelta
 
 import pytest
@@ -69,4 +70,4 @@ def test_balance_cuts_where_the_documents_are():
     windows = balance(buckets, utc(2024, 3, 1), utc(2024, 3, 12), 3)
     assert windows[0].start == utc(2024, 3, 1) and windows[-1].end == utc(2024, 3, 12)
     assert [w.end for w in windows[:-1]] == [utc(2024, 3, 1, 2), utc(2024, 3, 2)]
-    assert all(a.end == b.start for a, b in zip(windows, windows[1:], strict=False))
+    assert all(a.end == b.start for a, b in itertools.pairwise(windows))
