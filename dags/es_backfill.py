@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import os
-from pathlib import Path
 from typing import Any
 
 import pendulum
@@ -32,6 +31,7 @@ from es_backfill.config import (
     PAGE_SIZE_MIN,
     BackfillConfig,
     ConfigError,
+    defaults_path,
     from_params,
     load_defaults,
 )
@@ -39,16 +39,15 @@ from es_backfill.config import (
 log = logging.getLogger(__name__)
 
 POOL = os.environ.get("ES_BACKFILL_POOL", "es_backfill")
-DEFAULTS_FILE = Path(
-    os.environ.get("ES_BACKFILL_DEFAULTS", Path(__file__).resolve().parents[1] / "include" / "backfill_defaults.json")
-)
+# First retry after this long, then doubling (tests shorten it).
+RETRY_DELAY = pendulum.duration(seconds=int(os.environ.get("ES_BACKFILL_RETRY_DELAY_S", "30")))
 INSTANT_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
 
 
 def _config(params: dict[str, Any] | None) -> BackfillConfig:
     assert params is not None, "Airflow passes the run's params to every task"
     try:
-        return from_params(params, load_defaults(DEFAULTS_FILE))
+        return from_params(params, load_defaults(defaults_path()))
     except ConfigError as err:
         raise AirflowFailException(str(err)) from err  # bad input: retrying cannot help
 
@@ -60,7 +59,7 @@ def _config(params: dict[str, Any] | None) -> BackfillConfig:
     catchup=False,
     doc_md=__doc__,
     tags=["backfill", "elasticsearch", "s3"],
-    default_args={"retries": 2, "retry_delay": pendulum.duration(seconds=30), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={
         "start": Param(
             "2024-03-01",
@@ -154,15 +153,16 @@ def es_backfill():
     def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         from airflow.configuration import conf
 
-        from es_backfill.hooks import es_reader
-        from es_backfill.plan import check_cluster, dry_run_report, plan_windows
+        from es_backfill.hooks import es_reader, object_store
+        from es_backfill.plan import check_cluster, dry_run_report, plan_or_resume
         from es_backfill.summary import log_dry_run
 
         config = _config(params)
         reader = es_reader(config.source)
+        store = object_store(config.source.aws_conn_id, config.s3_bucket)
         try:
             check_cluster(config, reader)
-            windows = plan_windows(config, reader, conf.getint("core", "max_map_length"))
+            windows = plan_or_resume(config, reader, store, conf.getint("core", "max_map_length"))
         except ConfigError as err:
             raise AirflowFailException(str(err)) from err
         if config.dry_run:
@@ -186,8 +186,11 @@ def es_backfill():
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
         return run_window(config, Window.from_dict(window), es_reader(config.source), store).to_dict()
 
-    @task(trigger_rule="none_failed")
-    def summarise(results: list[dict[str, Any]], params: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    # Runs once every window has finished, failed ones included, so the summary can name them.
+    @task(trigger_rule="all_done_min_one_success")
+    def summarise(
+        windows: list[dict[str, Any]], results: list[dict[str, Any] | None], params: dict[str, Any] | None = None
+    ) -> dict[str, Any] | None:
         from es_backfill.hooks import object_store
         from es_backfill.summary import summarise
 
@@ -195,10 +198,11 @@ def es_backfill():
         if config.dry_run:
             log.info("Dry run: nothing was written; the plan task's log shows the windows and the estimate")
             return None
-        return summarise(config, list(results), object_store(config.source.aws_conn_id, config.s3_bucket))
+        done = [r for r in results if r is not None]
+        return summarise(config, windows, done, object_store(config.source.aws_conn_id, config.s3_bucket))
 
-    results = extract.expand(window=plan())
-    summarise(results)
+    windows = plan()
+    summarise(windows, extract.expand(window=windows))
 
 
 es_backfill()

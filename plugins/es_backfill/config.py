@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -102,6 +103,15 @@ class BackfillConfig:
             "source": asdict(self.source) | {"es_conn_id": None, "aws_conn_id": None},
         }
         return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def defaults_path() -> Path:
+    """``ES_BACKFILL_DEFAULTS``, or ``include/backfill_defaults.json`` beside ``plugins/``."""
+    return Path(
+        os.environ.get(
+            "ES_BACKFILL_DEFAULTS", Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json"
+        )
+    )
 
 
 def load_defaults(path: Path) -> dict[str, Any]:

@@ -17,6 +17,7 @@ from es_backfill.windows import Window
 
 VERSION = 1
 RUN_MANIFEST_NAME = "_run_manifest.json"
+PLAN_NAME = "_plan.json"
 
 
 def window_manifest_key(config: BackfillConfig, window: Window) -> str:
@@ -25,6 +26,24 @@ def window_manifest_key(config: BackfillConfig, window: Window) -> str:
 
 def run_manifest_key(config: BackfillConfig) -> str:
     return f"{config.root_prefix}/{RUN_MANIFEST_NAME}"
+
+
+def plan_key(config: BackfillConfig) -> str:
+    return f"{config.root_prefix}/{PLAN_NAME}"
+
+
+def read_plan(store: ObjectStore, config: BackfillConfig) -> list[Window] | None:
+    """The windows an earlier run of this backfill planned, if its settings were the same."""
+    saved = read(store, plan_key(config))
+    if saved is None or saved.get("version") != VERSION or saved.get("fingerprint") != config.fingerprint():
+        return None
+    return [Window.from_dict(w) for w in saved["windows"]]
+
+
+def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window]) -> None:
+    # Resume and verify reuse these windows, so balanced windows stay put even if the data moves.
+    body = {"version": VERSION, "fingerprint": config.fingerprint(), "windows": [w.to_dict() for w in windows]}
+    store.put(plan_key(config), dumps(body))
 
 
 def build_window_manifest(
@@ -46,7 +65,8 @@ def build_window_manifest(
         "es_count": es_count,
         "messages": messages,
         "related": related,
-        "objects": [o.to_dict() for o in objects],
+        # Names relative to the window's folder: the manifest does not depend on where the backfill lives.
+        "objects": [{**o.to_dict(), "key": o.key.rsplit(f"/{window.key}/", 1)[1]} for o in objects],
         "bytes": sum(o.bytes for o in objects),
     }
 

@@ -16,10 +16,12 @@ from typing import Any
 
 from elasticsearch import ApiError
 
+from es_backfill import manifest
 from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.enrich import RelatedLookup
 from es_backfill.extract import message_query
 from es_backfill.records import build_record, dumps_line
+from es_backfill.sink import ObjectStore
 from es_backfill.source import EsReader
 from es_backfill.windows import Window, WindowError, balance, iso, split
 
@@ -60,6 +62,20 @@ def plan_windows(config: BackfillConfig, reader: EsReader, max_windows: int) -> 
         raise ConfigError([str(err)]) from err
     if config.balance_windows and len(windows) > 1:
         windows = balance(_histogram(config, reader, len(windows)), config.start, config.end, len(windows))
+    return windows
+
+
+def plan_or_resume(config: BackfillConfig, reader: EsReader, store: ObjectStore, max_windows: int) -> list[Window]:
+    """The windows of an earlier run of the same backfill, or a new plan (saved unless a dry run)."""
+    if not config.force:
+        saved = manifest.read_plan(store, config)
+        if saved is not None:
+            log.info("Resuming backfill %s with its %s planned windows", config.backfill_name, len(saved))
+            return saved
+    windows = plan_windows(config, reader, max_windows)
+    if not config.dry_run:
+        manifest.write_plan(store, config, windows)
+    log.info("Planned %s windows for backfill %s", len(windows), config.backfill_name)
     return windows
 
 

@@ -74,6 +74,14 @@ class ObjectStore:
         except self.client.exceptions.NoSuchKey:
             return None
 
+    def stream(self, key: str, chunk_size: int = 1 << 20) -> Iterator[bytes] | None:
+        """The object's bytes in chunks, or None if it does not exist."""
+        try:
+            body = self.client.get_object(Bucket=self.bucket, Key=key)["Body"]
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return body.iter_chunks(chunk_size)
+
     def list(self, prefix: str) -> Iterator[dict[str, Any]]:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             yield from page.get("Contents", [])
@@ -180,8 +188,8 @@ class PartWriter:
 
     def _finish_part(self) -> None:
         if self._part is not None:
-            part, self._part = self._part, None
-            self.objects.append(part.finish())
+            self.objects.append(self._part.finish())  # on failure, abort() still sees the part
+            self._part = None
 
     def close(self) -> list[ObjectInfo]:
         self._finish_part()

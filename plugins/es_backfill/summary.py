@@ -1,8 +1,9 @@
 """The end of a run: gather the windows' small results, reconcile, write the run manifest.
 
 Reconciliation compares, per window, the messages written with Elasticsearch's count
-for the same window and query (taken when the window was extracted). Any difference
-fails the run, naming the windows, after the run manifest and the table are written.
+for the same window and query (taken when the window was extracted). A window that
+failed, or whose counts differ, fails the run, named, after the run manifest and the
+table are written.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 class ReconciliationError(RuntimeError):
-    """Written counts differ from Elasticsearch's for some windows."""
+    """Some windows failed, or their written counts differ from Elasticsearch's."""
 
 
 def table(results: list[dict[str, Any]]) -> str:
@@ -33,10 +34,21 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def summarise(config: BackfillConfig, results: list[dict[str, Any]], store: ObjectStore) -> dict[str, Any]:
-    """Write the run manifest, log the table, and raise if any window's counts do not reconcile."""
-    results = sorted(results, key=lambda r: r["window"]["start"])
-    mismatched = [r["window"]["label"] for r in results if r["messages"] != r["es_count"]]
+def summarise(
+    config: BackfillConfig, planned: list[dict[str, Any]], results: list[dict[str, Any]], store: ObjectStore
+) -> dict[str, Any]:
+    """Write the run manifest, log the table, and raise if a window failed or does not reconcile.
+
+    ``planned`` are the plan's windows; a planned window without a result failed.
+    """
+    finished = {r["window"]["key"] for r in results}
+    failed = [w for w in planned if w["key"] not in finished]
+    results = sorted(
+        [*results, *({"window": w, "status": "failed", "es_count": 0, "messages": 0, "related": {}, "objects": 0,
+                      "bytes": 0} for w in failed)],
+        key=lambda r: r["window"]["start"],
+    )  # fmt: skip
+    mismatched = [r["window"]["label"] for r in results if r["status"] != "failed" and r["messages"] != r["es_count"]]
     related: Counter[str] = Counter()
     for r in results:
         related.update(r["related"])
@@ -48,27 +60,33 @@ def summarise(config: BackfillConfig, results: list[dict[str, Any]], store: Obje
         "windows": len(results),
         "written": status["written"],
         "skipped": status["skipped"],
+        "failed": status["failed"],
         "messages": sum(r["messages"] for r in results),
         "es_count": sum(r["es_count"] for r in results),
         "related": dict(sorted(related.items())),
         "objects": sum(r["objects"] for r in results),
         "bytes": sum(r["bytes"] for r in results),
+        "failed_windows": [w["label"] for w in failed],
         "mismatched_windows": mismatched,
         "window_keys": [r["window"]["key"] for r in results],
     }
     store.put(manifest.run_manifest_key(config), manifest.dumps(run))
     log.info("Backfill %s:\n%s", config.backfill_name, table(results))
     log.info(
-        "%s windows (%s written, %s skipped), %s messages, %s related documents, %s objects, %s bytes",
-        run["windows"], run["written"], run["skipped"], run["messages"], sum(related.values()),
+        "%s windows (%s written, %s skipped, %s failed), %s messages, %s related documents, %s objects, %s bytes",
+        run["windows"], run["written"], run["skipped"], run["failed"], run["messages"], sum(related.values()),
         run["objects"], run["bytes"],
     )  # fmt: skip
+    problems = []
+    if failed:
+        problems.append(f"{len(failed)} windows failed: " + ", ".join(w["label"] for w in failed))
     if mismatched:
-        raise ReconciliationError(
+        problems.append(
             f"{len(mismatched)} windows wrote a different number of messages than Elasticsearch counts: "
             + ", ".join(mismatched)
-            + ". Clear those windows' extract tasks to rerun them."
         )
+    if problems:
+        raise ReconciliationError("; ".join(problems) + ". Clear those windows' extract tasks to rerun them.")
     return run
 
 

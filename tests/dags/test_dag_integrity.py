@@ -60,9 +60,9 @@ def test_tasks_retry_with_backoff(dag):
 
 
 def test_tasks_are_wired_plan_extract_summarise(dag):
-    assert dag.get_task("plan").downstream_task_ids == {"extract"}
     assert dag.get_task("extract").downstream_task_ids == {"summarise"}
-    assert dag.get_task("summarise").trigger_rule == "none_failed"
+    assert dag.get_task("plan").downstream_task_ids == {"extract", "summarise"}
+    assert dag.get_task("summarise").trigger_rule == "all_done_min_one_success"
 
 
 def test_task_code_imports_only_from_dags_and_plugins():

@@ -79,3 +79,14 @@ def decode_records(objects: dict[str, bytes]) -> list[dict[str, Any]]:
         else:
             records.append(orjson.loads(data))
     return records
+
+
+def window_objects(bucket: str, prefix: str) -> dict[str, bytes]:
+    """Objects under ``prefix`` keyed by their path relative to it, for comparing two runs."""
+    return {key[len(prefix) :]: data for key, data in read_objects(bucket, prefix).items()}
+
+
+def open_uploads(bucket: str) -> list[dict[str, Any]]:
+    from airflow.providers.amazon.aws.hooks.s3 import S3Hook
+
+    return S3Hook(aws_conn_id="aws_default").get_conn().list_multipart_uploads(Bucket=bucket).get("Uploads", [])

@@ -1,0 +1,86 @@
+"""The backfill's operations outside Airflow: ``plan`` (a dry run) and ``verify``.
+
+    python -m es_backfill.cli verify --conf conf.json
+    python -m es_backfill.cli plan --conf '{"start": "2024-03-01", "end": "2024-03-08", "s3_bucket": "b"}'
+
+``--conf`` takes the same JSON as the DAG's trigger form (inline or a file). Clients
+come from the Airflow connections named in the config, or from ``--es-url`` and
+``--s3-endpoint-url`` (credentials then from the usual AWS environment variables).
+``verify`` prints its report and exits 1 if it found a problem; it never writes.
+Run with ``plugins/`` on ``PYTHONPATH`` (``make verify CONF=...`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from es_backfill.config import BackfillConfig, ConfigError, defaults_path, from_params, load_defaults
+from es_backfill.sink import ObjectStore
+from es_backfill.source import EsReader
+
+
+def _conf(text: str) -> dict[str, Any]:
+    path = Path(text)
+    return json.loads(path.read_text() if path.is_file() else text)
+
+
+def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[EsReader, ObjectStore]:
+    if args.es_url:
+        from elasticsearch import Elasticsearch
+
+        client = Elasticsearch(args.es_url, request_timeout=config.source.request_timeout_s, max_retries=0)
+        reader = EsReader(client, max_retries=config.source.max_retries)
+    else:
+        from es_backfill.hooks import es_reader
+
+        reader = es_reader(config.source)
+    if args.s3_endpoint_url:
+        import boto3
+
+        from es_backfill.hooks import S3_CLIENT_CONFIG
+
+        s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, config=S3_CLIENT_CONFIG)
+        store = ObjectStore(s3, config.s3_bucket)
+    else:
+        from es_backfill.hooks import object_store
+
+        store = object_store(config.source.aws_conn_id, config.s3_bucket)
+    return reader, store
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="es_backfill.cli", description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["plan", "verify"])
+    parser.add_argument("--conf", required=True, help="the trigger conf: JSON text or a file holding it")
+    parser.add_argument("--defaults", type=Path, default=defaults_path(), help="the defaults file")
+    parser.add_argument("--es-url", help="Elasticsearch URL instead of the Airflow connection")
+    parser.add_argument("--s3-endpoint-url", help="S3 endpoint instead of the Airflow connection")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = from_params(_conf(args.conf), load_defaults(args.defaults))
+    except (ConfigError, json.JSONDecodeError) as err:
+        print(err, file=sys.stderr)
+        return 2
+    reader, store = _clients(config, args)
+    if args.command == "plan":
+        from es_backfill.plan import check_cluster, dry_run_report, plan_windows
+        from es_backfill.summary import log_dry_run
+
+        check_cluster(config, reader)
+        log_dry_run(dry_run_report(config, reader, plan_windows(config, reader, max_windows=1024)))
+        return 0
+    from es_backfill.verify import verify
+
+    report = verify(config, reader, store)
+    print(report.render())
+    return 0 if report.ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
