@@ -25,8 +25,7 @@ from es_backfill.source import EsReader
 
 
 def _conf(text: str) -> dict[str, Any]:
-    path = Path(text)
-    return json.loads(path.read_text() if path.is_file() else text)
+    return json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
 
 
 def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[EsReader, ObjectStore]:

@@ -66,11 +66,11 @@ def read_objects(bucket: str, prefix: str) -> dict[str, bytes]:
 
 
 def decode_records(objects: dict[str, bytes]) -> list[dict[str, Any]]:
-    """Every record in the data objects (manifests excluded), in key order."""
+    """Every record in the data objects (manifests and plan excluded), in key order."""
     records = []
     for key in sorted(objects):
         data = objects[key]
-        if key.endswith("_manifest.json"):
+        if key.rsplit("/", 1)[-1].startswith("_"):  # manifests and the saved plan
             continue
         if key.endswith(".jsonl.gz"):
             records += [orjson.loads(line) for line in gzip.decompress(data).splitlines()]
