@@ -37,9 +37,10 @@ from include.devservers.s3 import RunningS3, aws_connection_uri, running_s3  # n
 
 
 def _announce(config: pytest.Config, line: str) -> None:
-    reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter:
-        reporter.write_line(line)
+    """Print past pytest's output capture, so the run's log names the servers it used."""
+    capture = config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():
+        print(f"\n{line}", flush=True)
 
 
 @pytest.fixture(scope="session")
