@@ -2,34 +2,43 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# uv installs the locked environment quickly; its version is the one Airflow 3.3.1 pins.
+# uv installs the locked environment exactly (and quickly); its version is the one Airflow 3.3.1 pins.
+# It lives in its own venv because `uv pip sync` removes whatever the lock does not list.
 UV_VERSION := 0.12.3
+UV := .tools/bin/uv
 
-.PHONY: venv test lint demo bench lock clean
+.PHONY: venv system-deps test lint demo bench lock clean
 
 venv: $(VENV)/.synced
 
-$(VENV)/.synced: requirements-dev.lock
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install -q --disable-pip-version-check uv==$(UV_VERSION)
-	$(BIN)/uv pip sync -q --python $(BIN)/python requirements-dev.lock
+$(UV):
+	$(PYTHON) -m venv .tools
+	.tools/bin/python -m pip install -q --disable-pip-version-check uv==$(UV_VERSION)
+
+$(VENV)/.synced: requirements-dev.lock | $(UV)
+	test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)
+	$(UV) pip sync -q --python $(BIN)/python requirements-dev.lock
 	touch $@
+
+# Debian packages some tests use (Maven, PostgreSQL, Chromium, docker-compose); installed if missing.
+system-deps:
+	bash include/ci/system-deps.sh
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
-test: lint
+test: lint system-deps
 	$(BIN)/pytest
 
 demo: venv
 	$(BIN)/python -m include.demo
 
 # Re-resolve requirements-dev.lock from requirements-dev.in and Airflow's 3.3.1 constraints.
-lock: venv
-	$(BIN)/uv pip compile requirements-dev.in -c constraints/airflow-3.3.1-py3.12.txt \
+lock: | $(UV)
+	$(UV) pip compile -q requirements-dev.in -c constraints/airflow-3.3.1-py3.12.txt \
 		--python-version 3.11 --python-platform x86_64-unknown-linux-gnu \
 		--no-header --annotation-style line -o requirements-dev.lock
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .tools .pytest_cache .ruff_cache

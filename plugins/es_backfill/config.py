@@ -21,6 +21,7 @@ from typing import Any
 from es_backfill.windows import WindowError, iso, parse_duration, parse_instant
 
 OUTPUT_FORMATS = ("jsonl.gz", "jsonl", "json")
+DEFAULTS_NAME = "backfill_defaults.json"
 PAGE_SIZE_MIN, PAGE_SIZE_MAX = 100, 10_000
 # The highest `size` Elasticsearch allows per search by default (index.max_result_window).
 RELATED_PAGE_SIZE_MAX = 10_000
@@ -106,12 +107,13 @@ class BackfillConfig:
 
 
 def defaults_path() -> Path:
-    """``ES_BACKFILL_DEFAULTS``, or ``include/backfill_defaults.json`` beside ``plugins/``."""
-    return Path(
-        os.environ.get(
-            "ES_BACKFILL_DEFAULTS", Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json"
-        )
-    )
+    """Where the defaults file is: ``ES_BACKFILL_DEFAULTS``; else ``include/backfill_defaults.json`` of
+    this repository (local runs, docker compose); else a copy packed beside this module (MWAA's
+    plugins.zip, which the deploy tool builds)."""
+    if os.environ.get("ES_BACKFILL_DEFAULTS"):
+        return Path(os.environ["ES_BACKFILL_DEFAULTS"])
+    in_repository = Path(__file__).resolve().parents[2] / "include" / DEFAULTS_NAME
+    return in_repository if in_repository.is_file() else Path(__file__).resolve().parent / DEFAULTS_NAME
 
 
 def load_defaults(path: Path) -> dict[str, Any]:

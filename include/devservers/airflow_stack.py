@@ -1,0 +1,141 @@
+"""A real Airflow 3.3 on this machine: api-server, scheduler and dag-processor, no Docker.
+
+The scheduler runs tasks with the LocalExecutor and enforces pools, unlike ``dag.test()``.
+Metadata lives in PostgreSQL (``include.devservers.postgres``). The simple auth manager
+runs with every user an admin, which suits a throwaway local stack only. :class:`AirflowStack`
+talks to the REST API (``/api/v2``) the way an operator's script would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from include.devservers.ports import free_port
+
+log = logging.getLogger(__name__)
+
+ROOT = Path(__file__).resolve().parents[2]
+STARTUP_TIMEOUT_S = 180
+COMPONENTS = (
+    ("api-server", ["api-server", "--port"]),
+    ("scheduler", ["scheduler"]),
+    ("dag-processor", ["dag-processor"]),
+)
+
+
+class AirflowStackError(RuntimeError):
+    """A component did not start, or the REST API answered with an error."""
+
+
+@dataclass
+class AirflowStack:
+    url: str
+    home: Path
+
+    def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
+        """Call the REST API (``path`` below ``/api/v2``) and return the decoded JSON answer."""
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(
+            f"{self.url}/api/v2{path}", data=data, method=method, headers={"Content-Type": "application/json"}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                payload = response.read()
+        except urllib.error.HTTPError as err:
+            raise AirflowStackError(f"{method} {path} -> {err.code}: {err.read()[:2000]!r}") from err
+        return json.loads(payload) if payload else None
+
+    def wait_for(self, what: str, check, timeout: float = 300, every: float = 2) -> Any:
+        """Poll ``check()`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            result = check()
+            if result:
+                return result
+            time.sleep(every)
+        raise AirflowStackError(f"timed out after {timeout}s waiting for {what}; logs in {self.home / 'logs'}")
+
+    def logs(self, component: str) -> str:
+        return (self.home / f"{component}.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def running_airflow(sql_alchemy_conn: str, env: dict[str, str] | None = None) -> Iterator[AirflowStack]:
+    """Migrate the database, start the three components, and yield once the API answers."""
+    home = Path(tempfile.mkdtemp(prefix="es-backfill-airflow-stack-"))
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    full_env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "8",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{url}/execution/",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": sql_alchemy_conn,
+        "AIRFLOW__API__BASE_URL": url,
+        "AIRFLOW__API__SECRET_KEY": "local-test-only",
+        "AIRFLOW__API_AUTH__JWT_SECRET": "local-test-only-jwt-secret-of-enough-length",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "1",
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "plugins")]),
+        **(env or {}),
+    }
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=full_env, check=True, capture_output=True, timeout=600
+    )
+    procs: list[subprocess.Popen] = []
+    try:
+        for name, args in COMPONENTS:
+            cmd = [sys.executable, "-m", "airflow", *args, *([str(port)] if name == "api-server" else [])]
+            with (home / f"{name}.log").open("wb") as out:
+                procs.append(
+                    subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                )
+        stack = AirflowStack(url=url, home=home)
+        _wait_healthy(stack, procs)
+        log.info("Airflow is up at %s (home %s)", url, home)
+        yield stack
+    finally:
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=30)
+
+
+def _wait_healthy(stack: AirflowStack, procs: list[subprocess.Popen]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        for (name, _), proc in zip(COMPONENTS, procs, strict=True):
+            if proc.poll() is not None:
+                raise AirflowStackError(f"airflow {name} exited with {proc.returncode}:\n{stack.logs(name)[-3000:]}")
+        with contextlib.suppress(AirflowStackError, urllib.error.URLError, ConnectionError, TimeoutError):
+            health = stack.api("GET", "/monitor/health", timeout=5)
+            if health["scheduler"]["status"] == "healthy":
+                return
+        time.sleep(1)
+    raise AirflowStackError(
+        f"Airflow did not become healthy in {STARTUP_TIMEOUT_S}s:\n{stack.logs('api-server')[-3000:]}"
+    )

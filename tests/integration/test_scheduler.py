@@ -1,0 +1,150 @@
+"""The DAG under a real scheduler: the pool caps concurrent windows, clearing one map index recovers a run,
+and the UI names the mapped tasks after their windows.
+
+Airflow (api-server, scheduler, dag-processor, LocalExecutor, PostgreSQL) runs as users run it; the test
+drives it only through the REST API and a headless browser.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+from datetime import datetime
+from pathlib import Path
+from urllib.parse import quote, urlsplit
+
+import pytest
+
+from include.devservers.airflow_stack import running_airflow
+from include.devservers.faultproxy import FaultProxy, delay, es_error
+from include.devservers.postgres import running_postgres
+from include.devservers.s3 import aws_connection_uri
+from tests.integration.support import decode_records, expected_records, read_objects, source_override, utc
+
+POOL_SLOTS = 2
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+FAILING_WINDOW = "2024-03-01T18:00:00Z"
+
+
+@pytest.fixture(scope="module")
+def stack(es_cluster, s3_server):
+    with FaultProxy(es_cluster.url) as es_proxy, running_postgres() as db:
+        port = urlsplit(es_proxy.url).port
+        env = {
+            "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": json.dumps(
+                {"conn_type": "elasticsearch", "host": "127.0.0.1", "port": port, "schema": "http"}
+            ),
+            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection_uri(s3_server.endpoint_url),
+            "ES_BACKFILL_RETRY_DELAY_S": "1",
+        }
+        with running_airflow(db, env) as airflow:
+            yield airflow, es_proxy
+
+
+def _intervals(task_instances):
+    return [(datetime.fromisoformat(t["start_date"]), datetime.fromisoformat(t["end_date"])) for t in task_instances]
+
+
+def _max_overlap(intervals) -> int:
+    events = sorted([(s, 1) for s, _ in intervals] + [(e, -1) for _, e in intervals], key=lambda x: (x[0], x[1]))
+    running = peak = 0
+    for _, step in events:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(stack, seeded, s3_bucket):
+    airflow, es_proxy = stack
+    names, docs = seeded({"messages": 480, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
+    airflow.api("POST", "/pools", {"name": "es_backfill", "slots": POOL_SLOTS, "description": "windows reading ES"})
+    airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
+    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
+
+    # Each window holds its point in time open a while, so concurrent windows overlap measurably;
+    # one window's count keeps failing until we clear it.
+    es_proxy.add_fault(r"^POST /m_[^/]+/_pit", delay(1.0), times=None)
+    es_proxy.add_fault(
+        lambda r: r.path.endswith("/_count") and f'"gte":"{FAILING_WINDOW}"'.encode() in r.body,
+        es_error(400, "illegal_argument_exception", "injected"),
+        times=None,
+    )
+    conf = {"start": "2024-03-01", "end": "2024-03-03", "window": "6h", "s3_bucket": s3_bucket, "s3_prefix": "sched",
+            "page_size": 100, "source": source_override(names) | {"max_retries": 0}}  # fmt: skip
+    run_id = airflow.api("POST", "/dags/es_backfill/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+    run_path = f"/dags/es_backfill/dagRuns/{quote(run_id)}"
+    state = airflow.wait_for("the run to finish", lambda: _finished(airflow, run_path), timeout=600)
+    assert state == "failed"
+
+    extract = _extract_instances(airflow, run_path)
+    assert len(extract) == 8
+    assert [t["state"] for t in extract].count("failed") == 1
+    failed = next(t for t in extract if t["state"] == "failed")
+    assert failed["rendered_map_index"] == "2024-03-01 18:00 → 2024-03-02 00:00"
+    assert {t["rendered_map_index"] for t in extract} >= {"2024-03-01 00:00 → 2024-03-01 06:00"}
+    assert _max_overlap(_intervals(extract)) == POOL_SLOTS  # windows did run side by side, never more than the pool
+
+    # Clear just that map index (and the summary downstream) through the REST API.
+    es_proxy.clear_faults()
+    cleared = airflow.api(
+        "POST",
+        "/dags/es_backfill/clearTaskInstances",
+        {"dry_run": False, "dag_run_id": run_id, "task_ids": [["extract", failed["map_index"]]],
+         "include_downstream": True, "only_failed": False},
+    )  # fmt: skip
+    assert {(t["task_id"], t["map_index"]) for t in cleared["task_instances"]} == {
+        ("extract", failed["map_index"]),
+        ("summarise", -1),
+    }
+    state = airflow.wait_for("the cleared run to finish", lambda: _finished(airflow, run_path), timeout=300)
+    assert state == "success"
+    after = _extract_instances(airflow, run_path)
+    assert all(t["state"] == "success" for t in after)
+    untouched = {t["map_index"]: t["try_number"] for t in extract if t["map_index"] != failed["map_index"]}
+    assert {t["map_index"]: t["try_number"] for t in after if t["map_index"] in untouched} == untouched
+
+    records = decode_records(read_objects(s3_bucket, "sched/"))
+    assert sorted(r["message_id"] for r in records) == sorted(expected_records(docs))
+
+    _check_ui(airflow, run_id, [t["rendered_map_index"] for t in after])
+
+
+def _dag_exists(airflow) -> bool:
+    try:
+        return bool(airflow.api("GET", "/dags/es_backfill"))
+    except Exception:
+        return False
+
+
+def _finished(airflow, run_path: str) -> str | None:
+    state = airflow.api("GET", run_path)["state"]
+    return state if state in {"success", "failed"} else None
+
+
+def _extract_instances(airflow, run_path: str) -> list[dict]:
+    listing = airflow.api("GET", f"{run_path}/taskInstances?task_id=extract&limit=100")
+    return sorted(listing["task_instances"], key=lambda t: t["map_index"])
+
+
+def _check_ui(airflow, run_id: str, labels: list[str]) -> None:
+    """Headless Chromium renders the mapped task's page; it lists every window by name."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    page = f"/dags/es_backfill/runs/{quote(run_id)}/tasks/extract/mapped"
+    url = f"{airflow.url}/auth/token/login?next={quote(page)}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1600,1000", "--virtual-time-budget=15000"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            ["chromium", *flags, f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+        screenshot = f"--screenshot={ARTIFACTS / 'ui-mapped-extract.png'}"
+        subprocess.run(
+            ["chromium", *flags, f"--user-data-dir={profile}", screenshot, url],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+    (ARTIFACTS / "ui-mapped-extract.html").write_text(dom)
+    missing = [label for label in labels if label not in dom]
+    assert not missing, f"the UI does not show windows {missing}; see {ARTIFACTS}"
