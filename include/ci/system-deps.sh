@@ -4,6 +4,7 @@
 #   postgresql     Airflow's metadata database in the scheduler-level test
 #   chromium       the headless browser of the UI test
 #   docker-compose validates docker-compose.yaml statically (no Docker engine needed)
+#   (and ShellCheck, which lints the shell scripts)
 set -euo pipefail
 
 declare -A wanted=(
@@ -11,6 +12,7 @@ declare -A wanted=(
     [/usr/lib/postgresql]=postgresql
     [chromium]=chromium
     [docker-compose]=docker-compose
+    [shellcheck]=shellcheck
 )
 missing=()
 for probe in "${!wanted[@]}"; do
@@ -25,4 +27,5 @@ if [[ $(id -u) -ne 0 ]]; then
 fi
 echo "Installing Debian packages: ${missing[*]}"
 apt-get update -qq
-DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+# Without recommends: docker-compose would otherwise pull in docker.io. Chromium still gets its fonts.
+DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" fonts-liberation >/dev/null

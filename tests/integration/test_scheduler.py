@@ -8,8 +8,11 @@ drives it only through the REST API and a headless browser.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import tempfile
+import urllib.request
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote, urlsplit
@@ -58,7 +61,8 @@ def _max_overlap(intervals) -> int:
 def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(stack, seeded, s3_bucket):
     airflow, es_proxy = stack
     names, docs = seeded({"messages": 480, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
-    airflow.api("POST", "/pools", {"name": "es_backfill", "slots": POOL_SLOTS, "description": "windows reading ES"})
+    _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
+    assert airflow.api("GET", "/pools/es_backfill")["slots"] == POOL_SLOTS
     airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
     airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
 
@@ -108,6 +112,16 @@ def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(s
     assert sorted(r["message_id"] for r in records) == sorted(expected_records(docs))
 
     _check_ui(airflow, run_id, [t["rendered_map_index"] for t in after])
+
+
+def _set_pool_with_the_admin_script(airflow, slots: int) -> None:
+    """The documented way: ``python -m include.airflow_admin pool --slots N --api-url URL``."""
+    with urllib.request.urlopen(f"{airflow.url}/auth/token", timeout=10) as response:  # noqa: S310 - local http
+        token = json.load(response)["access_token"]
+    subprocess.run(
+        [sys.executable, "-m", "include.airflow_admin", "pool", "--slots", str(slots), "--api-url", airflow.url],
+        env={**os.environ, "AIRFLOW_API_TOKEN": token}, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
 
 
 def _dag_exists(airflow) -> bool:

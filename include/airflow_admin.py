@@ -1,0 +1,320 @@
+"""Create or resize the ``es_backfill`` pool and set connections, locally or on Amazon MWAA.
+
+    python -m include.airflow_admin pool --slots 4 TARGET
+    python -m include.airflow_admin connection --conn-id elasticsearch_default --file conn.json TARGET
+    python -m include.airflow_admin secret --conn-id elasticsearch_default --file conn.json [--region R]
+
+TARGET is one of:
+
+* ``--cli``: the local ``airflow`` command (``airflow pools set``, ``airflow connections add``);
+  it needs the metadata database, so run it in the project's venv or inside the container.
+* ``--api-url URL``: a running api-server's REST API v2 (``PATCH /api/v2/pools`` and
+  ``/api/v2/connections``, bulk create with ``overwrite``, so create and update are one call).
+  The JWT comes from ``AIRFLOW_API_TOKEN``, else from ``POST /auth/token`` (simple auth manager)
+  with ``AIRFLOW_API_USERNAME`` and ``AIRFLOW_API_PASSWORD``.
+* ``--mwaa-environment NAME [--region R]``: an MWAA environment, through its CLI endpoint:
+  ``CreateCliToken`` then ``POST https://{WebServerHostname}/aws_mwaa/cli`` with the same
+  ``pools set`` / ``connections`` commands as ``--cli``.
+
+``secret`` writes the connection to AWS Secrets Manager as ``{prefix}/{conn_id}`` (default prefix
+``airflow/connections``), which MWAA's ``SecretsManagerBackend`` reads: the way to keep credentials
+on MWAA out of the metadata database and out of CLI requests.
+
+``--file`` (or ``-`` for stdin) holds one connection in Airflow's JSON form, the same for every
+target and for the secret: ``{"conn_type": "elasticsearch", "host": "es.example.com", "port": 9243,
+"schema": "https", "login": null, "password": null, "extra": {"api_key": "..."}}``.
+Secrets are read from the file, never from the command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+POOL_NAME = "es_backfill"
+POOL_DESCRIPTION = "windows reading Elasticsearch at once"
+CONNECTIONS_PREFIX = "airflow/connections"  # SecretsManagerBackend's connections_prefix
+CONNECTION_FIELDS = frozenset({"conn_type", "description", "host", "port", "schema", "login", "password", "extra"})
+CONNECT_TIMEOUT_S = 10
+READ_TIMEOUT_S = 60
+CLI_TIMEOUT_S = 300
+_OUTPUT_LIMIT = 2000
+
+
+class AdminError(RuntimeError):
+    """A pool or connection could not be set; the message holds what Airflow answered."""
+
+
+@dataclass(frozen=True)
+class Pool:
+    name: str = POOL_NAME
+    slots: int = 4
+    description: str = POOL_DESCRIPTION
+    include_deferred: bool = False
+
+
+@dataclass(frozen=True)
+class CliResult:
+    stdout: str
+    stderr: str
+    returncode: int | None = None  # the MWAA CLI endpoint reports none
+
+
+@dataclass(frozen=True)
+class RestRequest:
+    method: str
+    path: str
+    body: dict[str, Any]
+
+
+def load_connection(text: str) -> dict[str, Any]:
+    """Parse and check one connection in Airflow's JSON form."""
+    try:
+        conn = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise AdminError(f"the connection file is not JSON: {err}") from err
+    if not isinstance(conn, dict) or not conn.get("conn_type"):
+        raise AdminError('the connection must be a JSON object with at least "conn_type"')
+    unknown = set(conn) - CONNECTION_FIELDS
+    if unknown:
+        raise AdminError(f"unknown connection fields {sorted(unknown)}; allowed: {sorted(CONNECTION_FIELDS)}")
+    if conn.get("extra") is not None and not isinstance(conn["extra"], dict | str):
+        raise AdminError("extra must be a JSON object")
+    return conn
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The Airflow CLI (local, or MWAA's CLI endpoint): the same commands
+
+
+def pool_commands(pool: Pool) -> list[tuple[list[str], str]]:
+    """(CLI arguments, text its output must hold). ``pools set`` creates the pool or resizes it."""
+    args = ["pools", "set", pool.name, str(pool.slots), pool.description]
+    if pool.include_deferred:
+        args.append("--include-deferred")
+    return [(args, f"Pool {pool.name} created")]
+
+
+def connection_commands(conn_id: str, conn: Mapping[str, Any]) -> list[tuple[list[str], str]]:
+    """Delete (whether it exists or not) then add: the CLI has no 'create or update' for connections."""
+    return [
+        (["connections", "delete", conn_id], ""),
+        (["connections", "add", conn_id, "--conn-json", json.dumps(dict(conn))], "Successfully added"),
+    ]
+
+
+def run_local_cli(args: list[str]) -> CliResult:
+    """``airflow ARGS`` on this machine, with this Python's Airflow (the venv's, or the container's)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "airflow", *args], capture_output=True, text=True, timeout=CLI_TIMEOUT_S, check=False
+    )
+    return CliResult(done.stdout, done.stderr, done.returncode)
+
+
+def run_mwaa_cli(mwaa: Any, environment: str, args: list[str], http: Any, scheme: str = "https") -> CliResult:
+    """Run one Airflow CLI command on MWAA: a fresh CLI token (valid 60 s), then POST the command line."""
+    token = mwaa.create_cli_token(Name=environment)
+    url = f"{scheme}://{token['WebServerHostname']}/aws_mwaa/cli"
+    log.info("MWAA %s: airflow %s", environment, args[:2])
+    response = http.post(
+        url,
+        content=shlex.join(args).encode(),
+        headers={"Authorization": f"Bearer {token['CliToken']}", "Content-Type": "text/plain"},
+    )
+    if response.status_code != 200:
+        raise AdminError(f"MWAA CLI endpoint answered {response.status_code}: {response.text[:_OUTPUT_LIMIT]}")
+    try:
+        payload = response.json()
+        return CliResult(_b64(payload.get("stdout")), _b64(payload.get("stderr")))
+    except (ValueError, AttributeError) as err:
+        raise AdminError(f"unexpected answer from the MWAA CLI endpoint: {response.text[:_OUTPUT_LIMIT]}") from err
+
+
+def _b64(value: str | None) -> str:
+    return base64.b64decode(value or "").decode("utf-8", errors="replace")
+
+
+def apply_cli(run: Callable[[list[str]], CliResult], commands: list[tuple[list[str], str]]) -> list[CliResult]:
+    """Run the commands in order; a command with an expected text must print it (and exit 0 where known)."""
+    results = []
+    for args, expect in commands:
+        result = run(args)
+        results.append(result)
+        if expect and (expect not in result.stdout or result.returncode not in (None, 0)):
+            output = result.stdout[-_OUTPUT_LIMIT:] + result.stderr[-_OUTPUT_LIMIT:]
+            raise AdminError(f"airflow {' '.join(args[:2])} failed:\n{output}")
+        last_line = ((result.stdout or result.stderr).strip().splitlines() or [""])[-1]
+        log.info("airflow %s: %s", " ".join(args[:2]), last_line)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The REST API v2 of a local api-server
+
+
+def pool_request(pool: Pool) -> RestRequest:
+    entity = {
+        "name": pool.name,
+        "slots": pool.slots,
+        "description": pool.description,
+        "include_deferred": pool.include_deferred,
+    }
+    return RestRequest("PATCH", "/api/v2/pools", _bulk_overwrite(entity))
+
+
+def connection_request(conn_id: str, conn: Mapping[str, Any]) -> RestRequest:
+    entity: dict[str, Any] = {"connection_id": conn_id, **{k: v for k, v in conn.items() if k != "extra"}}
+    extra = conn.get("extra")
+    if extra is not None:
+        entity["extra"] = extra if isinstance(extra, str) else json.dumps(extra)
+    return RestRequest("PATCH", "/api/v2/connections", _bulk_overwrite(entity))
+
+
+def _bulk_overwrite(entity: dict[str, Any]) -> dict[str, Any]:
+    return {"actions": [{"action": "create", "entities": [entity], "action_on_existence": "overwrite"}]}
+
+
+def rest_token(http: Any, base_url: str, username: str, password: str) -> str:
+    """A JWT from the simple auth manager's ``POST /auth/token``."""
+    response = http.post(f"{base_url}/auth/token", json={"username": username, "password": password})
+    if response.status_code not in (200, 201):
+        raise AdminError(f"POST /auth/token answered {response.status_code}: {response.text[:_OUTPUT_LIMIT]}")
+    return response.json()["access_token"]
+
+
+def send_rest(http: Any, base_url: str, token: str, request: RestRequest) -> dict[str, Any]:
+    response = http.request(
+        request.method, f"{base_url}{request.path}", json=request.body, headers={"Authorization": f"Bearer {token}"}
+    )
+    if response.status_code != 200:
+        raise AdminError(
+            f"{request.method} {request.path} answered {response.status_code}: {response.text[:_OUTPUT_LIMIT]}"
+        )
+    answer = response.json()
+    errors = (answer.get("create") or {}).get("errors") or []
+    if errors:
+        raise AdminError(f"{request.method} {request.path} failed: {errors}")
+    log.info("%s %s: %s", request.method, request.path, (answer.get("create") or {}).get("success"))
+    return answer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AWS Secrets Manager (what MWAA's SecretsManagerBackend reads)
+
+
+def secret_value(conn: Mapping[str, Any]) -> str:
+    """The secret's JSON: the connection's fields, ``extra`` as an object."""
+    value = {k: v for k, v in conn.items() if v is not None}
+    if isinstance(value.get("extra"), str):
+        value["extra"] = json.loads(value["extra"])
+    return json.dumps(value, sort_keys=True)
+
+
+def put_connection_secret(
+    secretsmanager: Any, conn_id: str, conn: Mapping[str, Any], prefix: str = CONNECTIONS_PREFIX
+) -> str:
+    """Create the secret ``{prefix}/{conn_id}`` or store a new value in it; return its name."""
+    from botocore.exceptions import ClientError
+
+    name = f"{prefix.rstrip('/')}/{conn_id}"
+    try:
+        secretsmanager.create_secret(Name=name, SecretString=secret_value(conn))
+        log.info("Created secret %s", name)
+    except ClientError as err:
+        if err.response.get("Error", {}).get("Code") != "ResourceExistsException":
+            raise
+        secretsmanager.put_secret_value(SecretId=name, SecretString=secret_value(conn))
+        log.info("Stored a new value in secret %s", name)
+    return name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Command line
+
+
+def _http() -> httpx.Client:
+    return httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
+
+
+def _boto_client(service: str, region: str | None) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    config = Config(connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S, retries={"mode": "standard"})
+    return boto3.session.Session(region_name=region).client(service, config=config)
+
+
+def _api_token(http: Any, base_url: str) -> str:
+    if os.environ.get("AIRFLOW_API_TOKEN"):
+        return os.environ["AIRFLOW_API_TOKEN"]
+    username, password = os.environ.get("AIRFLOW_API_USERNAME"), os.environ.get("AIRFLOW_API_PASSWORD")
+    if not (username and password):
+        raise AdminError("set AIRFLOW_API_TOKEN, or AIRFLOW_API_USERNAME and AIRFLOW_API_PASSWORD")
+    return rest_token(http, base_url, username, password)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m include.airflow_admin", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    pool_parser = sub.add_parser("pool", help="create or resize the pool")
+    pool_parser.add_argument("--name", default=POOL_NAME)
+    pool_parser.add_argument("--slots", type=int, required=True, help="windows reading Elasticsearch at once")
+    pool_parser.add_argument("--description", default=POOL_DESCRIPTION)
+    conn_parser = sub.add_parser("connection", help="create or replace a connection")
+    secret_parser = sub.add_parser("secret", help="write a connection to AWS Secrets Manager (MWAA)")
+    for each in (conn_parser, secret_parser):
+        each.add_argument("--conn-id", required=True)
+        each.add_argument("--file", required=True, help="the connection's JSON, or - for stdin")
+    secret_parser.add_argument("--prefix", default=CONNECTIONS_PREFIX, help="the backend's connections_prefix")
+    for each in (pool_parser, conn_parser):
+        target = each.add_mutually_exclusive_group(required=True)
+        target.add_argument("--cli", action="store_true", help="the local airflow command")
+        target.add_argument("--api-url", help="a local api-server, e.g. http://localhost:8080")
+        target.add_argument("--mwaa-environment", help="an MWAA environment's name")
+    for each in (pool_parser, conn_parser, secret_parser):
+        each.add_argument("--region", help="AWS region for MWAA / Secrets Manager")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    try:
+        if args.command == "secret":
+            conn = load_connection(sys.stdin.read() if args.file == "-" else Path(args.file).read_text())
+            put_connection_secret(_boto_client("secretsmanager", args.region), args.conn_id, conn, args.prefix)
+            return 0
+        if args.command == "pool":
+            pool = Pool(args.name, args.slots, args.description)
+            commands, request = pool_commands(pool), pool_request(pool)
+        else:
+            conn = load_connection(sys.stdin.read() if args.file == "-" else Path(args.file).read_text())
+            commands, request = connection_commands(args.conn_id, conn), connection_request(args.conn_id, conn)
+        if args.cli:
+            apply_cli(run_local_cli, commands)
+        elif args.api_url:
+            base_url = args.api_url.rstrip("/")
+            with _http() as http:
+                send_rest(http, base_url, _api_token(http, base_url), request)
+        else:
+            mwaa = _boto_client("mwaa", args.region)
+            with _http() as http:
+                apply_cli(lambda cli_args: run_mwaa_cli(mwaa, args.mwaa_environment, cli_args, http), commands)
+    except (AdminError, OSError, httpx.HTTPError) as err:
+        print(f"Failed: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
