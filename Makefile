@@ -34,6 +34,10 @@ test: lint system-deps
 demo: venv
 	$(BIN)/python -m include.demo
 
+# A benchmark, not a test: pipeline vs a naive script on a seeded cluster; prints figures and ratios.
+bench: venv
+	$(BIN)/python -m include.bench $(BENCH_ARGS)
+
 # Re-resolve requirements-dev.lock from requirements-dev.in and Airflow's 3.3.1 constraints.
 lock: | $(UV)
 	$(UV) pip compile -q requirements-dev.in -c constraints/airflow-3.3.1-py3.12.txt \

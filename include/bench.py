@@ -5,18 +5,23 @@ What it measures, in one run:
 1. It starts a real Elasticsearch node and a moto S3 server (or uses ``ES_URL`` /
    ``S3_ENDPOINT_URL``), creates a fresh bucket, and seeds ``--messages`` generated
    messages over 7 days, with their history, status and audit documents, into fresh
-   indices. Seeding is timed and reported on its own; it is not part of the figures.
+   indices, then waits for the merges the bulk load started. Seeding is timed and
+   reported on its own; it is not part of the figures. The default of 110,000 messages
+   keeps the pipeline part near 25-30 s on a 2-core machine.
 2. **pipeline**: ``es_backfill.extract.run_window`` over every 1-day window, one after
    the other, as the DAG's mapped tasks would run them: point in time + ``search_after``
    pages of ``--page-size`` messages, one batched ``terms`` lookup per related index and
    page, ``jsonl.gz`` parts on S3, a manifest per window. Every message of the range.
 3. **naive**: what a hurried script does: the scroll API over the messages of the range,
    then for each message one ``term`` search per related index and one ``put_object``
-   of a JSON document. It is about two orders of magnitude slower, so it runs on the
-   first ``--naive-messages`` messages only; compare its *rate*, not its seconds.
+   of a JSON document. It is tens of times slower (about 50-75x on a 2-core machine), so
+   it runs on the first ``--naive-messages`` messages only; compare rates, not seconds.
 
 Each contender runs in its own child process (``python -m include.bench --role ...``)
 so its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read in the child) is its own.
+Linux carries a parent's peak into ``ru_maxrss`` across fork + exec, so the orchestrating
+process stays small (seeding runs in a child too) and each contender also reports
+``VmHWM`` from ``/proc/self/status`` as a cross-check.
 Every Elasticsearch request is counted (the pipeline's ``EsReader`` counts each attempt;
 the naive script's calls go through a counter), and every S3 HTTP request is counted
 with a botocore ``before-send`` hook. The table shows messages, seconds, records/s,
@@ -63,7 +68,7 @@ T = TypeVar("T")
 DEFAULTS_FILE = ROOT / "include" / "backfill_defaults.json"
 START = datetime(2024, 3, 1, tzinfo=UTC)
 DAYS = 7
-DEFAULT_MESSAGES = 150_000
+DEFAULT_MESSAGES = 110_000
 DEFAULT_NAIVE_MESSAGES = 2_000
 DEFAULT_PAGE_SIZE = 5_000
 MAX_WINDOWS = 1024  # Airflow's default [core] max_map_length
@@ -73,12 +78,15 @@ REGION = "us-east-1"
 DUMMY_CREDENTIALS = "testing"  # moto accepts anything; these only have to be present
 TARGET_SPEEDUP = 20.0
 TARGET_REQUESTS_PER_1000 = 5.0
-ROLES = ("pipeline", "naive")
+SEED_CHUNK_SIZE = 5_000
+CHILD_TIMEOUT_S = 6 * 3600
+MERGE_WAIT_S = 600
+CONTENDERS = ("pipeline", "naive")
 
 
 @dataclass(frozen=True)
 class Job:
-    """Everything a contender's child process needs; passed to it as JSON."""
+    """Everything a child process needs; passed to it as JSON."""
 
     es_url: str
     s3_url: str
@@ -86,8 +94,17 @@ class Job:
     indices: dict[str, str]  # datagen role -> index name
     start: str
     end: str
+    messages: int
     page_size: int
     naive_messages: int
+
+    @property
+    def start_dt(self) -> datetime:
+        return datetime.fromisoformat(self.start)
+
+    @property
+    def end_dt(self) -> datetime:
+        return datetime.fromisoformat(self.end)
 
 
 @dataclass
@@ -103,6 +120,7 @@ class Result:
     objects: int
     rss_before_kib: int
     peak_rss_kib: int
+    cpu_seconds: float
     notes: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -127,6 +145,11 @@ class Result:
 def _peak_rss_kib() -> int:
     # Linux reports ru_maxrss in KiB.
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+
+
+def _cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _vm_hwm_kib() -> int | None:
@@ -207,9 +230,9 @@ def run_pipeline(job: Job) -> Result:
     rss_before = _peak_rss_kib()
     with Elasticsearch(job.es_url, max_retries=0, request_timeout=60) as es:
         reader = EsReader(es, max_retries=config.source.max_retries)
-        started = time.perf_counter()
+        cpu_before, started = _cpu_seconds(), time.perf_counter()
         results = [run_window(config, window, reader, store) for window in windows]
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before
     problems = [r.window["label"] for r in results if r.status != "written" or r.messages != r.es_count]
     if problems:
         raise RuntimeError(f"pipeline windows not written in full: {', '.join(problems)}")
@@ -223,6 +246,7 @@ def run_pipeline(job: Job) -> Result:
         objects=sum(r.objects for r in results),
         rss_before_kib=rss_before,
         peak_rss_kib=_peak_rss_kib(),
+        cpu_seconds=cpu,
         notes={"windows": len(windows), "bytes": sum(r.bytes for r in results)},
     )
 
@@ -253,7 +277,7 @@ def run_naive(job: Job) -> Result:
     rss_before = _peak_rss_kib()
     # max_retries=0 so that no request is sent that the counter does not see.
     with Elasticsearch(job.es_url, max_retries=0, request_timeout=60) as es:
-        started = time.perf_counter()
+        cpu_before, started = _cpu_seconds(), time.perf_counter()
         response = counted(
             "search (scroll start)",
             es.search,
@@ -294,7 +318,7 @@ def run_naive(job: Job) -> Result:
                     hits = response["hits"]["hits"]
         finally:
             counted("clear_scroll", es.clear_scroll, scroll_id=scroll_id)
-        seconds = time.perf_counter() - started
+        seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before
     if done < job.naive_messages:
         log.warning("The range holds only %s messages; the naive script processed them all", done)
     return Result(
@@ -307,37 +331,98 @@ def run_naive(job: Job) -> Result:
         objects=done,
         rss_before_kib=rss_before,
         peak_rss_kib=_peak_rss_kib(),
+        cpu_seconds=cpu,
         notes={"related_indices": len(related), "scroll_size": NAIVE_SCROLL_SIZE},
     )
 
 
-CONTENDERS: dict[str, Callable[[Job], Result]] = {"pipeline": run_pipeline, "naive": run_naive}
+# --- seeding and clean-up (child processes too, so the orchestrator stays small) ---------------
 
 
-def child_main(role: str, job_json: str, result_file: Path) -> None:
-    """Entry point of a contender's child process: run it, write its Result as JSON."""
-    job = Job(**json.loads(job_json))
-    log.info("Running the %s contender", role)
-    result = CONTENDERS[role](job)
-    result.notes["vm_hwm_kib"] = _vm_hwm_kib()
-    result_file.write_text(json.dumps(asdict(result)))
-    log.info(
-        "%s: %s messages in %.1fs, %s ES requests, peak RSS %s KiB (VmHWM %s KiB)",
-        role, result.messages, result.seconds, result.es_total, result.peak_rss_kib, result.notes["vm_hwm_kib"],
-    )  # fmt: skip
+def seed(job: Job) -> dict[str, Any]:
+    """Create the bucket, load the dataset into fresh indices; report the ES version and counts."""
+    from elasticsearch import Elasticsearch
+
+    from include.datagen import DatasetSpec, IndexNames, load
+
+    names = IndexNames(**job.indices)
+    _s3_client(job.s3_url).create_bucket(Bucket=job.bucket)
+    with Elasticsearch(job.es_url, max_retries=0, request_timeout=300) as es:
+        version = es.info()["version"]["number"]
+        log.info("Seeding %s messages into %s", job.messages, names)
+        started = time.perf_counter()
+        spec = DatasetSpec(messages=job.messages, start=job.start_dt, end=job.end_dt, indices=names)
+        counts = load(es, spec, chunk_size=SEED_CHUNK_SIZE)
+        _wait_for_merges(es, list(job.indices.values()))
+        seconds = time.perf_counter() - started
+    log.info("Seeded %s in %.1fs", counts.as_dict(), seconds)
+    return {"es_version": version, "counts": counts.as_dict(), "seconds": seconds}
 
 
-def run_child(role: str, job: Job) -> Result:
-    """Run one contender in a fresh interpreter, so that its peak RSS is its own."""
+def _wait_for_merges(es: Any, indices: list[str]) -> None:
+    """Let the merges a bulk load leaves running finish, so they do not eat the first contender's CPU."""
+    deadline = time.monotonic() + MERGE_WAIT_S
+    quiet = 0
+    while quiet < 3:
+        stats = es.indices.stats(index=",".join(indices), metric="merge")
+        quiet = quiet + 1 if stats["_all"]["total"]["merges"]["current"] == 0 else 0
+        if time.monotonic() > deadline:
+            log.warning("Merges still running after %ss; measuring anyway", MERGE_WAIT_S)
+            return
+        time.sleep(1)
+
+
+def cleanup(job: Job) -> dict[str, Any]:
+    """Remove our indices and bucket from servers this run did not start (and so will not stop)."""
+    from elasticsearch import Elasticsearch
+
+    s3 = _s3_client(job.s3_url)
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=job.bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=job.bucket, Delete={"Objects": keys, "Quiet": True})
+    s3.delete_bucket(Bucket=job.bucket)
+    with Elasticsearch(job.es_url, max_retries=0, request_timeout=300) as es:
+        es.options(ignore_status=404).indices.delete(index=",".join(job.indices.values()))
+    return {}
+
+
+# --- child processes ---------------------------------------------------------------------------
+
+
+def child_main(role: str, job: Job, result_file: Path) -> None:
+    """Entry point of a child process: run ``role``, write what it reports as JSON."""
+    if role in CONTENDERS:
+        log.info("Running the %s contender", role)
+        result = run_pipeline(job) if role == "pipeline" else run_naive(job)
+        result.notes["vm_hwm_kib"] = _vm_hwm_kib()
+        log.info(
+            "%s: %s messages in %.1fs, %s ES requests, ru_maxrss %s KiB, VmHWM %s KiB",
+            role, result.messages, result.seconds, result.es_total, result.peak_rss_kib, result.notes["vm_hwm_kib"],
+        )  # fmt: skip
+        report: dict[str, Any] = asdict(result)
+    else:
+        report = seed(job) if role == "seed" else cleanup(job)
+    result_file.write_text(json.dumps(report))
+
+
+def run_child(role: str, job: Job) -> dict[str, Any]:
+    """Run ``role`` in a fresh interpreter and return what it reports.
+
+    A process started with fork/vfork + exec inherits its parent's peak RSS in ``ru_maxrss``
+    (Linux keeps the larger of the two across exec). The orchestrator therefore never imports
+    the clients nor holds data: seeding runs in a child as well, and the contenders' figures
+    are their own. Each contender also reports ``VmHWM`` (reset by exec) as a cross-check.
+    """
     with tempfile.TemporaryDirectory(prefix="es-backfill-bench-") as tmp:
         result_file = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "include.bench", "--role", role, "--job", json.dumps(asdict(job))]
         cmd += ["--result-file", str(result_file)]
-        log.info("Starting the %s contender in a child process", role)
-        completed = subprocess.run(cmd, cwd=ROOT, check=False, timeout=6 * 3600)
+        log.info("Starting child process: %s", role)
+        completed = subprocess.run(cmd, cwd=ROOT, check=False, timeout=CHILD_TIMEOUT_S)
         if completed.returncode != 0 or not result_file.is_file():
-            raise RuntimeError(f"the {role} contender failed (exit status {completed.returncode}); see its log above")
-        return Result(**json.loads(result_file.read_text()))
+            raise RuntimeError(f"the {role} child process failed (exit status {completed.returncode}); see its log")
+        return json.loads(result_file.read_text())
 
 
 # --- orchestration and report ------------------------------------------------------------------
@@ -356,6 +441,7 @@ class Setup:
     start: datetime
     end: datetime
     page_size: int
+    orchestrator_peak_rss_kib: int
 
 
 def _cpu_model() -> str:
@@ -372,6 +458,19 @@ def _fmt(value: float, decimals: int = 0) -> str:
     return f"{value:,.{decimals}f}"
 
 
+def _by_kind(counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
+
+
+def _rss_check(result: Result) -> str:
+    hwm = result.notes.get("vm_hwm_kib")
+    if hwm is None:
+        return f"{result.role}: VmHWM unavailable"
+    # ru_maxrss can only exceed VmHWM when it carries a parent's peak from before exec.
+    verdict = "agree" if result.peak_rss_kib <= hwm else "DIFFER (ru_maxrss inherited a parent's peak)"
+    return f"{result.role}: ru_maxrss {result.peak_rss_kib / 1024:,.1f} MiB, VmHWM {hwm / 1024:,.1f} MiB, {verdict}"
+
+
 def report(setup: Setup, pipeline: Result, naive: Result) -> str:
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
@@ -382,20 +481,22 @@ def report(setup: Setup, pipeline: Result, naive: Result) -> str:
         "=== es-backfill benchmark ===",
         f"Elasticsearch {setup.es_version} at {setup.es_url} ({es_where}); S3 at {setup.s3_url} ({s3_where})",
         f"Machine: {cores} cores ({usable} usable), {_cpu_model()}; Python {sys.version.split()[0]}; "
-        "Elasticsearch, S3 and the contender share it",
+        "Elasticsearch, S3 and the contender share these cores",
         f"Dataset: {_fmt(setup.messages)} messages over {DAYS} days "
         f"[{setup.start:%Y-%m-%d}, {setup.end:%Y-%m-%d}) + {_fmt(setup.related_docs)} related documents; "
         f"seeded in {setup.seed_seconds:.1f}s (not part of the figures)",
-        f"pipeline: run_window over all {pipeline.notes.get('windows', '?')} windows of 1d, sequentially; "
-        f"page_size {setup.page_size}, jsonl.gz parts",
-        f"naive:    scroll + {naive.notes.get('related_indices', '?')} term searches + 1 put_object per message, "
-        f"on the first {_fmt(naive.messages)} messages only (it is far slower): compare rates, not seconds",
+        f"pipeline: run_window over all {pipeline.notes.get('windows', '?')} windows of 1d, one after the other; "
+        f"page_size {setup.page_size}, jsonl.gz parts, a manifest per window",
+        f"naive:    scroll (size {naive.notes.get('scroll_size', '?')}) + "
+        f"{naive.notes.get('related_indices', '?')} term searches + 1 put_object per message, "
+        f"run on the FIRST {_fmt(naive.messages)} MESSAGES ONLY (it is far slower): compare rates, not seconds",
         "",
     ]
     rows: list[tuple[str, str, str]] = [
         ("messages processed", _fmt(pipeline.messages), _fmt(naive.messages)),
         ("seconds", _fmt(pipeline.seconds, 1), _fmt(naive.seconds, 1)),
         ("records/s", _fmt(pipeline.rate, 1), _fmt(naive.rate, 1)),
+        ("CPU seconds in the contender", _fmt(pipeline.cpu_seconds, 1), _fmt(naive.cpu_seconds, 1)),
         ("ES requests", _fmt(pipeline.es_total), _fmt(naive.es_total)),
         (
             "ES requests per 1,000 messages",
@@ -408,19 +509,18 @@ def report(setup: Setup, pipeline: Result, naive: Result) -> str:
             _fmt(pipeline.per_1000(pipeline.s3_total), 2),
             _fmt(naive.per_1000(naive.s3_total), 2),
         ),
-        ("S3 objects written (data)", _fmt(pipeline.objects), _fmt(naive.objects)),
+        ("S3 data objects written", _fmt(pipeline.objects), _fmt(naive.objects)),
         (
             "related docs per message",
             _fmt(pipeline.related_docs / max(pipeline.messages, 1), 2),
             _fmt(naive.related_docs / max(naive.messages, 1), 2),
         ),
         ("peak RSS MiB", _fmt(pipeline.peak_rss_kib / 1024, 1), _fmt(naive.peak_rss_kib / 1024, 1)),
-        ("  of which before work MiB", _fmt(pipeline.rss_before_kib / 1024, 1), _fmt(naive.rss_before_kib / 1024, 1)),
+        ("  peak before work MiB", _fmt(pipeline.rss_before_kib / 1024, 1), _fmt(naive.rss_before_kib / 1024, 1)),
     ]
     width = max(len(r[0]) for r in rows)
     lines.append(f"{'':<{width}}  {'pipeline':>14}  {'naive':>14}")
     lines += [f"{name:<{width}}  {p:>14}  {n:>14}" for name, p, n in rows]
-    lines.append("")
     speedup = pipeline.rate / naive.rate if naive.rate else float("inf")
     pipe_per_1000 = pipeline.per_1000(pipeline.es_total)
     naive_per_1000 = naive.per_1000(naive.es_total)
@@ -428,9 +528,10 @@ def report(setup: Setup, pipeline: Result, naive: Result) -> str:
     speedup_met = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
     requests_met = "met" if pipe_per_1000 <= TARGET_REQUESTS_PER_1000 else "NOT met"
     lines += [
-        f"pipeline/naive records/s:                     {speedup:,.1f}x (target >= {TARGET_SPEEDUP:g}x: {speedup_met})",
-        f"naive/pipeline ES requests per 1,000 messages: {fewer:,.1f}x",
-        f"pipeline ES requests per 1,000 messages:       {pipe_per_1000:.2f} "
+        "",
+        f"{'pipeline/naive records/s:':<47}{speedup:,.1f}x  (target >= {TARGET_SPEEDUP:g}x: {speedup_met})",
+        f"{'naive/pipeline ES requests per 1,000 messages:':<47}{fewer:,.1f}x",
+        f"{'pipeline ES requests per 1,000 messages:':<47}{pipe_per_1000:.2f}  "
         f"(target <= {TARGET_REQUESTS_PER_1000:g}: {requests_met})",
         "",
         "ES requests by kind:",
@@ -439,81 +540,64 @@ def report(setup: Setup, pipeline: Result, naive: Result) -> str:
         "S3 requests by operation:",
         f"  pipeline: {_by_kind(pipeline.s3_requests)}",
         f"  naive:    {_by_kind(naive.s3_requests)}",
+        "Peak RSS is getrusage(RUSAGE_SELF).ru_maxrss in each contender's own process; cross-check with /proc VmHWM:",
+        f"  {_rss_check(pipeline)}",
+        f"  {_rss_check(naive)}",
+        f"  (orchestrator peak, a floor every child inherits: {setup.orchestrator_peak_rss_kib / 1024:,.1f} MiB)",
     ]
     return "\n".join(lines)
 
 
-def _by_kind(counts: Mapping[str, int]) -> str:
-    return ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
-
-
 def main_bench(messages: int, naive_messages: int, page_size: int) -> None:
-    import boto3  # noqa: F401 - fail before starting servers if the environment is incomplete
-    from elasticsearch import Elasticsearch
-
+    # Only light modules here: whatever this process holds, its children's ru_maxrss starts from.
     from include.datagen import ROLES as DATAGEN_ROLES
-    from include.datagen import DatasetSpec, IndexNames, load
     from include.devservers.elasticsearch import running_elasticsearch
     from include.devservers.s3 import running_s3
 
     tag = uuid.uuid4().hex[:8]
-    names = IndexNames(*(f"bench_{role}_{tag}" for role in DATAGEN_ROLES))
-    bucket = f"es-backfill-bench-{tag}"
     start, end = START, START + timedelta(days=DAYS)
-    with (
-        running_elasticsearch() as cluster,
-        running_s3() as s3_server,
-        Elasticsearch(cluster.url, max_retries=0, request_timeout=300) as es,
-    ):
-        es_version = es.info()["version"]["number"]
-        s3 = _s3_client(s3_server.endpoint_url)
-        s3.create_bucket(Bucket=bucket)
+    with running_elasticsearch() as cluster, running_s3() as s3_server:
+        job = Job(
+            es_url=cluster.url,
+            s3_url=s3_server.endpoint_url,
+            bucket=f"es-backfill-bench-{tag}",
+            indices={role: f"bench_{role}_{tag}" for role in DATAGEN_ROLES},
+            start=start.isoformat(),
+            end=end.isoformat(),
+            messages=messages,
+            page_size=page_size,
+            naive_messages=naive_messages,
+        )
+        # Servers started here vanish with their data; from external ones we remove what we made.
+        external = not (cluster.started_here and s3_server.started_here)
         try:
-            log.info("Seeding %s messages over %s days into %s", messages, DAYS, names)
-            seeding = time.perf_counter()
-            counts = load(es, DatasetSpec(messages=messages, start=start, end=end, indices=names), chunk_size=5000)
-            seed_seconds = time.perf_counter() - seeding
-            log.info("Seeded %s in %.1fs", counts.as_dict(), seed_seconds)
-            job = Job(
-                es_url=cluster.url,
-                s3_url=s3_server.endpoint_url,
-                bucket=bucket,
-                indices={role: names.of(role) for role in DATAGEN_ROLES},
-                start=start.isoformat().replace("+00:00", "Z"),
-                end=end.isoformat().replace("+00:00", "Z"),
-                page_size=page_size,
-                naive_messages=naive_messages,
-            )
-            results = {role: run_child(role, job) for role in ROLES}
-        finally:
-            # A cluster or S3 server started here vanishes with its data; from an external one we
-            # remove what we made.
-            if not cluster.started_here:
-                es.options(ignore_status=404).indices.delete(index=",".join(names.of(r) for r in DATAGEN_ROLES))
-            if not s3_server.started_here:
-                _empty_and_delete_bucket(s3, bucket)
+            seeded = run_child("seed", job)
+            results = {role: Result(**run_child(role, job)) for role in CONTENDERS}
+        except BaseException:
+            if external:
+                try:
+                    run_child("cleanup", job)
+                except Exception as err:  # the first error is the one to report
+                    log.warning("Could not remove the benchmark's indices and bucket %s: %s", job.bucket, err)
+            raise
+        if external:
+            run_child("cleanup", job)
+    counts = seeded["counts"]
     setup = Setup(
         es_url=cluster.url,
-        es_version=es_version,
+        es_version=seeded["es_version"],
         es_started_here=cluster.started_here,
         s3_url=s3_server.endpoint_url,
         s3_started_here=s3_server.started_here,
-        messages=counts.messages,
-        related_docs=counts.history + counts.status + counts.audit,
-        seed_seconds=seed_seconds,
+        messages=counts["messages"],
+        related_docs=sum(n for role, n in counts.items() if role != "messages"),
+        seed_seconds=seeded["seconds"],
         start=start,
         end=end,
         page_size=page_size,
+        orchestrator_peak_rss_kib=_peak_rss_kib(),
     )
     print(report(setup, results["pipeline"], results["naive"]), flush=True)
-
-
-def _empty_and_delete_bucket(s3: Any, bucket: str) -> None:
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys, "Quiet": True})
-    s3.delete_bucket(Bucket=bucket)
 
 
 def _positive(text: str) -> int:
@@ -524,24 +608,36 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from es_backfill.config import PAGE_SIZE_MAX, PAGE_SIZE_MIN  # a light module: stdlib only
+
     parser = argparse.ArgumentParser(
         prog="python -m include.bench",
         description="Benchmark the es-backfill pipeline against a naive per-message script.",
     )
-    parser.add_argument("--messages", type=_positive, default=DEFAULT_MESSAGES, help="messages to seed (pipeline)")
     parser.add_argument(
-        "--naive-messages", type=_positive, default=DEFAULT_NAIVE_MESSAGES, help="messages the naive script processes"
+        "--messages", type=_positive, default=DEFAULT_MESSAGES, help=f"messages to seed (default {DEFAULT_MESSAGES})"
     )
-    parser.add_argument("--page-size", type=_positive, default=DEFAULT_PAGE_SIZE, help="the pipeline's page_size")
-    # Internal: how the benchmark runs one contender in a child process.
-    parser.add_argument("--role", choices=ROLES, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--naive-messages",
+        type=_positive,
+        default=DEFAULT_NAIVE_MESSAGES,
+        help=f"messages the naive script processes (default {DEFAULT_NAIVE_MESSAGES})",
+    )
+    parser.add_argument(
+        "--page-size",
+        type=_positive,
+        default=DEFAULT_PAGE_SIZE,
+        help=f"the pipeline's page_size, {PAGE_SIZE_MIN}..{PAGE_SIZE_MAX} (default {DEFAULT_PAGE_SIZE})",
+    )
+    # Internal: how the benchmark runs seeding and each contender in a child process.
+    parser.add_argument("--role", choices=("seed", *CONTENDERS, "cleanup"), help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    from es_backfill.config import PAGE_SIZE_MAX, PAGE_SIZE_MIN
-
     if not PAGE_SIZE_MIN <= args.page_size <= PAGE_SIZE_MAX:
         parser.error(f"--page-size must be within {PAGE_SIZE_MIN}..{PAGE_SIZE_MAX} (the pipeline's bounds)")
+    if args.role and not (args.job and args.result_file):
+        parser.error("--role needs --job and --result-file")
 
     tag = f"[{args.role}] " if args.role else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s")
@@ -549,9 +645,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.role:
-            if not args.job or not args.result_file:
-                parser.error("--role needs --job and --result-file")
-            child_main(args.role, args.job, args.result_file)
+            child_main(args.role, Job(**json.loads(args.job)), args.result_file)
         else:
             main_bench(args.messages, args.naive_messages, args.page_size)
     except Exception:
