@@ -18,6 +18,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from include.devservers.airflow_env import local_airflow_env
+
 ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "es-backfill-demo"
 CONF = {"start": "2024-03-01", "end": "2024-03-08", "window": "1d", "s3_bucket": BUCKET, "s3_prefix": "demo"}
@@ -25,14 +27,9 @@ MESSAGES = int(os.environ.get("DEMO_MESSAGES", "5000"))
 
 
 def _airflow_env() -> None:
-    home = tempfile.mkdtemp(prefix="es-backfill-demo-airflow-")
     os.environ.update(
         {
-            "AIRFLOW_HOME": home,
-            "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-            "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home}/airflow.db",
+            **local_airflow_env(tempfile.mkdtemp(prefix="es-backfill-demo-airflow-")),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         }
     )

@@ -12,28 +12,22 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from include.devservers.airflow_env import local_airflow_env
 
 # Airflow reads its configuration on first import, so this happens before any test imports it.
-_AIRFLOW_HOME = tempfile.mkdtemp(prefix="es-backfill-airflow-")
 os.environ.update(
     {
-        "AIRFLOW_HOME": _AIRFLOW_HOME,
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{_AIRFLOW_HOME}/airflow.db",
+        **local_airflow_env(tempfile.mkdtemp(prefix="es-backfill-airflow-")),
         # Failed tasks retry after 1s, 2s... instead of 30s, so dag.test() runs with failures stay short.
         "ES_BACKFILL_RETRY_DELAY_S": "1",
     }
 )
 
-from include.devservers.elasticsearch import RunningCluster, running_elasticsearch  # noqa: E402
-from include.devservers.s3 import RunningS3, aws_connection_uri, running_s3  # noqa: E402
+from include.devservers.elasticsearch import RunningCluster, running_elasticsearch
+from include.devservers.s3 import RunningS3, aws_connection_uri, running_s3
 
 
 def _announce(config: pytest.Config, line: str) -> None:

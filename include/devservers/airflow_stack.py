@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from include.devservers.airflow_env import ROOT, local_airflow_env
 from include.devservers.ports import free_port
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 180
 COMPONENTS = (
     ("api-server", ["api-server", "--port"]),
@@ -81,10 +81,7 @@ def running_airflow(sql_alchemy_conn: str, env: dict[str, str] | None = None) ->
     url = f"http://127.0.0.1:{port}"
     full_env = {
         **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        **local_airflow_env(home),
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
         "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "True",

@@ -1,0 +1,41 @@
+"""Planning against the real cluster: balanced windows and per-window counts."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from elasticsearch import Elasticsearch
+
+from es_backfill.config import from_params, load_defaults
+from es_backfill.plan import plan_windows, window_counts
+from es_backfill.source import EsReader
+from tests.integration.support import source_override, utc
+
+DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
+
+
+def test_balanced_windows_hold_similar_counts_of_skewed_data(seeded, es_cluster):
+    # 540 extra messages on the first day over ~20 a day: fixed 1-day windows would be about 560/20/20/20/20/20.
+    busy = [
+        (
+            "messages",
+            f"busy-{i}",
+            {"message_id": f"busy-{i}", "@timestamp": f"2024-03-01T{i % 24:02d}:{i % 60:02d}:00Z"},
+        )
+        for i in range(540)
+    ]
+    names, _ = seeded({"messages": 120, "start": utc(2024, 3, 1), "end": utc(2024, 3, 7)}, busy)
+    params = {"start": "2024-03-01", "end": "2024-03-07", "window": "1d", "s3_bucket": "unused",
+              "balance_windows": True, "source": source_override(names)}  # fmt: skip
+    config = from_params(params, DEFAULTS)
+    with Elasticsearch(es_cluster.url, request_timeout=60) as es:
+        reader = EsReader(es)
+        windows = plan_windows(config, reader, max_windows=1024)
+        counts = window_counts(config, reader, windows)
+        assert reader.requests == {"search": 2}  # one date_histogram, one range aggregation
+    assert windows[0].start == utc(2024, 3, 1) and windows[-1].end == utc(2024, 3, 7)
+    assert all(a.end == b.start for a, b in itertools.pairwise(windows))
+    assert sum(counts) == 660
+    assert len(windows) == 6
+    assert max(counts) < 2.5 * (660 / 6), counts  # fixed windows would put 540+ in the first
