@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.12.3
 UV := .tools/bin/uv
 
-.PHONY: venv system-deps test lint demo bench lock clean
+.PHONY: venv system-deps test lint demo bench verify lock clean
 
 venv: $(VENV)/.synced
 
@@ -37,6 +37,10 @@ demo: venv
 # A benchmark, not a test: pipeline vs a naive script on a seeded cluster; prints figures and ratios.
 bench: venv
 	$(BIN)/python -m include.bench $(BENCH_ARGS)
+
+# Check a finished backfill against its manifests and Elasticsearch: make verify CONF=conf.json
+verify: venv
+	PYTHONPATH=plugins $(BIN)/python -m es_backfill.cli verify --conf $(CONF) $(VERIFY_ARGS)
 
 # Re-resolve requirements-dev.lock from requirements-dev.in and Airflow's 3.3.1 constraints.
 lock: | $(UV)

@@ -158,16 +158,16 @@ def es_backfill():
         from es_backfill.summary import log_dry_run
 
         config = _config(params)
-        reader = es_reader(config.source)
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
-        try:
-            check_cluster(config, reader)
-            windows = plan_or_resume(config, reader, store, conf.getint("core", "max_map_length"))
-        except ConfigError as err:
-            raise AirflowFailException(str(err)) from err
-        if config.dry_run:
-            log_dry_run(dry_run_report(config, reader, windows))
-            return []  # nothing to extract
+        with es_reader(config.source) as reader:
+            try:
+                check_cluster(config, reader)
+                windows = plan_or_resume(config, reader, store, conf.getint("core", "max_map_length"))
+            except ConfigError as err:
+                raise AirflowFailException(str(err)) from err
+            if config.dry_run:
+                log_dry_run(dry_run_report(config, reader, windows))
+                return []  # nothing to extract
         return [w.to_dict() for w in windows]
 
     @task(
@@ -184,7 +184,8 @@ def es_backfill():
 
         config = _config(params)
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
-        return run_window(config, Window.from_dict(window), es_reader(config.source), store).to_dict()
+        with es_reader(config.source) as reader:
+            return run_window(config, Window.from_dict(window), reader, store).to_dict()
 
     # Runs once every window has finished, failed ones included, so the summary can name them.
     @task(trigger_rule="all_done_min_one_success")

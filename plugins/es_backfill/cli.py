@@ -7,7 +7,7 @@
 come from the Airflow connections named in the config, or from ``--es-url`` and
 ``--s3-endpoint-url`` (credentials then from the usual AWS environment variables).
 ``verify`` prints its report and exits 1 if it found a problem; it never writes.
-Run with ``plugins/`` on ``PYTHONPATH`` (``make verify CONF=...`` does).
+Run with ``plugins/`` on ``PYTHONPATH``; ``make verify CONF=conf.json`` does.
 """
 
 from __future__ import annotations

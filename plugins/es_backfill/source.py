@@ -54,6 +54,12 @@ class EsReader:
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
 
+    def __enter__(self) -> EsReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.client.close()
+
     @property
     def total_requests(self) -> int:
         return sum(self.requests.values())
