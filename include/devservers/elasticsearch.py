@@ -35,7 +35,8 @@ from include.devservers.ports import free_port
 log = logging.getLogger(__name__)
 
 ES_VERSION = os.environ.get("ES_BACKFILL_ES_VERSION", "9.5.4")
-ARTIFACT = f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{ES_VERSION}:zip"
+# The version the rest-root plugin is built for (its pom's elasticsearch.version).
+REST_ROOT_PLUGIN_VERSION = "9.5.4"
 # A cache every user can traverse: the node runs as `nobody`, who cannot enter /root.
 CACHE_DIR = Path(os.environ.get("ES_BACKFILL_CACHE", "/var/tmp/es-backfill"))
 REST_ROOT_PLUGIN = Path(__file__).resolve().parents[1] / "elasticsearch" / "rest-root-plugin"
@@ -58,32 +59,35 @@ def _maven_repository() -> Path:
     return Path(os.environ.get("MAVEN_REPO", Path.home() / ".m2" / "repository"))
 
 
-def fetch_archive() -> Path:
+def fetch_archive(version: str = ES_VERSION) -> Path:
     """Return the server archive, downloading it through Maven only if it is not cached."""
+    artifact = f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{version}:zip"
     archive = (
         _maven_repository()
         / "org/elasticsearch/distribution/integ-test-zip/elasticsearch"
-        / ES_VERSION
-        / f"elasticsearch-{ES_VERSION}.zip"
+        / version
+        / f"elasticsearch-{version}.zip"
     )
     if archive.is_file():
         log.info("Reusing cached Elasticsearch archive %s", archive)
         return archive
-    log.info("Downloading %s from Maven Central (once; cached in %s)", ARTIFACT, _maven_repository())
-    cmd = ["mvn", "-q", "-B", "dependency:get", f"-Dartifact={ARTIFACT}", "-Dtransitive=false"]
+    log.info("Downloading %s from Maven Central (once; cached in %s)", artifact, _maven_repository())
+    cmd = ["mvn", "-q", "-B", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if result.returncode != 0 or not archive.is_file():
         raise ElasticsearchStartError(
-            f"Could not fetch {ARTIFACT} with {' '.join(cmd)} (exit {result.returncode}):\n"
+            f"Could not fetch {artifact} with {' '.join(cmd)} (exit {result.returncode}):\n"
             f"{result.stdout[-2000:]}{result.stderr[-2000:]}"
         )
     return archive
 
 
-def find_java_home() -> Path:
-    """A JDK 21+ (Elasticsearch 9 needs it): ``ES_JAVA_HOME`` or the newest under /usr/lib/jvm."""
+def find_java_home(version: str = ES_VERSION) -> Path:
+    """A JDK for this Elasticsearch: ``ES_JAVA_HOME``, or the newest under /usr/lib/jvm that it supports
+    (Elasticsearch 9 needs Java 21+; 8 runs on 17..21, whose security manager later JDKs dropped)."""
     if os.environ.get("ES_JAVA_HOME"):
         return Path(os.environ["ES_JAVA_HOME"])
+    low, high = (21, 99) if int(version.split(".")[0]) >= 9 else (17, 21)
     candidates = []
     for home in Path("/usr/lib/jvm").glob("*"):
         release = home / "release"
@@ -92,28 +96,29 @@ def find_java_home() -> Path:
         for line in release.read_text().splitlines():
             if line.startswith("JAVA_VERSION="):
                 major = int(line.split("=", 1)[1].strip('"').split(".")[0])
-                if major >= 21:
+                if low <= major <= high:
                     candidates.append((major, home))
     if not candidates:
         raise ElasticsearchStartError(
-            "Elasticsearch 9 needs Java 21+; none found under /usr/lib/jvm (set ES_JAVA_HOME)"
+            f"Elasticsearch {version} needs Java {low}..{high}; none found under /usr/lib/jvm (set ES_JAVA_HOME)"
         )
     return max(candidates)[1]
 
 
-def install(archive: Path) -> Path:
+def install(archive: Path, version: str = ES_VERSION) -> Path:
     """Unpack the archive into the cache (once) and add the root endpoint plugin."""
-    home = CACHE_DIR / f"elasticsearch-{ES_VERSION}"
+    home = CACHE_DIR / f"elasticsearch-{version}"
     if not (home / "bin" / "elasticsearch").is_file():
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=CACHE_DIR))
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(staging)
-        for script in (staging / f"elasticsearch-{ES_VERSION}" / "bin").iterdir():
+        for script in (staging / f"elasticsearch-{version}" / "bin").iterdir():
             script.chmod(0o755)
-        (staging / f"elasticsearch-{ES_VERSION}").rename(home)
+        (staging / f"elasticsearch-{version}").rename(home)
         staging.rmdir()
-    _install_rest_root_plugin(home)
+    if version == REST_ROOT_PLUGIN_VERSION:
+        _install_rest_root_plugin(home)
     _make_world_readable(CACHE_DIR)
     return home
 
@@ -125,7 +130,7 @@ def _install_rest_root_plugin(home: Path) -> None:
         return
     result = subprocess.run(
         ["bash", str(REST_ROOT_PLUGIN / "install.sh"), str(home)],
-        env={**os.environ, "REST_ROOT_JAVA_HOME": str(find_java_home())},
+        env={**os.environ, "REST_ROOT_JAVA_HOME": str(find_java_home(REST_ROOT_PLUGIN_VERSION))},
         capture_output=True,
         text=True,
         timeout=900,
@@ -169,12 +174,13 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def running_elasticsearch() -> Iterator[RunningCluster]:
-    """Yield a healthy cluster: ``ES_URL`` if set, otherwise a local node started here."""
-    if os.environ.get("ES_URL"):
+def running_elasticsearch(version: str | None = None) -> Iterator[RunningCluster]:
+    """Yield a healthy cluster: ``ES_URL`` if set (and no version asked for), otherwise a node started here."""
+    if os.environ.get("ES_URL") and version is None:
         yield RunningCluster(url=os.environ["ES_URL"].rstrip("/"), version="external", started_here=False)
         return
-    home = install(fetch_archive())
+    version = version or ES_VERSION
+    home = install(fetch_archive(version), version)
     workdir = Path(tempfile.mkdtemp(prefix="es-backfill-node-"))
     http_port, transport_port = free_port(), free_port()
     config = workdir / "config"
@@ -207,7 +213,7 @@ def running_elasticsearch() -> Iterator[RunningCluster]:
         run_as = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
     env = {
         **os.environ,
-        "ES_JAVA_HOME": str(find_java_home()),
+        "ES_JAVA_HOME": str(find_java_home(version)),
         "ES_PATH_CONF": str(config),
         "ES_JAVA_OPTS": f"-Xms{HEAP} -Xmx{HEAP}",
     }

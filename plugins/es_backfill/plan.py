@@ -34,18 +34,27 @@ HISTOGRAM_BUCKETS_PER_WINDOW = 32
 def check_cluster(config: BackfillConfig, reader: EsReader) -> None:
     """Every index answers and Elasticsearch accepts the query; otherwise a ConfigError that says which."""
     indices = [config.source.messages_index, *(r.index for r in config.source.related)]
-    missing = [
-        index
-        for index in indices
-        if not reader.call("indices.exists", reader.client.indices.exists, index=index, allow_no_indices=False)
-    ]
-    if missing:
-        raise ConfigError([f"index {name!r} does not exist (or matches nothing) on the cluster" for name in missing])
     try:
+        # A GET first: its error body says what is wrong (the HEAD requests below have none).
+        reader.call("cluster.health", reader.client.cluster.health)
+        missing = [
+            index
+            for index in indices
+            if not reader.call("indices.exists", reader.client.indices.exists, index=index, allow_no_indices=False)
+        ]
+        if missing:
+            raise ConfigError(
+                [f"index {name!r} does not exist (or matches nothing) on the cluster" for name in missing]
+            )
         reader.count(config.source.messages_index, message_query(config, Window(config.start, config.end)))
     except ApiError as err:
         if err.meta.status != 400:
             raise
+        if "compatible-with" in str(err):
+            raise ConfigError(
+                [f"the cluster refused the client's API version ({_reason(err)}); for an Elasticsearch 8 "
+                 f"cluster set \"compatible_with\": 8 in the extra of connection {config.source.es_conn_id}"]
+            ) from err  # fmt: skip
         raise ConfigError([f"Elasticsearch rejected the query: {_reason(err)}; fix the query param"]) from err
 
 
