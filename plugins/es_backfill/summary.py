@@ -87,7 +87,7 @@ def summarise(
         )
     if problems:
         raise ReconciliationError("; ".join(problems) + ". Clear those windows' extract tasks to rerun them.")
-    return run
+    return {key: value for key, value in run.items() if key != "window_keys"}  # XCom stays small
 
 
 def log_dry_run(report: dict[str, Any]) -> dict[str, Any]:
