@@ -16,7 +16,6 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from include.devservers.airflow_env import local_airflow_env
 
@@ -44,14 +43,11 @@ def main() -> None:
     from elasticsearch import Elasticsearch
 
     from include.datagen import DatasetSpec, load
-    from include.devservers.elasticsearch import running_elasticsearch
+    from include.devservers.elasticsearch import elasticsearch_connection_uri, running_elasticsearch
     from include.devservers.s3 import aws_connection_uri, running_s3
 
     with running_elasticsearch() as cluster, running_s3() as s3:
-        url = urlsplit(cluster.url)
-        os.environ["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"] = json.dumps(
-            {"conn_type": "elasticsearch", "host": url.hostname, "port": url.port, "schema": url.scheme}
-        )
+        os.environ["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"] = elasticsearch_connection_uri(cluster.url)
         os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = aws_connection_uri(s3.endpoint_url)
 
         print(f"\n== Seeding {MESSAGES} messages (2024-03-01 .. 2024-03-08) into {cluster.url}")

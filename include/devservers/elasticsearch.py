@@ -29,6 +29,7 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from include.devservers.ports import free_port
 
@@ -53,6 +54,20 @@ class RunningCluster:
     url: str
     version: str
     started_here: bool
+
+
+def elasticsearch_connection_uri(url: str, **extra: object) -> str:
+    """The Airflow connection (JSON form) for a cluster at ``url``, e.g. for ``AIRFLOW_CONN_ELASTICSEARCH_DEFAULT``."""
+    parts = urlsplit(url)
+    return json.dumps(
+        {
+            "conn_type": "elasticsearch",
+            "host": parts.hostname,
+            "port": parts.port,
+            "schema": parts.scheme,
+            "extra": extra,
+        }
+    )
 
 
 def _maven_repository() -> Path:

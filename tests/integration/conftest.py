@@ -2,25 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
 
 import pytest
 
 from include.datagen import DatasetSpec, IndexNames, generate, load
+from include.devservers.elasticsearch import elasticsearch_connection_uri
 from tests.integration.support import unique_indices, utc
 
 
 @pytest.fixture(scope="session")
 def es_connection(es_cluster) -> str:
     """``elasticsearch_default`` pointing at the test cluster, as an Airflow connection env var."""
-    url = urlsplit(es_cluster.url)
-    os.environ["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"] = json.dumps(
-        {"conn_type": "elasticsearch", "host": url.hostname, "port": url.port, "schema": url.scheme}
-    )
+    os.environ["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"] = elasticsearch_connection_uri(es_cluster.url)
     return "elasticsearch_default"
 
 

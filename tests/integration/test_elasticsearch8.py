@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -14,7 +13,7 @@ from es_backfill.hooks import elasticsearch_client, object_store
 from es_backfill.source import EsReader
 from es_backfill.windows import Window
 from include.datagen import DatasetSpec, generate, load
-from include.devservers.elasticsearch import running_elasticsearch
+from include.devservers.elasticsearch import elasticsearch_connection_uri, running_elasticsearch
 from tests.integration.support import (
     decode_records,
     expected_records,
@@ -35,9 +34,7 @@ def es8():
 
 
 def _connect(monkeypatch, cluster, **extra) -> None:
-    host, port = cluster.url.removeprefix("http://").split(":")
-    monkeypatch.setenv("AIRFLOW_CONN_ES8", json.dumps(
-        {"conn_type": "elasticsearch", "host": host, "port": int(port), "schema": "http", "extra": extra}))  # fmt: skip
+    monkeypatch.setenv("AIRFLOW_CONN_ES8", elasticsearch_connection_uri(cluster.url, **extra))
 
 
 def test_plain_9x_client_is_refused_by_elasticsearch_8(es8, monkeypatch):

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import json
-from urllib.parse import urlsplit
-
 import orjson
 
+from include.devservers.elasticsearch import elasticsearch_connection_uri
 from include.devservers.faultproxy import FaultProxy, status
 from tests.integration.support import read_objects, source_override, utc
 
@@ -18,8 +16,7 @@ def test_count_mismatch_fails_the_summary_naming_the_window_and_a_retrigger_redo
     conf = {"start": "2024-03-01", "end": "2024-03-03", "s3_bucket": s3_bucket, "s3_prefix": "rec",
             "page_size": 100, "source": source_override(names)}  # fmt: skip
     with FaultProxy(es_cluster.url) as proxy:
-        monkeypatch.setenv("AIRFLOW_CONN_ELASTICSEARCH_DEFAULT", json.dumps(
-            {"conn_type": "elasticsearch", "host": "127.0.0.1", "port": urlsplit(proxy.url).port, "schema": "http"}))  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_ELASTICSEARCH_DEFAULT", elasticsearch_connection_uri(proxy.url))
         # Elasticsearch "counts" more messages for the second day than the window then reads,
         # as when documents arrive while a window is being copied.
         proxy.add_fault(

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import re
 
 import orjson
 
+from include.devservers.elasticsearch import elasticsearch_connection_uri
 from include.devservers.faultproxy import FaultProxy, es_error
 from include.devservers.s3 import aws_connection_uri
 from tests.integration.support import decode_records, expected_records, read_objects, source_override, utc
@@ -27,9 +27,7 @@ def test_resume_after_failed_windows_rereads_and_rewrites_only_those(
     conf = {"start": "2024-03-01", "end": "2024-03-05", "s3_bucket": s3_bucket, "s3_prefix": "r", "page_size": 100,
             "source": source_override(names) | {"max_retries": 0}}  # fmt: skip
     with FaultProxy(es_cluster.url) as es_proxy, FaultProxy(s3_server.endpoint_url) as s3_proxy:
-        _host, port = es_proxy.url.rsplit(":", 1)
-        monkeypatch.setenv("AIRFLOW_CONN_ELASTICSEARCH_DEFAULT", json.dumps(
-            {"conn_type": "elasticsearch", "host": "127.0.0.1", "port": int(port), "schema": "http"}))  # fmt: skip
+        monkeypatch.setenv("AIRFLOW_CONN_ELASTICSEARCH_DEFAULT", elasticsearch_connection_uri(es_proxy.url))
         monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", aws_connection_uri(s3_proxy.url))
 
         # First run: two windows hit a persistent error, through all their task retries.

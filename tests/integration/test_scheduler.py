@@ -15,11 +15,12 @@ import tempfile
 import urllib.request
 from datetime import datetime
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import pytest
 
 from include.devservers.airflow_stack import running_airflow
+from include.devservers.elasticsearch import elasticsearch_connection_uri
 from include.devservers.faultproxy import FaultProxy, delay, es_error
 from include.devservers.postgres import running_postgres
 from include.devservers.s3 import aws_connection_uri
@@ -33,11 +34,8 @@ FAILING_WINDOW = "2024-03-01T18:00:00Z"
 @pytest.fixture(scope="module")
 def stack(es_cluster, s3_server):
     with FaultProxy(es_cluster.url) as es_proxy, running_postgres() as db:
-        port = urlsplit(es_proxy.url).port
         env = {
-            "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": json.dumps(
-                {"conn_type": "elasticsearch", "host": "127.0.0.1", "port": port, "schema": "http"}
-            ),
+            "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": elasticsearch_connection_uri(es_proxy.url),
             "AIRFLOW_CONN_AWS_DEFAULT": aws_connection_uri(s3_server.endpoint_url),
             "ES_BACKFILL_RETRY_DELAY_S": "1",
         }
