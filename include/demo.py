@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 from include.devservers.airflow_env import local_airflow_env
@@ -37,6 +38,8 @@ def _airflow_env() -> None:
 
 
 def main() -> None:
+    # The Amazon provider 9.34 warns about an Airflow-internal deprecation on every S3 hook; it is not ours to fix.
+    warnings.filterwarnings("ignore", message="ProvidersManager.hooks is deprecated")
     _airflow_env()
     from datetime import UTC, datetime
 
