@@ -93,10 +93,21 @@ class EsReader:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def count(self, index: str, query: dict[str, Any]) -> int:
-        return int(self.call("count", self.client.count, index=index, query=query)["count"])
+        response = self.call("count", self.client.count, index=index, query=query)
+        _require_all_shards("count", response)
+        return int(response["count"])
 
     def search(self, **body: Any) -> dict[str, Any]:
-        return self.call("search", self.client.search, **body).body
+        # Partial results would silently drop documents: ask for an error instead, and check.
+        response = self.call("search", self.client.search, allow_partial_search_results=False, **body).body
+        _require_all_shards("search", response)
+        return response
+
+
+def _require_all_shards(name: str, response: Any) -> None:
+    shards = response.get("_shards") or {}
+    if shards.get("failed") or response.get("timed_out"):
+        raise SourceError(f"Elasticsearch {name} answered from only part of the shards: {shards}")
 
 
 class PointInTime:

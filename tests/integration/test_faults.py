@@ -103,3 +103,19 @@ def test_s3_slowdown_and_server_errors_are_retried(seeded, es_client, es_cluster
     assert result.messages == 300 and result.objects == 3
     records = decode_records(read_objects(s3_bucket, "f/"))
     assert sorted(r["message_id"] for r in records) == sorted(expected_records(docs))
+
+
+def test_a_page_answered_from_only_some_shards_fails_the_window_instead_of_dropping_documents(
+    seeded, es_cluster, s3_server, s3_bucket
+):
+    names, _ = seeded({"messages": 250, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
+    partial = {"took": 1, "timed_out": False, "_shards": {"total": 2, "successful": 1, "skipped": 0, "failed": 1},
+               "hits": {"hits": []}}  # fmt: skip
+    with FaultProxy(es_cluster.url) as proxy, Elasticsearch(proxy.url, request_timeout=30, max_retries=0) as es:
+        proxy.add_fault(
+            _messages_page_after_first, status(200, partial, headers={"X-Elastic-Product": "Elasticsearch"})
+        )
+        store = ObjectStore(_s3_client(s3_server.endpoint_url), s3_bucket)
+        with pytest.raises(SourceError, match="answered from only part of the shards"):
+            run_window(_config(names, s3_bucket), WINDOW, EsReader(es), store)
+    assert not any(k.endswith("_manifest.json") for k in read_objects(s3_bucket, "f/"))
