@@ -14,7 +14,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from elasticsearch import ApiError
+from elasticsearch import ApiError, NotFoundError
 
 from es_backfill import manifest
 from es_backfill.config import BackfillConfig, ConfigError
@@ -32,30 +32,45 @@ HISTOGRAM_BUCKETS_PER_WINDOW = 32
 
 
 def check_cluster(config: BackfillConfig, reader: EsReader) -> None:
-    """Every index answers and Elasticsearch accepts the query; otherwise a ConfigError that says which."""
-    indices = [config.source.messages_index, *(r.index for r in config.source.related)]
+    """Every index answers with the fields the run relies on, and Elasticsearch accepts the query;
+    otherwise a ConfigError that says what is wrong. Needs only index privileges (read, view_index_metadata)."""
+    source = config.source
+    needed = {source.messages_index: [source.timestamp_field, source.id_field]}
+    for spec in source.related:
+        needed.setdefault(spec.index, []).extend([spec.join_field, *spec.sort])
     try:
-        # A GET first: its error body says what is wrong (the HEAD requests below have none).
-        reader.call("cluster.health", reader.client.cluster.health)
-        missing = [
-            index
-            for index in indices
-            if not reader.call("indices.exists", reader.client.indices.exists, index=index, allow_no_indices=False)
-        ]
-        if missing:
-            raise ConfigError(
-                [f"index {name!r} does not exist (or matches nothing) on the cluster" for name in missing]
-            )
-        reader.count(config.source.messages_index, message_query(config, Window(config.start, config.end)))
+        problems = [problem for index, fields in needed.items() for problem in _check_fields(reader, index, fields)]
+        if problems:
+            raise ConfigError(problems)
+        reader.count(source.messages_index, message_query(config, Window(config.start, config.end)))
     except ApiError as err:
         if err.meta.status != 400:
             raise
         if "compatible-with" in str(err):
             raise ConfigError(
                 [f"the cluster refused the client's API version ({_reason(err)}); for an Elasticsearch 8 "
-                 f"cluster set \"compatible_with\": 8 in the extra of connection {config.source.es_conn_id}"]
+                 f"cluster set \"compatible_with\": 8 in the extra of connection {source.es_conn_id}"]
             ) from err  # fmt: skip
         raise ConfigError([f"Elasticsearch rejected the query: {_reason(err)}; fix the query param"]) from err
+
+
+def _check_fields(reader: EsReader, index: str, fields: list[str]) -> list[str]:
+    try:
+        response = reader.call(
+            "indices.get_field_mapping",
+            reader.client.indices.get_field_mapping,
+            index=index,
+            fields=sorted(set(fields)),
+            allow_no_indices=False,
+        )
+    except NotFoundError:
+        return [f"index {index!r} does not exist (or matches nothing) on the cluster"]
+    mapped = {field for body in response.values() for field in body.get("mappings", {})}
+    return [
+        f"field {field!r} is not mapped in index {index!r}; check the source settings"
+        for field in dict.fromkeys(fields)
+        if field not in mapped
+    ]
 
 
 def _reason(err: ApiError) -> str:

@@ -141,6 +141,8 @@ def test_dry_run_counts_and_estimates_but_writes_nothing(seeded, run_backfill, s
          "more than the mapping limit of 1024 ([core] max_map_length); use a window of at least 2h"),
         ({"query": {"range": {"@timestamp": {"gte": "not-a-date"}}}}, "Elasticsearch rejected the query"),
         ({"query": {"no_such_query": {}}}, "Elasticsearch rejected the query"),
+        ({"source": {"messages": {"index": "PLACEHOLDER", "id_field": "message_id", "timestamp_field": "created"}}},
+         "field 'created' is not mapped in index"),
     ],
 )  # fmt: skip
 def test_bad_conf_fails_in_plan_with_a_clear_error_and_writes_nothing(
@@ -148,7 +150,10 @@ def test_bad_conf_fails_in_plan_with_a_clear_error_and_writes_nothing(
 ):
     conf = _conf(seeded_small, s3_bucket) | overrides
     if "source" in overrides:
-        conf["source"] = source_override(seeded_small) | overrides["source"]
+        messages = overrides["source"]["messages"]
+        if messages["index"] == "PLACEHOLDER":  # the seeded index, with a field it does not have
+            messages = messages | {"index": seeded_small.messages}
+        conf["source"] = source_override(seeded_small) | {"messages": messages}
     run = run_backfill(conf)
     assert run.state == "failed"
     out, err = capfd.readouterr()  # the task's log, where the plan task's exception is reported
