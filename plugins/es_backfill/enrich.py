@@ -1,8 +1,8 @@
 """Batched lookups of the documents related to a page of messages.
 
 For each related index, one ``terms`` query on the join field covers a whole page of
-message ids, paged with ``search_after`` inside a point in time when a batch has more
-hits than one request returns. Never one request per message. Related documents come
+message ids; only when a batch has more hits than one request returns is it paged with
+``search_after`` inside a point in time. Never one request per message. Related documents come
 back grouped by message id, ordered by the index's sort fields and then by index and
 document id, so the output is the same however Elasticsearch orders ties.
 """
@@ -24,7 +24,8 @@ RelatedDocs = dict[str, dict[str, list[dict[str, Any]]]]  # related name -> mess
 
 
 class RelatedLookup:
-    """Points in time over the related indices for one window; a context manager that closes them."""
+    """Lookups in the related indices for one window; a context manager that closes any point in time
+    it had to open."""
 
     def __init__(self, reader: EsReader, related: Sequence[RelatedIndex], keep_alive: str, page_size: int) -> None:
         self.reader = reader
@@ -51,31 +52,36 @@ class RelatedLookup:
         return {spec.name: self._fetch_one(spec, message_ids) for spec in self.related} if message_ids else {}
 
     def _fetch_one(self, spec: RelatedIndex, message_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+        query = {"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}}
+        sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
+        # Usually a page's related documents fit in one request, which needs no point in time.
+        hits = self.reader.search(
+            index=spec.index, query=query, sort=sort, size=self.page_size, track_total_hits=False
+        )["hits"]["hits"]
+        if len(hits) >= self.page_size:
+            hits = self._page_through(spec, query, sort)
+        grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for hit in sorted(hits, key=lambda h: _order_key(h, len(sort))):
+            grouped[str(hit["sort"][0])].append(hit["_source"])
+        return grouped
+
+    def _page_through(self, spec: RelatedIndex, query: dict[str, Any], sort: list[Any]) -> list[dict[str, Any]]:
+        """All hits of a batch too large for one request, paged with search_after in a point in time."""
         pit = self._pit(spec)
         while True:
             reopened_before = pit.reopened
             hits = [
-                hit
-                for page in pit.pages(
-                    query={"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}},
-                    sort=[{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort), "_shard_doc"],
-                    size=self.page_size,
-                )
-                for hit in page
+                hit for page in pit.pages(query=query, sort=[*sort, "_shard_doc"], size=self.page_size) for hit in page
             ]
             # A point in time reopened mid-batch may order ties differently: fetch the batch again.
             if pit.reopened == reopened_before:
-                break
-        grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for hit in sorted(hits, key=_order_key):
-            grouped[str(hit["sort"][0])].append(hit["_source"])
-        return grouped
+                return hits
 
 
-def _order_key(hit: dict[str, Any]) -> tuple[Any, ...]:
-    # sort = [join value, *sort field values, _shard_doc]; _shard_doc is replaced by (index, id)
-    # because it differs between points in time and clusters.
-    return (*(_comparable(v) for v in hit["sort"][:-1]), hit["_index"], hit["_id"])
+def _order_key(hit: dict[str, Any], sort_fields: int) -> tuple[Any, ...]:
+    # The join value and the sort fields' values, then (index, id) for ties: a tiebreaker such as
+    # _shard_doc differs between points in time and clusters.
+    return (*(_comparable(v) for v in hit["sort"][:sort_fields]), hit["_index"], hit["_id"])
 
 
 def _comparable(value: Any) -> tuple[int, Any]:

@@ -37,7 +37,7 @@ def test_related_order_ignores_shard_doc_and_breaks_ties_by_index_and_id():
     a = {"sort": ["m1", 5, 999], "_index": "h", "_id": "b"}
     b = {"sort": ["m1", 5, 1], "_index": "h", "_id": "a"}
     c = {"sort": ["m1", None, 0], "_index": "h", "_id": "c"}
-    assert sorted([a, c, b], key=_order_key) == [b, a, c]
+    assert sorted([a, c, b], key=lambda h: _order_key(h, 2)) == [b, a, c]
 
 
 def test_safe_ids_keep_plain_ids_and_make_others_harmless_and_distinct():
