@@ -160,6 +160,7 @@ def es_backfill():
         config = _config(params)
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
         with es_reader(config.source) as reader:
+            config = config.with_cluster(reader.cluster_uuid())
             try:
                 check_cluster(config, reader)
                 windows = plan_or_resume(config, reader, store, conf.getint("core", "max_map_length"))
@@ -168,7 +169,8 @@ def es_backfill():
             if config.dry_run:
                 log_dry_run(dry_run_report(config, reader, windows))
                 return []  # nothing to extract
-        return [w.to_dict() for w in windows]
+        # Each window names the cluster the plan read, which its task's fingerprint covers.
+        return [{**w.to_dict(), "cluster_uuid": config.cluster_uuid} for w in windows]
 
     @task(
         pool=POOL,
@@ -180,12 +182,16 @@ def es_backfill():
     def extract(window: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         from es_backfill.extract import run_window
         from es_backfill.hooks import es_reader, object_store
+        from es_backfill.records import MessageIdError
         from es_backfill.windows import Window
 
-        config = _config(params)
+        config = _config(params).with_cluster(window["cluster_uuid"])
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
         with es_reader(config.source) as reader:
-            return run_window(config, Window.from_dict(window), reader, store).to_dict()
+            try:
+                return run_window(config, Window.from_dict(window), reader, store).to_dict()
+            except MessageIdError as err:
+                raise AirflowFailException(str(err)) from err  # the data must change first
 
     # Runs once every window has finished, failed ones included, so the summary can name them.
     @task(trigger_rule="all_done_min_one_success")
@@ -199,6 +205,7 @@ def es_backfill():
         if config.dry_run:
             log.info("Dry run: nothing was written; the plan task's log shows the windows and the estimate")
             return None
+        config = config.with_cluster(windows[0]["cluster_uuid"])
         done = [r for r in results if r is not None]
         return summarise(config, windows, done, object_store(config.source.aws_conn_id, config.s3_bucket))
 

@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -87,23 +87,46 @@ class BackfillConfig:
     force: bool
     balance_windows: bool
     source: SourceConfig
+    cluster_uuid: str = ""  # the source cluster, read by plan; see with_cluster()
 
     @property
     def root_prefix(self) -> str:
         """``{s3_prefix}/{backfill_name}``: everything this backfill writes lives under it."""
         return f"{self.s3_prefix}/{self.backfill_name}" if self.s3_prefix else self.backfill_name
 
-    def fingerprint(self) -> str:
-        """A digest of every setting that shapes the output; manifests record it."""
-        shaping = {
+    def with_cluster(self, cluster_uuid: str) -> BackfillConfig:
+        """This configuration reading from the cluster ``cluster_uuid`` (as ``GET /`` reports it in ``plan``)."""
+        return replace(self, cluster_uuid=cluster_uuid)
+
+    def shaping_settings(self) -> dict[str, Any]:
+        """Exactly the settings that shape the output, and the cluster it comes from.
+
+        Not here, because the same data gives the same bytes whatever they are: connection ids (the
+        cluster's uuid stands for where the data came from), page sizes, keep-alives, timeouts, retries.
+        """
+        source = self.source
+        return {
+            "cluster_uuid": self.cluster_uuid,
             "start": iso(self.start),
             "end": iso(self.end),
             "window": self.window_text,
+            "balance_windows": self.balance_windows,
             "query": self.query,
             "output_format": self.output_format,
-            "source": asdict(self.source) | {"es_conn_id": None, "aws_conn_id": None},
+            "messages": {
+                "index": source.messages_index,
+                "id_field": source.id_field,
+                "timestamp_field": source.timestamp_field,
+                "source_fields": source.source_fields,
+            },
+            "related": [asdict(spec) for spec in source.related],
+            "parts": {"max_records": source.part_max_records, "max_bytes": source.part_max_bytes},
         }
-        return hashlib.sha256(json.dumps(shaping, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+    def fingerprint(self) -> str:
+        """A digest of :meth:`shaping_settings`; plans and manifests record it, and trust only their own."""
+        shaping = json.dumps(self.shaping_settings(), sort_keys=True, default=str)
+        return hashlib.sha256(shaping.encode()).hexdigest()[:16]
 
 
 def defaults_path() -> Path:
@@ -241,6 +264,12 @@ def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig 
         if not isinstance(sort, list) or not all(isinstance(s, str) for s in sort):
             problems.append(f"source.related[{i}].sort must be a list of field names")
             sort = []
+        elif cardinality == "one" and not sort:
+            problems.append(
+                f"source.related[{i}] ({item['name']}) has cardinality 'one' but no sort fields: name the fields "
+                "that order its documents so the last is the current one, ending in a unique field, "
+                'e.g. "sort": ["updated_at", "status_id"]'
+            )
         related.append(RelatedIndex(item["name"], item["index"], item["join_field"], tuple(sort), cardinality))
 
     related_page_size = _int(raw.get("related_page_size", RELATED_PAGE_SIZE_MAX), "related_page_size", problems)

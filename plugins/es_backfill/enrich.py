@@ -4,7 +4,8 @@ For each related index, one ``terms`` query on the join field covers a whole pag
 message ids; only when a batch has more hits than one request returns is it paged with
 ``search_after`` inside a point in time. Never one request per message. Related documents come
 back grouped by message id, ordered by the index's sort fields and then by index and
-document id, so the output is the same however Elasticsearch orders ties.
+document id, so the output is the same however Elasticsearch orders ties. A document
+whose join field holds several message ids joins every message of the batch it names.
 """
 
 from __future__ import annotations
@@ -55,14 +56,24 @@ class RelatedLookup:
         query = {"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}}
         sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
         # Usually a page's related documents fit in one request, which needs no point in time.
+        # The join field's values from doc values: all of them (the sort value is only the smallest),
+        # normalised by the mapping whatever the _source holds.
         hits = self.reader.search(
-            index=spec.index, query=query, sort=sort, size=self.page_size, track_total_hits=False
+            index=spec.index,
+            query=query,
+            sort=sort,
+            size=self.page_size,
+            docvalue_fields=[spec.join_field],
+            track_total_hits=False,
         )["hits"]["hits"]
         if len(hits) >= self.page_size:
             hits = self._page_through(spec, query, sort)
+        wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for hit in sorted(hits, key=lambda h: _order_key(h, len(sort))):
-            grouped[str(hit["sort"][0])].append(hit["_source"])
+            for message_id in dict.fromkeys(str(v) for v in hit.get("fields", {}).get(spec.join_field, [])):
+                if message_id in wanted:
+                    grouped[message_id].append(hit["_source"])
         return grouped
 
     def _page_through(self, spec: RelatedIndex, query: dict[str, Any], sort: list[Any]) -> list[dict[str, Any]]:
@@ -70,18 +81,19 @@ class RelatedLookup:
         pit = self._pit(spec)
         while True:
             reopened_before = pit.reopened
-            hits = [
-                hit for page in pit.pages(query=query, sort=[*sort, "_shard_doc"], size=self.page_size) for hit in page
-            ]
+            pages = pit.pages(
+                query=query, sort=[*sort, "_shard_doc"], size=self.page_size, docvalue_fields=[spec.join_field]
+            )
+            hits = [hit for page in pages for hit in page]
             # A point in time reopened mid-batch may order ties differently: fetch the batch again.
             if pit.reopened == reopened_before:
                 return hits
 
 
 def _order_key(hit: dict[str, Any], sort_fields: int) -> tuple[Any, ...]:
-    # The join value and the sort fields' values, then (index, id) for ties: a tiebreaker such as
-    # _shard_doc differs between points in time and clusters.
-    return (*(_comparable(v) for v in hit["sort"][:sort_fields]), hit["_index"], hit["_id"])
+    # The sort fields' values (after the join value, constant within a message's group), then (index, id)
+    # for ties: a tiebreaker such as _shard_doc differs between points in time and clusters.
+    return (*(_comparable(v) for v in hit["sort"][1:sort_fields]), hit["_index"], hit["_id"])
 
 
 def _comparable(value: Any) -> tuple[int, Any]:

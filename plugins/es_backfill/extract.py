@@ -4,7 +4,9 @@
 It is safe to run again on the same window: a complete window is skipped (unless
 ``force``); otherwise the old manifest goes first, unfinished multipart uploads of a
 failed attempt are aborted, parts are overwritten under the same keys, objects the
-new attempt did not write are deleted, and the manifest is written last.
+new attempt did not write are deleted, and the manifest is written last. A window
+whose messages lack ids or share one fails with :class:`~es_backfill.records.MessageIdError`
+before its manifest is written.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 from es_backfill import manifest
 from es_backfill.config import BackfillConfig
 from es_backfill.enrich import RelatedLookup
-from es_backfill.records import build_record, dumps_document, dumps_line, related_counts
+from es_backfill.records import MessageIds, build_record, dumps_document, dumps_line, related_counts
 from es_backfill.sink import DocumentWriter, ObjectStore, PartWriter, window_prefix
 from es_backfill.source import EsReader, PointInTime
 from es_backfill.windows import Window, iso
@@ -100,6 +102,7 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
         )
     )
     messages, related = 0, Counter({spec.name: 0 for spec in config.source.related})
+    ids = MessageIds(config.source.id_field)
     progress = _Progress(window.label, es_count)
     try:
         with (
@@ -115,9 +118,11 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
                 size=config.page_size,
                 source=list(config.source.source_fields) if config.source.source_fields is not None else True,
             ):
-                ids = [str(hit["sort"][1]) for hit in page]
-                docs = lookup.fetch(ids)
-                for message_id, hit in zip(ids, page, strict=True):
+                page_ids = [ids.add(hit["sort"][1], hit["_id"]) for hit in page]
+                docs = lookup.fetch([i for i in page_ids if i is not None])
+                for message_id, hit in zip(page_ids, page, strict=True):
+                    if message_id is None:
+                        continue  # the window fails below, naming it
                     record = build_record(message_id, window.key, hit["_source"], config.source.related, docs)
                     related.update(related_counts(record, config.source.related))
                     writer.write(
@@ -125,6 +130,7 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
                     )
                 messages += len(page)
                 progress.update(messages)
+        ids.check(f"Window {window.label}")
         objects = writer.close()
     except BaseException:
         writer.abort()
@@ -136,7 +142,13 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
         log.info("Deleting %s objects an earlier attempt left behind", len(stale))
         store.delete(stale)
     body = manifest.build_window_manifest(
-        config, window, es_count=es_count, messages=messages, related=dict(related), objects=objects
+        config,
+        window,
+        es_count=es_count,
+        messages=messages,
+        related=dict(related),
+        objects=objects,
+        message_ids=ids.summary(),
     )
     store.put(manifest_key, manifest.dumps(body))
     seconds = time.monotonic() - started

@@ -7,6 +7,8 @@ Manifests hold no timestamps: a rerun over the same data writes the same bytes.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,9 +17,33 @@ from es_backfill.config import BackfillConfig
 from es_backfill.sink import MANIFEST_NAME, ObjectInfo, ObjectStore, window_prefix
 from es_backfill.windows import Window
 
-VERSION = 1
+VERSION = 2  # 2: fingerprints cover the source cluster; window manifests prove their message ids
 RUN_MANIFEST_NAME = "_run_manifest.json"
 PLAN_NAME = "_plan.json"
+# A window's folder, relative to the backfill's root: dt=YYYY-MM-DD/{start}_{end}/
+WINDOW_FOLDER = re.compile(r"^dt=\d{4}-\d{2}-\d{2}/\d{8}T\d{6}Z_\d{8}T\d{6}Z/")
+
+
+@dataclass(frozen=True)
+class SavedPlan:
+    """The plan an earlier run of a backfill saved: its fingerprint, the settings behind it, its windows."""
+
+    fingerprint: str
+    settings: dict[str, Any]
+    windows: list[Window]
+
+    def differences(self, config: BackfillConfig) -> list[str]:
+        """What differs between this plan's settings and ``config``'s, e.g. ``window '1d' -> '6h'``."""
+        if not self.settings:
+            return ["it was planned by an older version of es-backfill"]
+        now = config.shaping_settings()
+        return [
+            f"{name} {self.settings.get(name)!r} -> {now[name]!r}"
+            if name not in {"messages", "related", "parts"}
+            else f"{name} settings"
+            for name in now
+            if self.settings.get(name) != now[name]
+        ]
 
 
 def window_manifest_key(config: BackfillConfig, window: Window) -> str:
@@ -32,18 +58,55 @@ def plan_key(config: BackfillConfig) -> str:
     return f"{config.root_prefix}/{PLAN_NAME}"
 
 
-def read_plan(store: ObjectStore, config: BackfillConfig) -> list[Window] | None:
-    """The windows an earlier run of this backfill planned, if its settings were the same."""
+def read_plan(store: ObjectStore, config: BackfillConfig) -> SavedPlan | None:
+    """The plan saved under this backfill's root, whatever settings made it; None if there is none."""
     saved = read(store, plan_key(config))
-    if saved is None or saved.get("version") != VERSION or saved.get("fingerprint") != config.fingerprint():
+    if saved is None or not isinstance(saved.get("windows"), list):
         return None
-    return [Window.from_dict(w) for w in saved["windows"]]
+    settings = saved.get("settings") if saved.get("version") == VERSION else None
+    return SavedPlan(
+        fingerprint=str(saved.get("fingerprint")),
+        settings=settings if isinstance(settings, dict) else {},
+        windows=[Window.from_dict(w) for w in saved["windows"]],
+    )
 
 
 def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window]) -> None:
     # Resume and verify reuse these windows, so balanced windows stay put even if the data moves.
-    body = {"version": VERSION, "fingerprint": config.fingerprint(), "windows": [w.to_dict() for w in windows]}
+    body = {
+        "version": VERSION,
+        "fingerprint": config.fingerprint(),
+        "settings": config.shaping_settings(),
+        "windows": [w.to_dict() for w in windows],
+    }
     store.put(plan_key(config), dumps(body))
+
+
+def foreign_objects(store: ObjectStore, config: BackfillConfig, windows: list[Window]) -> list[str]:
+    """Keys under the backfill's root that ``windows`` do not account for: everything but their folders,
+    the plan and the run manifest. Lists folder by folder, so the windows' own objects are never listed."""
+    root = f"{config.root_prefix}/"
+    own = {f"{window_prefix(config.root_prefix, w.day, w.key)}/" for w in windows}
+    days = {folder.rsplit("/", 2)[0] + "/" for folder in own}
+    folders, keys = store.children(root)
+    foreign = [key for key in keys if key not in {plan_key(config), run_manifest_key(config)}]
+    for folder in folders:
+        if folder not in days:
+            foreign += [o["Key"] for o in store.list(folder)]
+            continue
+        inner_folders, inner_keys = store.children(folder)
+        foreign += inner_keys
+        for inner in inner_folders:
+            if inner not in own:
+                foreign += [o["Key"] for o in store.list(inner)]
+    return foreign
+
+
+def window_folder_of(config: BackfillConfig, key: str) -> str | None:
+    """The window folder (``{root}/dt=.../{window key}/``, of any plan) that ``key`` lies in, if any."""
+    root = f"{config.root_prefix}/"
+    match = WINDOW_FOLDER.match(key[len(root) :]) if key.startswith(root) else None
+    return root + match.group(0) if match else None
 
 
 def build_window_manifest(
@@ -54,7 +117,10 @@ def build_window_manifest(
     messages: int,
     related: dict[str, int],
     objects: list[ObjectInfo],
+    message_ids: dict[str, Any],
 ) -> dict[str, Any]:
+    """``message_ids`` proves which messages the objects hold: how many distinct ids, and the SHA-256 of
+    the ids in output order (each followed by a newline), which ``verify`` recomputes from the records."""
     return {
         "version": VERSION,
         "backfill_name": config.backfill_name,
@@ -65,6 +131,7 @@ def build_window_manifest(
         "es_count": es_count,
         "messages": messages,
         "related": related,
+        "message_ids": message_ids,
         # Names relative to the window's folder: the manifest does not depend on where the backfill lives.
         "objects": [{**o.to_dict(), "key": o.key.rsplit(f"/{window.key}/", 1)[1]} for o in objects],
         "bytes": sum(o.bytes for o in objects),
@@ -93,9 +160,11 @@ def completeness_problem(manifest: dict[str, Any] | None, config: BackfillConfig
     if manifest.get("version") != VERSION:
         return f"manifest version {manifest.get('version')!r} is not {VERSION}"
     if manifest.get("fingerprint") != config.fingerprint():
-        return "manifest was written with other settings (query, format, window or source)"
+        return "manifest was written with other settings or from another cluster (see the fingerprint in README)"
     if manifest.get("window", {}).get("key") != window.key:
         return "manifest belongs to another window"
+    if (manifest.get("message_ids") or {}).get("distinct") != manifest.get("messages"):
+        return "manifest does not prove its message ids distinct"
     if manifest.get("messages") != manifest.get("es_count"):
         return f"manifest counts differ: wrote {manifest.get('messages')}, Elasticsearch had {manifest.get('es_count')}"
     return None

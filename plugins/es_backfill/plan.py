@@ -21,7 +21,7 @@ from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.enrich import RelatedLookup
 from es_backfill.extract import message_query
 from es_backfill.records import build_record, dumps_line
-from es_backfill.sink import ObjectStore
+from es_backfill.sink import ObjectStore, window_prefix
 from es_backfill.source import EsReader
 from es_backfill.windows import Window, WindowError, balance, iso, split
 
@@ -90,17 +90,59 @@ def plan_windows(config: BackfillConfig, reader: EsReader, max_windows: int) -> 
 
 
 def plan_or_resume(config: BackfillConfig, reader: EsReader, store: ObjectStore, max_windows: int) -> list[Window]:
-    """The windows of an earlier run of the same backfill, or a new plan (saved unless a dry run)."""
-    if not config.force:
-        saved = manifest.read_plan(store, config)
-        if saved is not None:
-            log.info("Resuming backfill %s with its %s planned windows", config.backfill_name, len(saved))
-            return saved
-    windows = plan_windows(config, reader, max_windows)
+    """The windows of an earlier run of the same backfill, or a new plan (saved unless a dry run).
+
+    The backfill's root only ever holds the current plan's windows: a saved plan made with other settings
+    (or from another cluster) is refused unless ``force``, which replaces it; and before any window is
+    written, objects of window folders the plan does not have are deleted.
+    """
+    saved = manifest.read_plan(store, config)
+    if saved is not None and saved.fingerprint == config.fingerprint() and not config.force:
+        log.info("Resuming backfill %s with its %s planned windows", config.backfill_name, len(saved.windows))
+        windows = saved.windows
+    else:
+        if saved is not None and saved.fingerprint != config.fingerprint() and not config.force:
+            raise ConfigError([_conflict(config, saved)])
+        windows = plan_windows(config, reader, max_windows)
+        log.info("Planned %s windows for backfill %s", len(windows), config.backfill_name)
+        if not config.dry_run:
+            # The new plan first: should the sweep below be interrupted, a re-trigger resumes it.
+            manifest.write_plan(store, config, windows)
+            if saved is not None:
+                store.delete([manifest.run_manifest_key(config)])  # it describes the replaced plan
     if not config.dry_run:
-        manifest.write_plan(store, config, windows)
-    log.info("Planned %s windows for backfill %s", len(windows), config.backfill_name)
+        _sweep(config, store, windows)
     return windows
+
+
+def _conflict(config: BackfillConfig, saved: manifest.SavedPlan) -> str:
+    return (
+        f"backfill {config.backfill_name!r} at s3://{config.s3_bucket}/{config.root_prefix}/ was planned with "
+        f"other settings ({'; '.join(saved.differences(config))}), and its {len(saved.windows)} windows would be "
+        "mixed with these. Re-trigger with the same settings to resume it, choose another backfill_name, or set "
+        "force: true to replace the whole backfill (windows the new plan does not have are deleted)"
+    )
+
+
+def _sweep(config: BackfillConfig, store: ObjectStore, windows: list[Window]) -> None:
+    """Delete what windows of another plan left under the root; leave (and name) anything else."""
+    foreign = manifest.foreign_objects(store, config, windows)
+    stale = [key for key in foreign if manifest.window_folder_of(config, key)]
+    if stale:
+        log.warning("Deleting %s objects of windows that are not in this plan, e.g. %s", len(stale), stale[0])
+        store.delete(stale)
+    own = {f"{window_prefix(config.root_prefix, w.day, w.key)}/" for w in windows}
+    aborted = store.abort_uploads(
+        f"{config.root_prefix}/", keep=lambda key: manifest.window_folder_of(config, key) in own | {None}
+    )
+    if aborted:
+        log.info("Aborted %s unfinished multipart uploads of windows that are not in this plan", aborted)
+    others = sorted(set(foreign) - set(stale))
+    if others:
+        log.warning(
+            "%s objects under the backfill's root are not es-backfill output and were left alone: %s",
+            len(others), ", ".join(others[:10]),
+        )  # fmt: skip
 
 
 def _histogram(config: BackfillConfig, reader: EsReader, windows: int) -> list[tuple[datetime, int]]:

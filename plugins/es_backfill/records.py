@@ -1,13 +1,20 @@
-"""One output record per message, and its bytes.
+"""One output record per message, its bytes, and the check that message ids are present and unique.
 
 A record is ``{"message_id", "window", "message", <related name>...}`` where each related
 index contributes a list (cardinality ``many``) or one document or ``null`` (``one``:
-the last by its sort order, i.e. the current one). Keys come in a fixed order and
-serialisation is deterministic, so the same source data gives the same bytes.
+the last by its sort fields, i.e. the current one; documents equal in every sort field
+are ordered by index name and then ``_id``, compared as strings, so ``s9`` comes after
+``s11``). Keys come in a fixed order and serialisation is deterministic, so the same
+source data gives the same bytes.
+
+Every message must carry its id, and no two messages may share one: a record is
+addressed by its id (``output_format=json`` keys, joins downstream). :class:`MessageIds`
+checks both as records are written and digests the ids for the manifest.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -43,3 +50,71 @@ def dumps_line(record: dict[str, Any]) -> bytes:
 
 def dumps_document(record: dict[str, Any]) -> bytes:
     return orjson.dumps(record)
+
+
+class MessageIdError(ValueError):
+    """Messages without an id, or sharing one: the window cannot be written faithfully."""
+
+
+class MessageIds:
+    """The ids of the messages written so far, in order: present, unique, and digested.
+
+    Holds a 16-byte digest per id (about 70 bytes per message in Python), so memory grows with the
+    messages checked, unlike the rest of a window's work; it keeps at most ``EXAMPLES`` offenders.
+    """
+
+    EXAMPLES = 20
+
+    def __init__(self, id_field: str) -> None:
+        self.id_field = id_field
+        self.count = 0
+        self.missing: list[str] = []  # where the messages without an id are (their document _id)
+        self.duplicates: list[str] = []
+        self._missing = self._duplicated = 0
+        self._seen: set[bytes] = set()
+        self._sha = hashlib.sha256()
+
+    def add(self, message_id: Any, where: str) -> str | None:
+        """Record one message's id (e.g. a sort value of the id field); return it as a string, or None if it
+        is missing (``where`` then names the message, e.g. by its document ``_id``)."""
+        if message_id is None:
+            self._missing += 1
+            if len(self.missing) < self.EXAMPLES:
+                self.missing.append(where)
+            return None
+        text = str(message_id)
+        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        if digest in self._seen:
+            self._duplicated += 1
+            if len(self.duplicates) < self.EXAMPLES:
+                self.duplicates.append(text)
+        self._seen.add(digest)
+        self._sha.update(text.encode() + b"\n")
+        self.count += 1
+        return text
+
+    @property
+    def distinct(self) -> int:
+        return len(self._seen)
+
+    def summary(self) -> dict[str, Any]:
+        """What a manifest records: the number of distinct ids and the SHA-256 of the ids in order."""
+        return {"distinct": self.distinct, "sha256": self._sha.hexdigest()}
+
+    def problems(self) -> list[str]:
+        """Each kind of offence, with how many and some examples."""
+        problems = []
+        if self._missing:
+            problems.append(f"{self._missing} messages have no {self.id_field!r} (e.g. {', '.join(self.missing)})")
+        if self._duplicated:
+            problems.append(f"{self._duplicated} messages repeat an earlier id (e.g. {', '.join(self.duplicates)})")
+        return problems
+
+    def check(self, where: str) -> None:
+        """Raise :class:`MessageIdError` naming the offenders, if any."""
+        problems = self.problems()
+        if problems:
+            raise MessageIdError(
+                f"{where}: {'; '.join(problems)}. Every message needs a unique {self.id_field!r}: fix the data, "
+                "exclude those messages with the query param, or point source.messages.id_field at a unique field"
+            )

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -86,16 +86,29 @@ class ObjectStore:
         for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix):
             yield from page.get("Contents", [])
 
+    def children(self, prefix: str) -> tuple[list[str], list[str]]:
+        """What lies directly under ``prefix`` (ending in ``/``): its folders (``prefix/name/``) and its keys."""
+        folders: list[str] = []
+        keys: list[str] = []
+        paginator = self.client.get_paginator("list_objects_v2")
+        for page in paginator.paginate(Bucket=self.bucket, Prefix=prefix, Delimiter="/"):
+            folders += [p["Prefix"] for p in page.get("CommonPrefixes", [])]
+            keys += [o["Key"] for o in page.get("Contents", [])]
+        return folders, keys
+
     def delete(self, keys: list[str]) -> None:
         for i in range(0, len(keys), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": k} for k in keys[i : i + 1000]]
             self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
 
-    def abort_uploads(self, prefix: str) -> int:
-        """Abort unfinished multipart uploads under ``prefix`` (left by a failed attempt)."""
+    def abort_uploads(self, prefix: str, keep: Callable[[str], bool] = lambda key: False) -> int:
+        """Abort unfinished multipart uploads under ``prefix`` (left by a failed attempt), but those whose
+        key ``keep`` accepts."""
         aborted = 0
         for page in self.client.get_paginator("list_multipart_uploads").paginate(Bucket=self.bucket, Prefix=prefix):
             for upload in page.get("Uploads", []):
+                if keep(upload["Key"]):
+                    continue
                 self.client.abort_multipart_upload(Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"])
                 aborted += 1
         return aborted

@@ -4,7 +4,8 @@ Every request goes through :class:`EsReader`, which counts it (so load is a figu
 can report) and retries transient failures — 429 rejections, 502/503/504, timeouts and
 dropped connections — with bounded exponential backoff and jitter. :class:`PointInTime`
 pages through an index with ``search_after`` (never from/size), reopens a point in time
-that expired or vanished and resumes after the last sort key, and always closes it.
+that expired or vanished and resumes from sort values valid in any point in time, and
+always closes it.
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ class EsReader:
             raise
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def cluster_uuid(self) -> str:
+        """The cluster's identity (``GET /``), which outlives node restarts and renames."""
+        return str(self.call("info", self.client.info)["cluster_uuid"])
+
     def count(self, index: str, query: dict[str, Any]) -> int:
         response = self.call("count", self.client.count, index=index, query=query)
         _require_all_shards("count", response)
@@ -118,7 +123,8 @@ class PointInTime:
         self.index = index
         self.keep_alive = keep_alive
         self.pit_id: str | None = None
-        self.reopened = 0
+        self.reopened = 0  # points in time reopened after a loss, in all
+        self._losses = 0  # losses since the last answered search
 
     def __enter__(self) -> PointInTime:
         self._open()
@@ -146,43 +152,61 @@ class PointInTime:
             )
 
     def pages(
-        self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True, **extra: Any
     ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of hits in ``sort`` order (which must end in ``_shard_doc``), until the last short page."""
-        search_after: list[Any] | None = None
-        while True:
-            hits = self._search(query, sort, size, source, search_after)
-            if hits:
-                yield hits
-                search_after = hits[-1]["sort"]
-            if len(hits) < size:
-                return
+        """Pages of hits in ``sort`` order, until the last short page; ``extra`` goes into every request.
 
-    def _search(
-        self, query: dict[str, Any], sort: list[Any], size: int, source: Any, search_after: list[Any] | None
-    ) -> list[dict[str, Any]]:
+        ``sort`` must end in ``_shard_doc``, a tiebreaker whose values belong to one point in time: a new
+        point in time numbers documents differently (merges, relocations). So after a lost point in time,
+        reading resumes at the first hit whose other sort values equal the last returned hit's, and skips as
+        many of those as were already returned: nothing repeats and nothing is skipped when those values are
+        unique (the messages' (timestamp, id) is), and a tie group is read in full again otherwise.
+        """
+        search_after: list[Any] | None = None
+        last_key: list[Any] | None = None  # sort values of the last returned hit, tiebreaker aside
+        tied = 0  # returned hits with exactly those values
+        skip = 0  # hits with those values still to skip after a reopen
         while True:
-            body: dict[str, Any] = {
-                "query": query,
-                "sort": sort,
-                "size": size,
-                "_source": source,
-                "pit": {"id": self.pit_id, "keep_alive": self.keep_alive},
-                "track_total_hits": False,
-            }
+            generation = self.reopened
+            body = {"query": query, "sort": sort, "size": size, "_source": source, **extra}
             if search_after is not None:
                 body["search_after"] = search_after
-            try:
-                response = self.reader.search(**body)
-            except NotFoundError as err:
-                if not is_lost_pit(err) or self.reopened >= MAX_PIT_REOPENS:
-                    raise
-                # Resuming after the last sort key in a fresh point in time neither skips nor repeats
-                # documents that existed in both (the sort ends with a total tiebreaker).
-                self.reopened += 1
-                log.warning("Point in time on %s was lost (%s); reopening and resuming", self.index, err)
-                self.pit_id = None
-                self._open()
+            raw = self._search(body)
+            if self.reopened != generation:
+                if last_key is not None:
+                    search_after, skip = [*last_key, -1], tied  # before every _shard_doc of the tie group
                 continue
-            self.pit_id = response.get("pit_id", self.pit_id)
-            return response["hits"]["hits"]
+            hits = raw
+            while skip and hits and hits[0]["sort"][:-1] == last_key:
+                hits, skip = hits[1:], skip - 1
+            if hits:
+                skip = 0  # the tie group ended in this page
+                for hit in hits:
+                    key = hit["sort"][:-1]
+                    tied = tied + 1 if key == last_key else 1
+                    last_key = key
+                yield hits
+            if raw:
+                search_after = raw[-1]["sort"]
+            if len(raw) < size:
+                return
+
+    def _search(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+        """One page in the point in time; after a loss, it is reopened (``reopened`` counts it) and nothing
+        is returned, so the caller asks again from a key valid in the new one."""
+        pit = {"id": self.pit_id, "keep_alive": self.keep_alive}
+        try:
+            response = self.reader.search(**body, pit=pit, track_total_hits=False)
+        except NotFoundError as err:
+            # Only consecutive losses count: a long window may outlive many keep-alives.
+            if not is_lost_pit(err) or self._losses >= MAX_PIT_REOPENS:
+                raise
+            self._losses += 1
+            self.reopened += 1
+            log.warning("Point in time on %s was lost (%s); reopening and resuming", self.index, err)
+            self.pit_id = None
+            self._open()
+            return []
+        self._losses = 0
+        self.pit_id = response.get("pit_id", self.pit_id)
+        return response["hits"]["hits"]

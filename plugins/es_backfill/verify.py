@@ -1,34 +1,42 @@
 """Checking a finished backfill against its manifests and against Elasticsearch, read-only.
 
-For every planned window: the manifest exists and matches the backfill's settings; every
-object it lists exists with the recorded size and SHA-256 and decodes completely; no
-object lies in the window's folder that the manifest does not list; the records decoded
-equal the manifest's counts; Elasticsearch still counts as many messages for the window
-and query; and the related documents of ``many`` indices number what Elasticsearch holds
-for the window's message ids. Nothing is written.
+For every planned window: the manifest exists and matches the backfill's settings (and
+the cluster verified against); every object it lists exists with the recorded size and
+SHA-256 and decodes completely; no object lies in the window's folder that the manifest
+does not list; the records decoded equal the manifest's counts and carry exactly the
+message ids it recorded, each in this window by its timestamp; Elasticsearch still counts
+as many messages for the window and query; and the related documents of ``many`` indices
+number what Elasticsearch holds for the window's message ids. Across the backfill: no
+message id appears twice, and nothing lies under the root that the plan does not account
+for (other plans' windows, stray files). Nothing is written.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import re
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 
 from es_backfill import manifest
-from es_backfill.config import BackfillConfig
+from es_backfill.config import BackfillConfig, RelatedIndex
 from es_backfill.plan import window_counts
+from es_backfill.records import MessageIds
 from es_backfill.sink import ObjectStore, window_prefix
 from es_backfill.source import EsReader
-from es_backfill.windows import Window, split
+from es_backfill.windows import Window, WindowError, parse_instant, split
 
 log = logging.getLogger(__name__)
 
 TERMS_BATCH = 10_000
+BACKFILL = "backfill"  # where findings about the backfill as a whole are reported
+_SUBMICRO = re.compile(r"(\.\d{6})\d+")  # Python reads at most microseconds
 
 
 @dataclass(frozen=True)
@@ -48,30 +56,50 @@ class VerifyReport:
         return not self.findings
 
     def render(self) -> str:
-        bad = {f.window for f in self.findings}
+        bad = {f.window for f in self.findings} - {BACKFILL}
         lines = [f"verified {self.windows} windows: {self.windows - len(bad)} ok, {len(bad)} with problems"]
+        if any(f.window == BACKFILL for f in self.findings):
+            lines.append("the backfill as a whole has problems")
         lines += [f"  {f.window}: {f.kind}: {f.detail}" for f in self.findings]
         return "\n".join(lines)
 
 
-def planned_windows(config: BackfillConfig, store: ObjectStore) -> list[Window]:
-    """The windows the backfill planned (saved by its plan task), or the plain split of its range."""
-    return manifest.read_plan(store, config) or split(config.start, config.end, config.window, max_windows=10**9)
+def planned_windows(config: BackfillConfig, store: ObjectStore) -> tuple[list[Window], str | None]:
+    """The windows the backfill planned (saved by its plan task), or the plain split of its range; and why
+    the saved plan could not be used, if there is one that does not match the settings."""
+    saved = manifest.read_plan(store, config)
+    if saved is not None and saved.fingerprint == config.fingerprint():
+        return saved.windows, None
+    windows = split(config.start, config.end, config.window, max_windows=10**9)
+    if saved is None:
+        return windows, None
+    return windows, f"the saved plan was made with other settings: {'; '.join(saved.differences(config))}"
 
 
 def verify(config: BackfillConfig, reader: EsReader, store: ObjectStore) -> VerifyReport:
-    windows = planned_windows(config, store)
+    config = config.with_cluster(reader.cluster_uuid())
+    windows, plan_problem = planned_windows(config, store)
     report = VerifyReport(windows=len(windows))
+    if plan_problem:
+        report.findings.append(Finding(BACKFILL, "plan", plan_problem))
+    report.findings += [
+        Finding(BACKFILL, "unaccounted object", key) for key in manifest.foreign_objects(store, config, windows)
+    ]
+    seen = _Seen(MessageIds("message_id"))
     live_counts = window_counts(config, reader, windows)
     for window, live in zip(windows, live_counts, strict=True):
-        for kind, detail in _verify_window(config, window, live, reader, store):
+        for kind, detail in _verify_window(config, window, live, reader, store, seen):
             report.findings.append(Finding(window.label, kind, detail))
+    report.findings += [Finding(BACKFILL, "message ids", problem) for problem in seen.ids.problems()]
+    if seen.unchecked_timestamps:
+        log.warning("%s records carry no %s, so whether they lie in their window was not checked",
+                    seen.unchecked_timestamps, config.source.timestamp_field)  # fmt: skip
     log.info("%s", report.render())
     return report
 
 
 def _verify_window(
-    config: BackfillConfig, window: Window, live_count: int, reader: EsReader, store: ObjectStore
+    config: BackfillConfig, window: Window, live_count: int, reader: EsReader, store: ObjectStore, seen: _Seen
 ) -> list[tuple[str, str]]:
     key = manifest.window_manifest_key(config, window)
     body = manifest.read(store, key)
@@ -84,12 +112,15 @@ def _verify_window(
     listed = {prefix + o["key"] for o in body["objects"]}
     findings += [("unexpected object", o["Key"]) for o in store.list(prefix) if o["Key"] not in listed | {key}]
 
-    tally = _Tally(config, reader)
+    tally = _Tally(config, window, reader, seen)
     for obj in body["objects"]:
         findings += _check_object(store, prefix + obj["key"], obj, tally)
     tally.flush()
+    findings += tally.findings()
     if tally.records != body["messages"]:
         findings.append(("record count", f"objects hold {tally.records} records, manifest says {body['messages']}"))
+    if tally.ids_sha256() != (body.get("message_ids") or {}).get("sha256"):
+        findings.append(("message ids", "the records' message ids are not those the manifest recorded"))
     if live_count != body["messages"]:
         findings.append(
             ("count mismatch", f"Elasticsearch counts {live_count} messages, output has {body['messages']}")
@@ -105,34 +136,99 @@ def _verify_window(
     return findings
 
 
-class _Tally:
-    """Counts a window's decoded records, and Elasticsearch's related documents for their ids in batches,
-    so memory stays bounded by one batch of ids."""
+@dataclass
+class _Seen:
+    """What verify gathers across all windows: every message id, and records it could not place in time."""
 
-    def __init__(self, config: BackfillConfig, reader: EsReader) -> None:
+    ids: MessageIds
+    unchecked_timestamps: int = 0
+
+
+class _Tally:
+    """Checks a window's decoded records one by one (id, window, timestamp) and counts them, and
+    Elasticsearch's related documents for their ids in batches, so memory stays bounded by one batch
+    of ids (and the backfill-wide id check)."""
+
+    def __init__(self, config: BackfillConfig, window: Window, reader: EsReader, seen: _Seen) -> None:
         self.config = config
+        self.window = window
         self.reader = reader
+        self.seen = seen
         self.records = 0
         self.related: Counter[str] = Counter()
         self.in_es: Counter[str] = Counter()
-        self._ids: list[str] = []
+        self.outside: list[str] = []
+        self._outside = 0
+        self._sha = hashlib.sha256()
+        self._batch: list[str] = []
 
     def add(self, record: dict[str, Any]) -> None:
         self.records += 1
-        self._ids.append(record["message_id"])
+        message_id = record.get("message_id")
+        self.seen.ids.add(message_id, f"a record of window {self.window.label}")
+        self._sha.update(f"{message_id}\n".encode())
+        if message_id is not None:
+            self._batch.append(str(message_id))
+        if record.get("window") != self.window.key or not self._in_window(record.get("message")):
+            self._outside += 1
+            if len(self.outside) < MessageIds.EXAMPLES:
+                self.outside.append(str(message_id))
         for spec in self.config.source.related:
             value = record.get(spec.name)
             self.related[spec.name] += len(value) if isinstance(value, list) else int(value is not None)
-        if len(self._ids) >= TERMS_BATCH:
+        if len(self._batch) >= TERMS_BATCH:
             self.flush()
 
+    def _in_window(self, message: Any) -> bool:
+        value: Any = message
+        for part in self.config.source.timestamp_field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None:
+            self.seen.unchecked_timestamps += 1  # source_fields left it out
+            return True
+        moment = _instant(value)
+        return moment is not None and self.window.start <= moment < self.window.end
+
     def flush(self) -> None:
-        if not self._ids:
+        if not self._batch:
             return
         for spec in self.config.source.related:
             if spec.cardinality == "many":
-                self.in_es[spec.name] += self.reader.count(spec.index, {"terms": {spec.join_field: self._ids}})
-        self._ids = []
+                self.in_es[spec.name] += _attachments(self.reader, spec, self._batch)
+        self._batch = []
+
+    def ids_sha256(self) -> str:
+        return self._sha.hexdigest()
+
+    def findings(self) -> list[tuple[str, str]]:
+        if not self._outside:
+            return []
+        return [
+            ("outside window", f"{self._outside} records are not of this window or their "
+             f"{self.config.source.timestamp_field} lies outside it, e.g. {', '.join(self.outside)}")
+        ]  # fmt: skip
+
+
+def _instant(value: Any) -> datetime | None:
+    """A timestamp as Elasticsearch's default date format reads it: ISO 8601 or epoch milliseconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return datetime.fromtimestamp(value / 1000, tz=UTC)
+    try:
+        return parse_instant(_SUBMICRO.sub(r"\1", str(value)))
+    except WindowError:
+        return None
+
+
+def _attachments(reader: EsReader, spec: RelatedIndex, ids: list[str]) -> int:
+    """How many (document, message id) pairs ``spec``'s index holds for ``ids``: a document whose join
+    field names several of them counts once for each, as the output attaches it to each."""
+    response = reader.search(
+        index=spec.index,
+        size=0,
+        query={"terms": {spec.join_field: ids}},
+        aggs={"ids": {"terms": {"field": spec.join_field, "include": ids, "size": len(ids)}}},
+    )
+    return sum(bucket["doc_count"] for bucket in response["aggregations"]["ids"]["buckets"])
 
 
 def _check_object(store: ObjectStore, key: str, obj: dict[str, Any], tally: _Tally) -> list[tuple[str, str]]:
@@ -171,9 +267,3 @@ def _check_object(store: ObjectStore, key: str, obj: dict[str, Any], tally: _Tal
     if undecodable:
         findings.append(("undecodable", f"{key}: {undecodable}"))
     return findings
-
-
-def _count_related(reader: EsReader, index: str, join_field: str, ids: list[str]) -> int:
-    return sum(
-        reader.count(index, {"terms": {join_field: ids[i : i + TERMS_BATCH]}}) for i in range(0, len(ids), TERMS_BATCH)
-    )
