@@ -6,6 +6,8 @@
 ``--conf`` takes the same JSON as the DAG's trigger form (inline or a file). Clients
 come from the Airflow connections named in the config, or from ``--es-url`` and
 ``--s3-endpoint-url`` (credentials then from the usual AWS environment variables).
+``plan`` is always a dry run: it checks the cluster and the saved plan as the DAG's plan task
+would, prints per-window counts and the estimate, and exits 2 on a bad conf.
 ``verify`` prints its report and exits 1 if it found a problem; it never writes.
 Run with ``plugins/`` on ``PYTHONPATH``; ``make verify CONF=conf.json`` does.
 """
@@ -16,6 +18,7 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -68,11 +71,17 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     reader, store = _clients(config, args)
     if args.command == "plan":
-        from es_backfill.plan import check_cluster, dry_run_report, plan_windows
+        from es_backfill.plan import check_cluster, dry_run_report, plan_or_resume
         from es_backfill.summary import log_dry_run
 
-        check_cluster(config, reader)
-        log_dry_run(dry_run_report(config, reader, plan_windows(config, reader, max_windows=1024)))
+        config = replace(config, dry_run=True).with_cluster(reader.cluster_uuid())
+        try:
+            check_cluster(config, reader)
+            windows = plan_or_resume(config, reader, store, max_windows=1024)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            return 2
+        log_dry_run(dry_run_report(config, reader, windows))
         return 0
     from es_backfill.verify import verify
 

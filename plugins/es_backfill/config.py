@@ -105,7 +105,7 @@ class BackfillConfig:
         cluster's uuid stands for where the data came from), page sizes, keep-alives, timeouts, retries.
         """
         source = self.source
-        return {
+        settings = {
             "cluster_uuid": self.cluster_uuid,
             "start": iso(self.start),
             "end": iso(self.end),
@@ -122,6 +122,7 @@ class BackfillConfig:
             "related": [asdict(spec) for spec in source.related],
             "parts": {"max_records": source.part_max_records, "max_bytes": source.part_max_bytes},
         }
+        return json.loads(json.dumps(settings, default=str))  # as a saved plan reads back: lists, not tuples
 
     def fingerprint(self) -> str:
         """A digest of :meth:`shaping_settings`; plans and manifests record it, and trust only their own."""

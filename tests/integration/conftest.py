@@ -50,12 +50,12 @@ def seeded_small(es_client) -> IndexNames:
 
 @pytest.fixture
 def run_backfill(airflow_db, es_connection, s3_server):
-    """Run the DAG through ``dag.test()`` with a conf; return the dag run."""
+    """Run the DAG through ``dag.test()`` with a conf; return the dag run. Each run parses the DAG afresh:
+    a second ``dag.test()`` on the same DAG object would carry the first run's conf into its params."""
     from airflow.dag_processing.dagbag import DagBag
 
-    dag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("es_backfill")
-
     def run(conf: dict[str, Any]):
+        dag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("es_backfill")
         return dag.test(run_conf=conf)
 
     return run

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import json
 
+import orjson
 import pytest
 
 from es_backfill.cli import main as cli
@@ -96,3 +99,63 @@ def test_verify_detects_a_missing_window_and_related_documents_changed(backfill,
     out = capsys.readouterr().out
     assert "2024-03-01 00:00 → 2024-03-02 00:00: missing window" in out
     assert "related mismatch: history" in out
+
+
+def _bare(record) -> bool:
+    """A record without related documents: copying it changes no related count."""
+    return record["history"] == [] and record["audit"] == [] and record["status"] is None
+
+
+def _rewrite_window(bucket: str, day: str, change) -> None:
+    """Rewrite one part of a window with ``change(records, others)`` and fix up its manifest to match,
+    as a faulty writer that believed its own output would: sizes, checksums, the ids' digest."""
+    objects = read_objects(bucket, "v/")
+    key = next(k for k in sorted(objects) if f"dt={day}" in k and k.endswith(".jsonl.gz"))
+    others = [orjson.loads(line) for k, v in objects.items() if k.endswith(".jsonl.gz") and f"dt={day}" not in k
+              for line in gzip.decompress(v).splitlines()]  # fmt: skip
+    manifest_key = key.rsplit("/", 1)[0] + "/_manifest.json"
+    manifest = orjson.loads(objects[manifest_key])
+    records = [orjson.loads(line) for line in gzip.decompress(objects[key]).splitlines()]
+    change(records, others)
+    data = gzip.compress(b"".join(orjson.dumps(r) + b"\n" for r in records), mtime=0)
+    _client().put_object(Bucket=bucket, Key=key, Body=data)
+    ids = []
+    for obj in manifest["objects"]:
+        part = data if key.endswith(obj["key"]) else objects[key.rsplit("/", 1)[0] + "/" + obj["key"]]
+        ids += [orjson.loads(line)["message_id"] for line in gzip.decompress(part).splitlines()]
+        if key.endswith(obj["key"]):
+            obj.update(bytes=len(data), sha256=hashlib.sha256(data).hexdigest())
+    manifest["bytes"] = sum(o["bytes"] for o in manifest["objects"])
+    manifest["message_ids"]["sha256"] = hashlib.sha256("".join(f"{i}\n" for i in ids).encode()).hexdigest()
+    _client().put_object(Bucket=bucket, Key=manifest_key, Body=orjson.dumps(manifest))
+
+
+def test_verify_detects_a_message_written_twice_in_place_of_another_even_when_counts_agree(backfill, s3_bucket, capsys):
+    copied = []
+
+    def duplicate(records, _):
+        first, second = [i for i, r in enumerate(records) if _bare(r)][:2]
+        records[second] = records[first]
+        copied.append(records[first]["message_id"])
+
+    _rewrite_window(s3_bucket, "2024-03-02", duplicate)
+    assert cli(backfill[1]) == 1
+    out = capsys.readouterr().out
+    assert f"backfill: message ids: 1 messages repeat an earlier id (e.g. {copied[0]})" in out
+    assert "record count" not in out and "count mismatch" not in out and "related" not in out  # counts agree
+
+
+def test_verify_detects_a_record_whose_timestamp_lies_outside_its_window(backfill, s3_bucket, capsys):
+    moved = []
+
+    def take_from_another_window(records, others):
+        stranger = next(r for r in others if _bare(r))
+        index = next(i for i, r in enumerate(records) if _bare(r))
+        records[index] = stranger | {"window": records[index]["window"]}
+        moved.append(stranger["message_id"])
+
+    _rewrite_window(s3_bucket, "2024-03-02", take_from_another_window)
+    assert cli(backfill[1]) == 1
+    out = capsys.readouterr().out
+    assert "2024-03-02 00:00 → 2024-03-03 00:00: outside window: 1 records are not of this window" in out
+    assert moved[0] in out

@@ -33,11 +33,31 @@ def test_a_good_conf_gives_a_frozen_config_with_a_derived_name():
         config.page_size = 5  # type: ignore[misc]
 
 
-def test_fingerprint_changes_with_what_shapes_the_output_only():
-    base = from_params(GOOD, DEFAULTS).fingerprint()
-    assert from_params(GOOD | {"page_size": 500}, DEFAULTS).fingerprint() == base
-    assert from_params(GOOD | {"query": {"term": {"channel": "sms"}}}, DEFAULTS).fingerprint() != base
-    assert from_params(GOOD | {"output_format": "jsonl"}, DEFAULTS).fingerprint() != base
+def test_fingerprint_changes_with_what_shapes_the_output_and_where_it_came_from_only():
+    config = from_params(GOOD, DEFAULTS).with_cluster("prod-uuid")
+    base = config.fingerprint()
+
+    def fingerprint(conf, cluster="prod-uuid"):
+        return from_params(conf, DEFAULTS).with_cluster(cluster).fingerprint()
+
+    not_shaping = {"max_retries": 1, "request_timeout_s": 5, "pit_keep_alive": "30s", "related_page_size": 50,
+                   "es_conn_id": "other_conn", "aws_conn_id": "other_aws"}  # fmt: skip
+    assert fingerprint(GOOD | {"page_size": 500, "dry_run": True, "force": True}) == base
+    assert fingerprint(GOOD | {"source": not_shaping}) == base
+    assert fingerprint(GOOD, cluster="staging-uuid") != base
+    assert fingerprint(GOOD | {"balance_windows": True}) != base
+    assert fingerprint(GOOD | {"query": {"term": {"channel": "sms"}}}) != base
+    assert fingerprint(GOOD | {"output_format": "jsonl"}) != base
+    assert fingerprint(GOOD | {"source": {"part_max_records": 10}}) != base
+    assert fingerprint(GOOD | {"source": {"messages": DEFAULTS["messages"] | {"source_fields": ["body"]}}}) != base
+
+
+def test_a_one_to_one_related_index_needs_sort_fields_to_tell_which_document_is_current():
+    unsorted = {"name": "status", "index": "status", "join_field": "message_id", "cardinality": "one"}
+    with pytest.raises(ConfigError, match=r"source.related\[0\] \(status\) has cardinality 'one' but no sort"):
+        from_params(GOOD | {"source": {"related": [unsorted]}}, DEFAULTS)
+    config = from_params(GOOD | {"source": {"related": [unsorted | {"sort": ["updated_at"]}]}}, DEFAULTS)
+    assert config.source.related[0].sort == ("updated_at",)
 
 
 def test_every_problem_is_reported_at_once_with_its_fix():
