@@ -1,8 +1,11 @@
-"""Window and run manifests: what was written, with counts, sizes and checksums.
+"""Window and run manifests, the saved plan, and what lies under a backfill's root.
 
 A window's manifest is written last, only once all its objects are in place, so a
-present manifest that matches this backfill's settings means the window is complete.
-Manifests hold no timestamps: a rerun over the same data writes the same bytes.
+present manifest whose fingerprint matches this backfill's settings (and source
+cluster) means the window is complete. Manifests hold no timestamps: a rerun over the
+same data writes the same bytes. The saved plan (``_plan.json``) records the windows
+and the settings behind them, so a re-plan can say what changed; everything under the
+root outside the plan's window folders is "foreign" to it.
 """
 
 from __future__ import annotations

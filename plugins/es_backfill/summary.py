@@ -57,6 +57,7 @@ def summarise(
         "version": manifest.VERSION,
         "backfill_name": config.backfill_name,
         "fingerprint": config.fingerprint(),
+        "cluster_uuid": config.cluster_uuid,
         "windows": len(results),
         "written": status["written"],
         "skipped": status["skipped"],

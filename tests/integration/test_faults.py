@@ -7,13 +7,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import pytest
 from elasticsearch import Elasticsearch
 
 from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
-from es_backfill.hooks import S3_CLIENT_CONFIG
 from es_backfill.sink import ObjectStore
 from es_backfill.source import EsReader, SourceError
 from es_backfill.windows import Window
@@ -23,19 +21,13 @@ from tests.integration.support import (
     expected_records,
     open_uploads,
     read_objects,
+    s3_client,
     source_override,
     utc,
 )
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
-
-
-def _s3_client(endpoint_url: str):
-    return boto3.client(
-        "s3", endpoint_url=endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing",
-        region_name="us-east-1", config=S3_CLIENT_CONFIG,
-    )  # fmt: skip
 
 
 def _config(names, bucket, **source):
@@ -65,7 +57,7 @@ def test_bursts_of_429_and_503_a_dropped_connection_and_a_lost_pit_still_give_co
         ]
         reader = EsReader(es, max_retries=4, backoff_s=0.05)
         result = run_window(
-            _config(names, s3_bucket), WINDOW, reader, ObjectStore(_s3_client(s3_server.endpoint_url), s3_bucket)
+            _config(names, s3_bucket), WINDOW, reader, ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
         )
         assert [f.fired for f in faults] == [3, 2, 1, 1, 1, 1]
     assert result.messages == result.es_count == 650
@@ -85,7 +77,7 @@ def test_fault_that_outlasts_the_retries_fails_with_a_clear_error_and_no_manifes
         reader = EsReader(es, max_retries=2, backoff_s=0.05)
         with pytest.raises(SourceError, match=r"Elasticsearch search still failing after 3 attempts"):
             run_window(
-                _config(names, s3_bucket), WINDOW, reader, ObjectStore(_s3_client(s3_server.endpoint_url), s3_bucket)
+                _config(names, s3_bucket), WINDOW, reader, ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
             )
         assert proxy.count(r"^DELETE /_pit") == 1  # the point in time was closed on the way out
     assert not any(k.endswith("_manifest.json") for k in read_objects(s3_bucket, "f/"))
@@ -100,7 +92,7 @@ def test_s3_slowdown_and_server_errors_are_retried(seeded, es_client, es_cluster
             proxy.add_fault(r"^PUT /.*part-00002", status(500, b"<Error><Code>InternalError</Code></Error>")),
             proxy.add_fault(r"^PUT /.*_manifest.json", s3_error(503, "SlowDown")),
         ]
-        store = ObjectStore(_s3_client(proxy.url), s3_bucket)
+        store = ObjectStore(s3_client(proxy.url), s3_bucket)
         result = run_window(_config(names, s3_bucket, part_max_records=100), WINDOW, EsReader(es), store)
         assert [f.fired for f in faults] == [2, 1, 1]
     assert result.messages == 300 and result.objects == 3
@@ -118,7 +110,7 @@ def test_a_page_answered_from_only_some_shards_fails_the_window_instead_of_dropp
         proxy.add_fault(
             _messages_page_after_first, status(200, partial, headers={"X-Elastic-Product": "Elasticsearch"})
         )
-        store = ObjectStore(_s3_client(s3_server.endpoint_url), s3_bucket)
+        store = ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
         with pytest.raises(SourceError, match="answered from only part of the shards"):
             run_window(_config(names, s3_bucket), WINDOW, EsReader(es), store)
     assert not any(k.endswith("_manifest.json") for k in read_objects(s3_bucket, "f/"))

@@ -5,18 +5,16 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import boto3
 import pytest
 from elasticsearch import Elasticsearch
 
 from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
-from es_backfill.hooks import S3_CLIENT_CONFIG
 from es_backfill.manifest import window_manifest_key
 from es_backfill.sink import ObjectStore
 from es_backfill.source import EsReader
 from es_backfill.windows import Window
-from tests.integration.support import open_uploads, read_objects, source_override, utc, window_objects
+from tests.integration.support import open_uploads, read_objects, s3_client, source_override, utc, window_objects
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
@@ -48,10 +46,7 @@ class FlakyClient:
 
 @pytest.fixture
 def clients(es_cluster, s3_server, s3_bucket):
-    s3 = boto3.client(
-        "s3", endpoint_url=s3_server.endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing",
-        region_name="us-east-1", config=S3_CLIENT_CONFIG,
-    )  # fmt: skip
+    s3 = s3_client(s3_server.endpoint_url)
     with Elasticsearch(es_cluster.url, request_timeout=60, max_retries=0) as es:
         yield EsReader(es, max_retries=2, backoff_s=0.05), s3
 

@@ -9,18 +9,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import boto3
 import orjson
 from elasticsearch import Elasticsearch, helpers
 
 from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
-from es_backfill.hooks import S3_CLIENT_CONFIG
 from es_backfill.sink import ObjectStore
 from es_backfill.source import MAX_PIT_REOPENS, EsReader
 from es_backfill.windows import Window
 from include.devservers.faultproxy import FaultProxy, es_pit_lost
-from tests.integration.support import decode_records, expected_records, read_objects, source_override, utc
+from tests.integration.support import decode_records, expected_records, read_objects, s3_client, source_override, utc
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
@@ -33,11 +31,7 @@ def _config(names, bucket, prefix):
 
 
 def _store(s3_server, bucket):
-    s3 = boto3.client(
-        "s3", endpoint_url=s3_server.endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing",
-        region_name="us-east-1", config=S3_CLIENT_CONFIG,
-    )  # fmt: skip
-    return ObjectStore(s3, bucket)
+    return ObjectStore(s3_client(s3_server.endpoint_url), bucket)
 
 
 def _is_messages_page(request) -> bool:

@@ -6,20 +6,18 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-import boto3
 import orjson
 import pytest
 from elasticsearch import Elasticsearch
 
 from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
-from es_backfill.hooks import S3_CLIENT_CONFIG
 from es_backfill.manifest import window_manifest_key
 from es_backfill.records import MessageIdError
 from es_backfill.sink import ObjectStore
 from es_backfill.source import EsReader
 from es_backfill.windows import Window
-from tests.integration.support import read_objects, source_override, utc
+from tests.integration.support import read_objects, s3_client, source_override, utc
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
@@ -27,12 +25,8 @@ WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
 
 @pytest.fixture
 def clients(es_cluster, s3_server, s3_bucket):
-    s3 = boto3.client(
-        "s3", endpoint_url=s3_server.endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing",
-        region_name="us-east-1", config=S3_CLIENT_CONFIG,
-    )  # fmt: skip
     with Elasticsearch(es_cluster.url, request_timeout=60, max_retries=0) as es:
-        yield EsReader(es, max_retries=2, backoff_s=0.05), ObjectStore(s3, s3_bucket)
+        yield EsReader(es, max_retries=2, backoff_s=0.05), ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
 
 
 def _config(names, bucket, output_format):
