@@ -182,6 +182,7 @@ def es_backfill():
     def extract(window: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         from es_backfill.extract import run_window
         from es_backfill.hooks import es_reader, object_store
+        from es_backfill.manifest import StalePlanError
         from es_backfill.records import MessageIdError
         from es_backfill.windows import Window
 
@@ -190,8 +191,8 @@ def es_backfill():
         with es_reader(config.source) as reader:
             try:
                 return run_window(config, Window.from_dict(window), reader, store).to_dict()
-            except MessageIdError as err:
-                raise AirflowFailException(str(err)) from err  # the data must change first
+            except (MessageIdError, StalePlanError) as err:
+                raise AirflowFailException(str(err)) from err  # retrying the same task cannot help
 
     # Runs once every window has finished, failed ones included, so the summary can name them.
     @task(trigger_rule="all_done_min_one_success")

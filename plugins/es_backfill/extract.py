@@ -6,7 +6,9 @@ It is safe to run again on the same window: a complete window is skipped (unless
 failed attempt are aborted, parts are overwritten under the same keys, objects the
 new attempt did not write are deleted, and the manifest is written last. A window
 whose messages lack ids or share one fails with :class:`~es_backfill.records.MessageIdError`
-before its manifest is written.
+before its manifest is written; a window that its backfill's saved plan no longer has (it was
+re-planned with ``force`` since) fails with :class:`~es_backfill.manifest.StalePlanError`
+before anything is written.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
                 bytes=existing["bytes"],
             )
 
+    manifest.require_in_plan(store, config, window)
     prefix = window_prefix(config.root_prefix, window.day, window.key)
     # No manifest may exist while the window's objects are being replaced.
     store.delete([manifest_key])

@@ -49,8 +49,17 @@ class SavedPlan:
         ]
 
 
+class StalePlanError(RuntimeError):
+    """A window of a plan that the backfill has replaced since: writing it would mix two plans."""
+
+
+def window_folder(config: BackfillConfig, window: Window) -> str:
+    """``{root}/dt=YYYY-MM-DD/{window key}/``: where the window's objects live."""
+    return f"{window_prefix(config.root_prefix, window.day, window.key)}/"
+
+
 def window_manifest_key(config: BackfillConfig, window: Window) -> str:
-    return f"{window_prefix(config.root_prefix, window.day, window.key)}/{MANIFEST_NAME}"
+    return f"{window_folder(config, window)}{MANIFEST_NAME}"
 
 
 def run_manifest_key(config: BackfillConfig) -> str:
@@ -74,6 +83,18 @@ def read_plan(store: ObjectStore, config: BackfillConfig) -> SavedPlan | None:
     )
 
 
+def require_in_plan(store: ObjectStore, config: BackfillConfig, window: Window) -> None:
+    """Raise :class:`StalePlanError` if the backfill's saved plan (if any) was made with other settings
+    or does not have ``window``: e.g. a task of an older run cleared after a ``force`` re-plan."""
+    saved = read_plan(store, config)
+    if saved is not None and (saved.fingerprint != config.fingerprint() or window not in saved.windows):
+        raise StalePlanError(
+            f"Window {window.label} is not in the current plan of backfill {config.backfill_name!r}, which was "
+            "planned again since this run started; nothing was written. Trigger the backfill again (its plan "
+            "task resumes the current plan) instead of clearing this run's tasks"
+        )
+
+
 def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window]) -> None:
     # Resume and verify reuse these windows, so balanced windows stay put even if the data moves.
     body = {
@@ -89,7 +110,7 @@ def foreign_objects(store: ObjectStore, config: BackfillConfig, windows: list[Wi
     """Keys under the backfill's root that ``windows`` do not account for: everything but their folders,
     the plan and the run manifest. Lists folder by folder, so the windows' own objects are never listed."""
     root = f"{config.root_prefix}/"
-    own = {f"{window_prefix(config.root_prefix, w.day, w.key)}/" for w in windows}
+    own = {window_folder(config, w) for w in windows}
     days = {folder.rsplit("/", 2)[0] + "/" for folder in own}
     folders, keys = store.children(root)
     foreign = [key for key in keys if key not in {plan_key(config), run_manifest_key(config)}]

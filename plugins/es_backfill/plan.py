@@ -21,7 +21,7 @@ from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.enrich import RelatedLookup
 from es_backfill.extract import message_query
 from es_backfill.records import build_record, dumps_line
-from es_backfill.sink import ObjectStore, window_prefix
+from es_backfill.sink import ObjectStore
 from es_backfill.source import EsReader
 from es_backfill.windows import Window, WindowError, balance, iso, split
 
@@ -131,9 +131,9 @@ def _sweep(config: BackfillConfig, store: ObjectStore, windows: list[Window]) ->
     if stale:
         log.warning("Deleting %s objects of windows that are not in this plan, e.g. %s", len(stale), stale[0])
         store.delete(stale)
-    own = {f"{window_prefix(config.root_prefix, w.day, w.key)}/" for w in windows}
+    keep = {manifest.window_folder(config, w) for w in windows} | {None}  # and what lies in no window folder
     aborted = store.abort_uploads(
-        f"{config.root_prefix}/", keep=lambda key: manifest.window_folder_of(config, key) in own | {None}
+        f"{config.root_prefix}/", keep=lambda key: manifest.window_folder_of(config, key) in keep
     )
     if aborted:
         log.info("Aborted %s unfinished multipart uploads of windows that are not in this plan", aborted)

@@ -28,7 +28,7 @@ from es_backfill import manifest
 from es_backfill.config import BackfillConfig, RelatedIndex
 from es_backfill.plan import window_counts
 from es_backfill.records import MessageIds
-from es_backfill.sink import ObjectStore, window_prefix
+from es_backfill.sink import ObjectStore
 from es_backfill.source import EsReader
 from es_backfill.windows import Window, WindowError, parse_instant, split
 
@@ -108,7 +108,7 @@ def _verify_window(
     problem = manifest.completeness_problem(body, config, window)
     findings = [("manifest", problem)] if problem else []
 
-    prefix = window_prefix(config.root_prefix, window.day, window.key) + "/"
+    prefix = manifest.window_folder(config, window)
     listed = {prefix + o["key"] for o in body["objects"]}
     findings += [("unexpected object", o["Key"]) for o in store.list(prefix) if o["Key"] not in listed | {key}]
 

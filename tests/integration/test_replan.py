@@ -2,7 +2,8 @@
 
 A backfill's root (``{s3_prefix}/{backfill_name}/``) only ever holds the current plan's windows: a
 re-trigger with settings that shape the output differently (or reading another cluster) is refused
-unless ``force`` replaces the whole backfill; settings that do not shape the output resume it.
+unless ``force`` replaces the whole backfill; settings that do not shape the output resume it; and a
+task of a replaced plan writes nothing.
 """
 
 from __future__ import annotations
@@ -11,11 +12,25 @@ import json
 
 import orjson
 import pytest
+from elasticsearch import Elasticsearch
 
 from es_backfill.cli import main as cli
+from es_backfill.config import defaults_path, from_params, load_defaults
+from es_backfill.extract import run_window
+from es_backfill.manifest import StalePlanError
+from es_backfill.sink import ObjectStore
+from es_backfill.source import EsReader
+from es_backfill.windows import Window
 from include.devservers.elasticsearch import elasticsearch_connection_uri
 from include.devservers.faultproxy import FaultProxy, status
-from tests.integration.support import decode_records, expected_records, read_objects, source_override, utc
+from tests.integration.support import (
+    decode_records,
+    expected_records,
+    read_objects,
+    s3_client,
+    source_override,
+    utc,
+)
 
 ROOT = "rp/team-backfill/"
 
@@ -66,7 +81,7 @@ def test_a_replan_with_other_windows_is_refused_naming_the_difference_and_change
 
 
 def test_force_with_balanced_windows_replaces_the_backfill_so_every_message_is_there_once(
-    seeded, run_backfill, s3_bucket, command
+    seeded, run_backfill, s3_bucket, command, es_client, es_cluster, s3_server
 ):
     # Skewed data, so balanced windows cut elsewhere than at midnight.
     busy = [("messages", f"busy-{i}", {"message_id": f"busy-{i}", "@timestamp": f"2024-03-01T{i % 12:02d}:{i:02d}:00Z"})
@@ -84,6 +99,19 @@ def test_force_with_balanced_windows_replaces_the_backfill_so_every_message_is_t
     records = decode_records(objects)
     assert sorted(r["message_id"] for r in records) == sorted(expected_records(docs))
     assert command("verify", _conf(names, s3_bucket, balance_windows=True)) == 0
+
+    # A task of the first run, cleared now, must not write its window into the replaced backfill.
+    old = from_params(_conf(names, s3_bucket), load_defaults(defaults_path())).with_cluster(
+        es_client.info()["cluster_uuid"]
+    )
+    with Elasticsearch(es_cluster.url) as es, pytest.raises(StalePlanError, match="is not in the current plan"):
+        run_window(
+            old,
+            Window(utc(2024, 3, 1), utc(2024, 3, 2)),
+            EsReader(es),
+            ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket),
+        )
+    assert read_objects(s3_bucket, ROOT) == objects
 
 
 def test_verify_reports_objects_the_plan_does_not_account_for_and_a_retrigger_removes_stale_windows(
