@@ -294,6 +294,7 @@ def test_plugins_zip_holds_the_package_and_its_defaults_and_is_byte_identical_ac
         modules = {p.name for p in (project / "plugins" / "es_backfill").glob("*.py")}
         assert {n.removeprefix("es_backfill/") for n in names if n.endswith(".py")} == modules
         assert "es_backfill/backfill_defaults.json" in names
+        assert archive.read(".airflowignore") == (project / "plugins" / ".airflowignore").read_bytes()
         assert (
             archive.read("es_backfill/backfill_defaults.json")
             == (project / "include" / "backfill_defaults.json").read_bytes()
