@@ -82,16 +82,18 @@ def _config(params: dict[str, Any] | None) -> BackfillConfig:
             title="Window size",
             description="Length of one mapped task's slice of the range: 1d, 6h, 15m, 30s.",
         ),
+        # The trigger form sends an emptied field as "": these two take it as "not set".
         "query": Param(
             None,
-            type=["object", "null"],
+            type=["object", "null", "string"],
+            maxLength=0,
             title="Message filter",
             description='Optional Elasticsearch query DSL applied to messages, e.g. {"term": {"channel": "email"}}.',
         ),
         "backfill_name": Param(
             None,
             type=["string", "null"],
-            pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$",
+            pattern=r"^([A-Za-z0-9][A-Za-z0-9._-]{0,127})?$",
             title="Backfill name",
             description="Output folder name. Empty: derived from start, end and window, so a re-trigger "
             "of the same range resumes into the same keys.",
@@ -158,6 +160,13 @@ def es_backfill():
         from es_backfill.summary import log_dry_run
 
         config = _config(params)
+        # Task code cannot see pools (Airflow 3 keeps tasks off the metadata database), so say which one matters.
+        log.warning(
+            "Extract tasks run in pool %r, which this task cannot check: if it does not exist they wait in "
+            "'scheduled' with no error. Create or resize it: python -m include.airflow_admin pool --slots N ..., "
+            "or on MWAA python -m include.mwaa_deploy ... --pool-slots N",
+            POOL,
+        )
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
         with es_reader(config.source) as reader:
             config = config.with_cluster(reader.cluster_uuid())

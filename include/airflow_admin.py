@@ -12,9 +12,12 @@ TARGET is one of:
   ``/api/v2/connections``, bulk create with ``overwrite``, so create and update are one call).
   The JWT comes from ``AIRFLOW_API_TOKEN``, else from ``POST /auth/token`` (simple auth manager)
   with ``AIRFLOW_API_USERNAME`` and ``AIRFLOW_API_PASSWORD``.
-* ``--mwaa-environment NAME [--region R]``: an MWAA environment, through its CLI endpoint:
-  ``CreateCliToken`` then ``POST https://{WebServerHostname}/aws_mwaa/cli`` with the same
-  ``pools set`` / ``connections`` commands as ``--cli``.
+* ``--mwaa-environment NAME [--region R]``: an MWAA environment, through ``InvokeRestApi``
+  (boto3 ``mwaa.invoke_rest_api``: the same REST requests as ``--api-url``, signed with IAM,
+  permission ``airflow:InvokeRestApi``, no CLI command allowlist). Only where that is
+  unavailable (a boto3 without it, or the identity may not call it) it falls back to the CLI
+  endpoint: ``CreateCliToken`` then ``POST https://{WebServerHostname}/aws_mwaa/cli`` with the
+  same ``pools set`` / ``connections`` commands as ``--cli``.
 
 ``secret`` writes the connection to AWS Secrets Manager as ``{prefix}/{conn_id}`` (default prefix
 ``airflow/connections``), which MWAA's ``SecretsManagerBackend`` reads: the way to keep credentials
@@ -52,6 +55,7 @@ CONNECTION_FIELDS = frozenset({"conn_type", "description", "host", "port", "sche
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
 CLI_TIMEOUT_S = 300
+REST_PREFIX = "/api/v2"  # InvokeRestApi paths start after it
 _OUTPUT_LIMIT = 2000
 
 
@@ -74,11 +78,15 @@ class CliResult:
     returncode: int | None = None  # the MWAA CLI endpoint reports none
 
 
+class RestApiUnavailable(AdminError):
+    """MWAA's ``InvokeRestApi`` cannot be used from here; the CLI endpoint may still be."""
+
+
 @dataclass(frozen=True)
 class RestRequest:
     method: str
-    path: str
-    body: dict[str, Any]
+    path: str  # from the api-server's root, e.g. /api/v2/pools
+    body: dict[str, Any] | None = None
 
 
 def load_connection(text: str) -> dict[str, Any]:
@@ -173,7 +181,7 @@ def pool_request(pool: Pool) -> RestRequest:
         "description": pool.description,
         "include_deferred": pool.include_deferred,
     }
-    return RestRequest("PATCH", "/api/v2/pools", _bulk_overwrite(entity))
+    return RestRequest("PATCH", f"{REST_PREFIX}/pools", _bulk_overwrite(entity))
 
 
 def connection_request(conn_id: str, conn: Mapping[str, Any]) -> RestRequest:
@@ -181,7 +189,7 @@ def connection_request(conn_id: str, conn: Mapping[str, Any]) -> RestRequest:
     extra = conn.get("extra")
     if extra is not None:
         entity["extra"] = extra if isinstance(extra, str) else json.dumps(extra)
-    return RestRequest("PATCH", "/api/v2/connections", _bulk_overwrite(entity))
+    return RestRequest("PATCH", f"{REST_PREFIX}/connections", _bulk_overwrite(entity))
 
 
 def _bulk_overwrite(entity: dict[str, Any]) -> dict[str, Any]:
@@ -204,12 +212,67 @@ def send_rest(http: Any, base_url: str, token: str, request: RestRequest) -> dic
         raise AdminError(
             f"{request.method} {request.path} answered {response.status_code}: {response.text[:_OUTPUT_LIMIT]}"
         )
-    answer = response.json()
+    return _bulk_result(request, response.json())
+
+
+def _bulk_result(request: RestRequest, answer: dict[str, Any]) -> dict[str, Any]:
+    """``answer`` to a bulk request, once it is known to hold no per-entity error."""
     errors = (answer.get("create") or {}).get("errors") or []
     if errors:
         raise AdminError(f"{request.method} {request.path} failed: {errors}")
     log.info("%s %s: %s", request.method, request.path, (answer.get("create") or {}).get("success"))
     return answer
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# MWAA's InvokeRestApi: Airflow's REST API with IAM
+
+
+def pool_lookup(name: str = POOL_NAME) -> RestRequest:
+    return RestRequest("GET", f"{REST_PREFIX}/pools/{name}")
+
+
+def connection_lookup(conn_id: str) -> RestRequest:
+    return RestRequest("GET", f"{REST_PREFIX}/connections/{conn_id}")
+
+
+def invoke_mwaa_rest(mwaa: Any, environment: str, request: RestRequest) -> dict[str, Any] | None:
+    """``request`` through ``InvokeRestApi``: its JSON answer, or None for a 404 (no such pool or connection).
+
+    Raises :class:`RestApiUnavailable` if this client or identity cannot use ``InvokeRestApi``, and
+    :class:`AdminError` for any other error Airflow answers."""
+    if not hasattr(mwaa, "invoke_rest_api"):
+        raise RestApiUnavailable("this boto3 has no MWAA InvokeRestApi, a newer boto3 has")
+    path = request.path.removeprefix(REST_PREFIX)
+    kwargs: dict[str, Any] = {"Name": environment, "Path": path, "Method": request.method}
+    if request.body is not None:
+        kwargs["Body"] = request.body
+    try:
+        response = mwaa.invoke_rest_api(**kwargs)
+    except (mwaa.exceptions.RestApiClientException, mwaa.exceptions.RestApiServerException) as err:
+        status = err.response.get("RestApiStatusCode")
+        if status == 404 and request.method == "GET":
+            return None
+        raise AdminError(
+            f"MWAA {environment}: {request.method} {path} answered {status}: {err.response.get('RestApiResponse')}"
+        ) from err
+    except (mwaa.exceptions.AccessDeniedException, mwaa.exceptions.ValidationException) as err:
+        raise RestApiUnavailable(
+            f"MWAA {environment} refused InvokeRestApi ({err}); the calling identity needs airflow:InvokeRestApi"
+        ) from err
+    answer = response.get("RestApiResponse") or {}
+    return _bulk_result(request, answer) if request.method == "PATCH" else answer
+
+
+def apply_on_mwaa(
+    mwaa: Any, environment: str, request: RestRequest, commands: list[tuple[list[str], str]], http: Any
+) -> None:
+    """Send ``request`` with ``InvokeRestApi``; where that is unavailable, run ``commands`` on the CLI endpoint."""
+    try:
+        invoke_mwaa_rest(mwaa, environment, request)
+    except RestApiUnavailable as err:
+        log.warning("%s; falling back to the MWAA CLI endpoint (airflow:CreateCliToken)", err)
+        apply_cli(lambda cli_args: run_mwaa_cli(mwaa, environment, cli_args, http), commands)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -246,7 +309,7 @@ def put_connection_secret(
 # Command line
 
 
-def _http() -> httpx.Client:
+def http_client() -> httpx.Client:
     return httpx.Client(timeout=httpx.Timeout(READ_TIMEOUT_S, connect=CONNECT_TIMEOUT_S))
 
 
@@ -304,12 +367,11 @@ def main(argv: list[str] | None = None) -> int:
             apply_cli(run_local_cli, commands)
         elif args.api_url:
             base_url = args.api_url.rstrip("/")
-            with _http() as http:
+            with http_client() as http:
                 send_rest(http, base_url, _api_token(http, base_url), request)
         else:
-            mwaa = _boto_client("mwaa", args.region)
-            with _http() as http:
-                apply_cli(lambda cli_args: run_mwaa_cli(mwaa, args.mwaa_environment, cli_args, http), commands)
+            with http_client() as http:
+                apply_on_mwaa(_boto_client("mwaa", args.region), args.mwaa_environment, request, commands, http)
     except (AdminError, OSError, httpx.HTTPError) as err:
         print(f"Failed: {err}", file=sys.stderr)
         return 1

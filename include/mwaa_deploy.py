@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import io
+import json
 import logging
 import re
 import stat
@@ -37,6 +38,8 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
+
+from include import airflow_admin
 
 log = logging.getLogger(__name__)
 
@@ -392,6 +395,62 @@ def deploy(
     return result
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# The pool and connections the DAG needs, through InvokeRestApi
+
+
+def prepare_airflow(
+    *, mwaa: Any, environment: str, root: Path = ROOT, pool_slots: int | None, dry_run: bool, out: TextIO, http: Any
+) -> list[str]:
+    """Create or resize the ``es_backfill`` pool (``pool_slots``; not in a dry run) and check that the
+    connections the defaults file names exist. Returns the problems found, each also printed to ``out``.
+
+    Without the pool, extract tasks stay "scheduled" for ever with no error; without the Elasticsearch
+    connection, every task fails. ``InvokeRestApi`` does both; where it is unavailable, the pool is set
+    through the CLI endpoint and the connections are not checked.
+    """
+    pool = airflow_admin.Pool(slots=pool_slots or 1)
+    try:
+        current = airflow_admin.invoke_mwaa_rest(mwaa, environment, airflow_admin.pool_lookup(pool.name))
+    except airflow_admin.RestApiUnavailable as err:
+        print(f"InvokeRestApi unavailable ({err}): pool and connections not checked", file=out)
+        if pool_slots and not dry_run:
+
+            def run(args: list[str]) -> airflow_admin.CliResult:
+                return airflow_admin.run_mwaa_cli(mwaa, environment, args, http)
+
+            airflow_admin.apply_cli(run, airflow_admin.pool_commands(pool))
+            print(f"pool {pool.name}: set to {pool_slots} slots through the CLI endpoint", file=out)
+        return [f"pool and connections not checked: {err}"]
+    problems = []
+    slots = current.get("slots") if current else None
+    if pool_slots is not None and slots != pool_slots:
+        print(f"pool {pool.name}: {slots if current else 'missing'} -> {pool_slots} slots", file=out)
+        if not dry_run:
+            airflow_admin.invoke_mwaa_rest(mwaa, environment, airflow_admin.pool_request(pool))
+    elif current is None:
+        problems.append(
+            f"pool {pool.name} does not exist: extract tasks would wait in 'scheduled' for ever; "
+            "deploy again with --pool-slots N (N = windows reading Elasticsearch at once)"
+        )
+    else:
+        print(f"pool {pool.name}: {slots} slots", file=out)
+    defaults = json.loads((root / DEFAULTS_SOURCE).read_text())
+    for conn_id, needed in ((defaults["es_conn_id"], True), (defaults["aws_conn_id"], False)):
+        if airflow_admin.invoke_mwaa_rest(mwaa, environment, airflow_admin.connection_lookup(conn_id)) is not None:
+            print(f"connection {conn_id}: found", file=out)
+        elif needed:
+            problems.append(
+                f"connection {conn_id} is not among Airflow's connections: create it (python -m include.airflow_admin "
+                f"connection|secret --conn-id {conn_id} ...), unless a secrets backend such as Secrets Manager holds it"
+            )
+        else:
+            print(f"connection {conn_id}: not set, so S3 is reached with the execution role", file=out)
+    for problem in problems:
+        print(f"WARNING: {problem}", file=out)
+    return problems
+
+
 def upload(s3: Any, bucket: str, artifact: Artifact) -> str | None:
     """Put one object with its SHA-256 as metadata; return the new version id."""
     response = s3.put_object(
@@ -431,6 +490,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-script", type=Path, help="a shell script MWAA runs before Airflow starts")
     parser.add_argument("--delete-removed", action="store_true", help="delete DAG objects no longer in dags/")
     parser.add_argument("--project-root", type=Path, default=ROOT, help="the directory holding dags/ and plugins/")
+    parser.add_argument("--pool-slots", type=int, help="create or resize the es_backfill pool to this many slots")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from botocore.exceptions import BotoCoreError, ClientError
@@ -446,10 +506,20 @@ def main(argv: list[str] | None = None) -> int:
             dry_run=args.dry_run,
             delete_removed=args.delete_removed,
         )
+        with airflow_admin.http_client() as http:
+            prepare_airflow(
+                mwaa=mwaa,
+                environment=args.environment,
+                root=args.project_root,
+                pool_slots=args.pool_slots,
+                dry_run=args.dry_run,
+                out=sys.stdout,
+                http=http,
+            )
     except DeployError as err:
         print(f"Deploy refused: {err}", file=sys.stderr)
         return 2
-    except (BotoCoreError, ClientError) as err:  # credentials, network, permissions: the AWS error says which
+    except (BotoCoreError, ClientError, airflow_admin.AdminError) as err:  # the AWS or Airflow error says why
         print(f"Deploy failed: {err}", file=sys.stderr)
         return 1
     return 0

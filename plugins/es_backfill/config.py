@@ -179,6 +179,8 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
         problems.append(str(err))
 
     query = params.get("query")
+    if query == "":  # an emptied field of the trigger form
+        query = None
     if query is not None and (not isinstance(query, dict) or not query):
         problems.append('query must be an Elasticsearch query DSL object, e.g. {"term": {"channel": "email"}}')
 

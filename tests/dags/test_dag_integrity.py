@@ -45,6 +45,16 @@ def test_params_validate_what_the_form_can(dag):
     assert schema["start"]["pattern"] and schema["end"]["pattern"] and schema["window"]["pattern"]
 
 
+def test_params_take_an_emptied_name_or_filter_as_not_set(dag):
+    from airflow.sdk.definitions.param import ParamValidationError
+
+    for name in ("backfill_name", "query"):
+        assert dag.params.get_param(name).resolve("") == ""  # accepted; config reads it as not set
+    for name, bad in (("backfill_name", "../x"), ("query", "channel:email")):
+        with pytest.raises(ParamValidationError):
+            dag.params.get_param(name).resolve(bad)
+
+
 def test_extract_is_mapped_in_the_pool_and_named_after_its_window(dag):
     extract = dag.get_task("extract")
     assert extract.is_mapped

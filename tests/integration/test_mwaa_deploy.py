@@ -427,10 +427,14 @@ def test_command_line_dry_run_exits_0_and_a_refused_deploy_exits_2(project, s3, 
     client, stubber = mwaa
     monkeypatch.setattr(mwaa_deploy, "clients", lambda region: (client, s3))
     expect_get(stubber, environment(bucket))
+    expect_rest(stubber, "GET", "/pools/es_backfill", {"name": "es_backfill", "slots": 4})
+    expect_rest(stubber, "GET", "/connections/elasticsearch_default", {"connection_id": "elasticsearch_default"})
+    expect_rest(stubber, "GET", "/connections/aws_default", {"connection_id": "aws_default"})
     args = ["--environment", ENV_NAME, "--project-root", str(project), "--dry-run"]
 
     assert mwaa_deploy.main(args) == 0
-    assert "Dry run" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "Dry run" in out and "pool es_backfill: 4 slots" in out and "connection elasticsearch_default: found" in out
 
     expect_get(stubber, environment(bucket, status="CREATING"))
     assert mwaa_deploy.main(args[:-1]) == 2
@@ -440,6 +444,105 @@ def test_command_line_dry_run_exits_0_and_a_refused_deploy_exits_2(project, s3, 
 
 # ---------------------------------------------------------------------------------------------------------------
 # Pools and connections
+
+
+def expect_rest(stubber: Stubber, method: str, path: str, answer: dict[str, Any] | None = None, status: int = 200,
+                body: dict[str, Any] | None = None) -> None:  # fmt: skip
+    """One InvokeRestApi call; a status of 400 or more comes back as MWAA's modeled error."""
+    params: dict[str, Any] = {"Name": ENV_NAME, "Path": path, "Method": method}
+    if body is not None:
+        params["Body"] = body
+    if status < 400:
+        stubber.add_response("invoke_rest_api", {"RestApiStatusCode": status, "RestApiResponse": answer or {}}, params)
+    else:
+        stubber.add_client_error(
+            "invoke_rest_api", service_error_code="RestApiClientException", http_status_code=400,
+            modeled_fields={"RestApiStatusCode": status, "RestApiResponse": answer or {}}, expected_params=params,
+        )  # fmt: skip
+
+
+def prepare(mwaa, project: Path, http: Any = None, **kwargs: Any) -> tuple[list[str], str]:
+    out = io.StringIO()
+    problems = mwaa_deploy.prepare_airflow(
+        mwaa=mwaa[0], environment=ENV_NAME, root=project, out=out, http=http, **kwargs
+    )
+    return problems, out.getvalue()
+
+
+POOL_BULK = airflow_admin.pool_request(airflow_admin.Pool(slots=4)).body  # its shape is tested below
+
+
+def test_deploy_creates_the_missing_pool_and_finds_the_connections_through_invoke_rest_api(project, mwaa):
+    stubber = mwaa[1]
+    expect_rest(stubber, "GET", "/pools/es_backfill", {"detail": "Pool not found"}, status=404)
+    expect_rest(stubber, "PATCH", "/pools", {"create": {"success": ["es_backfill"], "errors": []}}, body=POOL_BULK)
+    expect_rest(stubber, "GET", "/connections/elasticsearch_default", {"connection_id": "elasticsearch_default"})
+    expect_rest(stubber, "GET", "/connections/aws_default", {"detail": "not found"}, status=404)
+
+    problems, out = prepare(mwaa, project, pool_slots=4, dry_run=False)
+
+    assert problems == []
+    assert "pool es_backfill: missing -> 4 slots" in out
+    assert "connection aws_default: not set, so S3 is reached with the execution role" in out
+
+
+def test_deploy_resizes_the_pool_but_not_in_a_dry_run(project, mwaa):
+    stubber = mwaa[1]
+    for dry_run in (True, False):
+        expect_rest(stubber, "GET", "/pools/es_backfill", {"name": "es_backfill", "slots": 2})
+        if not dry_run:
+            expect_rest(stubber, "PATCH", "/pools", {"create": {"success": ["es_backfill"], "errors": []}},
+                        body=POOL_BULK)  # fmt: skip
+        for conn_id in ("elasticsearch_default", "aws_default"):
+            expect_rest(stubber, "GET", f"/connections/{conn_id}", {"connection_id": conn_id})
+        problems, out = prepare(mwaa, project, pool_slots=4, dry_run=dry_run)
+        assert problems == [] and "pool es_backfill: 2 -> 4 slots" in out
+
+
+def test_deploy_warns_of_a_missing_pool_and_a_missing_elasticsearch_connection(project, mwaa):
+    stubber = mwaa[1]
+    expect_rest(stubber, "GET", "/pools/es_backfill", {"detail": "Pool not found"}, status=404)
+    expect_rest(stubber, "GET", "/connections/elasticsearch_default", {"detail": "not found"}, status=404)
+    expect_rest(stubber, "GET", "/connections/aws_default", {"connection_id": "aws_default"})
+
+    problems, out = prepare(mwaa, project, pool_slots=None, dry_run=False)
+
+    assert len(problems) == 2
+    assert "WARNING: pool es_backfill does not exist: extract tasks would wait in 'scheduled' for ever" in out
+    assert "--pool-slots N" in out
+    assert "WARNING: connection elasticsearch_default is not among Airflow's connections" in out
+
+
+def test_without_invoke_rest_api_the_pool_is_set_through_the_cli_endpoint(project, mwaa):
+    import httpx
+
+    stubber = mwaa[1]
+    stubber.add_client_error("invoke_rest_api", service_error_code="AccessDeniedException", http_status_code=403,
+                             service_message="not authorized to perform airflow:InvokeRestApi")  # fmt: skip
+    stubber.add_response(
+        "create_cli_token", {"CliToken": "t0k", "WebServerHostname": "mwaa.example"}, {"Name": ENV_NAME}
+    )
+    posted = []
+
+    def web_server(request: httpx.Request) -> httpx.Response:  # MWAA's /aws_mwaa/cli, which answers in base64
+        posted.append((str(request.url), request.headers["Authorization"], request.content.decode()))
+        stdout = base64.b64encode(b"Pool es_backfill created").decode()
+        return httpx.Response(200, json={"stdout": stdout, "stderr": ""})
+
+    with httpx.Client(transport=httpx.MockTransport(web_server)) as http:
+        problems, out = prepare(mwaa, project, http=http, pool_slots=4, dry_run=False)
+
+    assert posted == [("https://mwaa.example/aws_mwaa/cli", "Bearer t0k",
+                       f"pools set es_backfill 4 '{airflow_admin.POOL_DESCRIPTION}'")]  # fmt: skip
+    assert "InvokeRestApi unavailable" in out and "set to 4 slots through the CLI endpoint" in out
+    assert problems and "airflow:InvokeRestApi" in problems[0]
+
+
+def test_a_rest_error_from_airflow_is_an_admin_error_naming_the_status(mwaa):
+    stubber = mwaa[1]
+    expect_rest(stubber, "PATCH", "/pools", {"detail": "slots must be >= -1"}, status=422, body=POOL_BULK)
+    with pytest.raises(airflow_admin.AdminError, match="PATCH /pools answered 422"):
+        airflow_admin.invoke_mwaa_rest(mwaa[0], ENV_NAME, airflow_admin.pool_request(airflow_admin.Pool(slots=4)))
 
 
 class FakeMwaaWebServer:

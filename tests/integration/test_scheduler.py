@@ -112,6 +112,23 @@ def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(s
     _check_ui(airflow, run_id, [t["rendered_map_index"] for t in after])
 
 
+def test_emptied_form_fields_reach_the_dag_as_not_set(stack, seeded, s3_bucket):
+    airflow, _ = stack
+    names, docs = seeded({"messages": 40, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
+    _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
+    airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
+    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
+    # What the trigger form sends for a name and a filter left empty: "" (the REST API the form posts to).
+    conf = {"start": "2024-03-01", "end": "2024-03-02", "s3_bucket": s3_bucket, "s3_prefix": "form",
+            "backfill_name": "", "query": "", "source": source_override(names)}  # fmt: skip
+    run_id = airflow.api("POST", "/dags/es_backfill/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+    run_path = f"/dags/es_backfill/dagRuns/{quote(run_id)}"
+    assert airflow.wait_for("the run to finish", lambda: _finished(airflow, run_path), timeout=300) == "success"
+    objects = read_objects(s3_bucket, "form/")
+    assert objects and all(k.startswith("form/backfill-20240301T000000Z-20240302T000000Z-1d/") for k in objects)
+    assert sorted(r["message_id"] for r in decode_records(objects)) == sorted(expected_records(docs))  # no filter
+
+
 def _set_pool_with_the_admin_script(airflow, slots: int) -> None:
     """The documented way: ``python -m include.airflow_admin pool --slots N --api-url URL``."""
     with urllib.request.urlopen(f"{airflow.url}/auth/token", timeout=10) as response:  # noqa: S310 - local http

@@ -89,6 +89,12 @@ def test_source_overrides_replace_defaults_and_are_checked():
     assert config.source.messages_index == "messages"
 
 
+def test_emptied_form_fields_are_not_set():
+    config = from_params(GOOD | {"backfill_name": "", "query": ""}, DEFAULTS)
+    assert config.query is None
+    assert config.backfill_name == "backfill-20240301T000000Z-20240308T000000Z-1d"
+
+
 def test_query_must_be_an_object():
     with pytest.raises(ConfigError, match="query must be an Elasticsearch query DSL object"):
         from_params(GOOD | {"query": "channel:email"}, DEFAULTS)
