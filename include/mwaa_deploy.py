@@ -32,7 +32,9 @@ import json
 import logging
 import re
 import stat
+import subprocess
 import sys
+import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -52,6 +54,12 @@ CONSTRAINT_LINE = f'--constraint "{CONSTRAINT_URL}"'
 SHA256_METADATA = "sha256"  # stored as x-amz-meta-sha256
 DEFAULTS_SOURCE = PurePosixPath("include/backfill_defaults.json")
 DEFAULTS_IN_ZIP = "es_backfill/backfill_defaults.json"
+CONSTRAINTS_SOURCE = PurePosixPath(f"constraints/airflow-{AIRFLOW_VERSION}-py{PYTHON_VERSION}.txt")
+MWAA_PLUGINS_DIR = "/usr/local/airflow/plugins"  # where MWAA unpacks plugins.zip
+WHEELS_IN_ZIP = "wheels"
+# MWAA runs Amazon Linux 2023 (glibc 2.34) on x86_64: manylinux wheels up to 2_34 fit.
+MWAA_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")
+DOWNLOAD_TIMEOUT_S = 1800
 DEFAULT_KEYS = {"plugins": "plugins.zip", "requirements": "requirements.txt", "startup": "startup.sh"}
 # The UpdateEnvironment parameters of each environment-level artifact.
 ENV_FIELDS = {
@@ -221,42 +229,77 @@ def _files(directory: Path) -> Iterator[tuple[str, Path]]:
     yield from sorted(found)
 
 
-def build_plugins_zip(root: Path) -> bytes:
-    """``plugins/`` as MWAA's plugins.zip plus the defaults file beside the package; same tree, same bytes."""
+def download_wheels(root: Path, dest: Path) -> list[Path]:
+    """Every wheel ``requirements.txt`` needs on MWAA, Airflow and its dependencies included, into ``dest``.
+
+    ``pip download`` of binary wheels for MWAA's platform (Linux x86_64, CPython 3.12) resolved with
+    Airflow's 3.3.1 constraints, so it works from any machine and picks the versions MWAA installs.
+    """
+    command = [
+        sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--quiet", "--only-binary=:all:",
+        *(f"--platform={platform}" for platform in MWAA_PLATFORMS), f"--python-version={PYTHON_VERSION}",
+        "--implementation=cp", "-r", str(root / "requirements.txt"), "-c", str(root / CONSTRAINTS_SOURCE),
+        f"apache-airflow=={AIRFLOW_VERSION}", "--dest", str(dest),
+    ]  # fmt: skip
+    log.info("Downloading the wheels for MWAA (Python %s, Linux x86_64) into %s", PYTHON_VERSION, dest)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=DOWNLOAD_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise DeployError(f"pip download of the wheels for MWAA failed:\n{(done.stdout + done.stderr)[-3000:]}")
+    return sorted(dest.glob("*.whl"))
+
+
+def build_plugins_zip(root: Path, wheels: list[Path] | None = None) -> bytes:
+    """``plugins/`` as MWAA's plugins.zip plus the defaults file beside the package, and ``wheels`` (with the
+    constraints they were resolved with) under ``wheels/`` for a private network; same files, same bytes."""
     entries = {name: path.read_bytes() for name, path in _files(root / "plugins")}
     defaults = root / DEFAULTS_SOURCE
     if not defaults.is_file():
         raise DeployError(f"{defaults} is missing; the DAG cannot run on MWAA without its defaults file")
     entries[DEFAULTS_IN_ZIP] = defaults.read_bytes()
+    if wheels:
+        entries |= {f"{WHEELS_IN_ZIP}/{wheel.name}": wheel.read_bytes() for wheel in wheels}
+        entries[f"{WHEELS_IN_ZIP}/{CONSTRAINTS_SOURCE.name}"] = (root / CONSTRAINTS_SOURCE).read_bytes()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name in sorted(entries):
             info = zipfile.ZipInfo(name, date_time=ZIP_TIMESTAMP)
-            info.compress_type = zipfile.ZIP_DEFLATED
+            # Wheels are zips already: stored as they are.
+            info.compress_type = zipfile.ZIP_STORED if name.endswith(".whl") else zipfile.ZIP_DEFLATED
             info.external_attr = (stat.S_IFREG | 0o644) << 16
             info.create_system = 3  # unix, whatever machine builds it
             archive.writestr(info, entries[name], compresslevel=9)
     return buffer.getvalue()
 
 
-def build_requirements(root: Path) -> bytes:
-    """Our requirements.txt with Airflow's constraints for MWAA's Airflow and Python as its first line."""
+def build_requirements(root: Path, private_network: bool = False) -> bytes:
+    """Our requirements.txt behind Airflow's constraints for MWAA's Airflow and Python: the public
+    constraints URL, or, for a private network, pip pointed at the wheels in plugins.zip and nothing else
+    (``--find-links`` to their folder on MWAA, ``--no-index``, the constraints file beside them)."""
     lines = (root / "requirements.txt").read_text().splitlines()
     own = [line for line in lines if _CONSTRAINT.match(line)]
     if any(line.strip() != CONSTRAINT_LINE for line in own):
         raise DeployError(f"requirements.txt has its own constraint line {own}; remove it, the deploy adds it")
-    body = [CONSTRAINT_LINE, *(line for line in lines if not _CONSTRAINT.match(line))]
+    wheels = f"{MWAA_PLUGINS_DIR}/{WHEELS_IN_ZIP}"
+    head = (
+        [f"--find-links {wheels}", "--no-index", f'--constraint "{wheels}/{CONSTRAINTS_SOURCE.name}"']
+        if private_network
+        else [CONSTRAINT_LINE]
+    )
+    body = [*head, *(line for line in lines if not _CONSTRAINT.match(line))]
     return ("\n".join(body) + "\n").encode()
 
 
-def build_artifacts(root: Path, env: Environment, startup_script: Path | None = None) -> list[Artifact]:
+def build_artifacts(
+    root: Path, env: Environment, startup_script: Path | None = None, wheels: list[Path] | None = None
+) -> list[Artifact]:
+    """What a deploy uploads; with ``wheels`` (see :func:`download_wheels`), for an environment without internet."""
     dags = [Artifact("dag", f"{env.dag_path}/{name}", path.read_bytes()) for name, path in _files(root / "dags")]
     if not dags:
         raise DeployError(f"no DAG files under {root / 'dags'}")
     artifacts = [
         *dags,
-        Artifact("plugins", env.key("plugins"), build_plugins_zip(root)),
-        Artifact("requirements", env.key("requirements"), build_requirements(root)),
+        Artifact("plugins", env.key("plugins"), build_plugins_zip(root, wheels)),
+        Artifact("requirements", env.key("requirements"), build_requirements(root, private_network=bool(wheels))),
     ]
     if startup_script is not None:
         if not startup_script.is_file():
@@ -342,6 +385,7 @@ def deploy(
     startup_script: Path | None = None,
     dry_run: bool = False,
     delete_removed: bool = False,
+    wheels: list[Path] | None = None,
     out: TextIO | None = None,
 ) -> DeployResult:
     """Plan, print (to ``out``, default stdout), and unless ``dry_run`` upload the changes and update the environment.
@@ -356,7 +400,7 @@ def deploy(
             f"requirements are for {AIRFLOW_VERSION}"
         )
     require_versioning(s3, env.bucket)
-    artifacts = build_artifacts(root, env, startup_script)
+    artifacts = build_artifacts(root, env, startup_script, wheels)
     changes = plan(s3, env, artifacts)
     planned_update = environment_update(env, changes, {c.key: NEW_VERSION for c in changes if c.uploads})
     print_plan(env, changes, planned_update, out)
@@ -491,21 +535,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--delete-removed", action="store_true", help="delete DAG objects no longer in dags/")
     parser.add_argument("--project-root", type=Path, default=ROOT, help="the directory holding dags/ and plugins/")
     parser.add_argument("--pool-slots", type=int, help="create or resize the es_backfill pool to this many slots")
+    parser.add_argument(
+        "--private-network",
+        action="store_true",
+        help="for an environment without internet: pack every wheel into plugins.zip and install from there",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from botocore.exceptions import BotoCoreError, ClientError
 
     mwaa, s3 = clients(args.region)
     try:
-        deploy(
-            mwaa=mwaa,
-            s3=s3,
-            environment=args.environment,
-            root=args.project_root,
-            startup_script=args.startup_script,
-            dry_run=args.dry_run,
-            delete_removed=args.delete_removed,
-        )
+        with tempfile.TemporaryDirectory(prefix="mwaa-wheels-") as folder:
+            deploy(
+                mwaa=mwaa,
+                s3=s3,
+                environment=args.environment,
+                root=args.project_root,
+                startup_script=args.startup_script,
+                dry_run=args.dry_run,
+                delete_removed=args.delete_removed,
+                wheels=download_wheels(args.project_root, Path(folder)) if args.private_network else None,
+            )
         with airflow_admin.http_client() as http:
             prepare_airflow(
                 mwaa=mwaa,
