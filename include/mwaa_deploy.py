@@ -1,7 +1,8 @@
 """Deploy this project to an Amazon MWAA environment: DAGs, plugins.zip, requirements.txt, startup script.
 
-    python -m include.mwaa_deploy --environment NAME [--region R] [--dry-run]
-                                  [--startup-script PATH] [--delete-removed] [--project-root DIR]
+    python -m include.mwaa_deploy --environment NAME [--region R] [--dry-run] [--pool-slots N]
+                                  [--private-network] [--startup-script PATH] [--delete-removed]
+                                  [--project-root DIR]
 
 The tool reads the environment (``GetEnvironment``) for its bucket and S3 paths, builds the
 artifacts deterministically (an unchanged tree gives byte-identical objects), compares them
@@ -16,6 +17,13 @@ update: MWAA syncs ``DagS3Path`` by itself.
 * ``requirements.txt``: ours with Airflow's constraint line for MWAA's Airflow and Python first.
 * Objects are uploaded with the metadata ``x-amz-meta-sha256``; objects without it (uploaded
   by hand) are compared by ETag, which is the MD5 of a single-part upload.
+* ``--private-network``: for an environment without internet, every wheel the requirements need
+  (downloaded for Linux x86_64 and CPython 3.12 with Airflow's 3.3.1 constraints) goes into
+  plugins.zip under ``wheels/``, and requirements.txt sends pip there with ``--no-index``.
+* Then, through MWAA's ``InvokeRestApi`` (Airflow's REST API with IAM): the ``es_backfill`` pool is
+  created or resized to ``--pool-slots`` (or reported missing), and the connections the defaults
+  file names are checked; where ``InvokeRestApi`` is unavailable, the pool goes through the CLI
+  endpoint instead.
 
 The bucket must have versioning enabled (MWAA requires it). Credentials and region come from
 the usual AWS chain (``AWS_PROFILE``, ``AWS_REGION``...). Exit status: 0 done (or nothing to do),
