@@ -173,9 +173,10 @@ def test_invalid_conf_is_refused_at_trigger_time(seeded_small, run_backfill, s3_
     assert read_objects(s3_bucket, "") == {}
 
 
-def test_jsonl_gz_parts_are_gzip_without_timestamp(seeded, run_backfill, s3_bucket):
+def test_jsonl_gz_parts_are_gzip_without_timestamp_and_plan_names_the_pool(seeded, run_backfill, s3_bucket, caplog):
     names, _ = seeded({"messages": 30, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
     assert run_backfill(_conf(names, s3_bucket, end="2024-03-02")).state == "success"
+    assert "Extract tasks run in pool 'es_backfill', which this task cannot check" in caplog.text
     (part,) = [v for k, v in read_objects(s3_bucket, "out/").items() if k.endswith(".jsonl.gz")]
     assert part[:2] == b"\x1f\x8b" and part[4:8] == b"\0\0\0\0"  # gzip magic, mtime 0
     assert len(gzip.decompress(part).splitlines()) == 30
