@@ -67,7 +67,6 @@ class MessageIds:
 
     def __init__(self, id_field: str) -> None:
         self.id_field = id_field
-        self.count = 0
         self.missing: list[str] = []  # where the messages without an id are (their document _id)
         self.duplicates: list[str] = []
         self._missing = self._duplicated = 0
@@ -90,7 +89,6 @@ class MessageIds:
                 self.duplicates.append(text)
         self._seen.add(digest)
         self._sha.update(text.encode() + b"\n")
-        self.count += 1
         return text
 
     @property
