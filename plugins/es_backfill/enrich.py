@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -56,22 +56,15 @@ class RelatedLookup:
         query = {"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}}
         sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
         # Usually a page's related documents fit in one request, which needs no point in time.
-        # The join field's values from doc values: all of them (the sort value is only the smallest),
-        # normalised by the mapping whatever the _source holds.
         hits = self.reader.search(
-            index=spec.index,
-            query=query,
-            sort=sort,
-            size=self.page_size,
-            docvalue_fields=[spec.join_field],
-            track_total_hits=False,
+            index=spec.index, query=query, sort=sort, size=self.page_size, track_total_hits=False
         )["hits"]["hits"]
         if len(hits) >= self.page_size:
             hits = self._page_through(spec, query, sort)
         wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for hit in sorted(hits, key=lambda h: _order_key(h, len(sort))):
-            for message_id in dict.fromkeys(str(v) for v in hit.get("fields", {}).get(spec.join_field, [])):
+            for message_id in _join_values(hit, spec.join_field):
                 if message_id in wanted:
                     grouped[message_id].append(hit["_source"])
         return grouped
@@ -81,13 +74,24 @@ class RelatedLookup:
         pit = self._pit(spec)
         while True:
             reopened_before = pit.reopened
-            pages = pit.pages(
-                query=query, sort=[*sort, "_shard_doc"], size=self.page_size, docvalue_fields=[spec.join_field]
-            )
+            pages = pit.pages(query=query, sort=[*sort, "_shard_doc"], size=self.page_size)
             hits = [hit for page in pages for hit in page]
             # A point in time reopened mid-batch may order ties differently: fetch the batch again.
             if pit.reopened == reopened_before:
                 return hits
+
+
+def _join_values(hit: dict[str, Any], field: str) -> Iterable[str]:
+    """The message ids a related document names: every value of its join field (the sort value is only the
+    smallest), read from ``_source`` (a dotted name may also be a path), else that sort value."""
+    value: Any = hit["_source"].get(field)
+    if value is None and "." in field:
+        value = hit["_source"]
+        for part in field.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+    if value is None:
+        return (str(hit["sort"][0]),)
+    return dict.fromkeys(map(str, value)) if isinstance(value, list) else (str(value),)
 
 
 def _order_key(hit: dict[str, Any], sort_fields: int) -> tuple[Any, ...]:
