@@ -156,7 +156,7 @@ def es_backfill():
         from airflow.configuration import conf
 
         from es_backfill.hooks import es_reader, object_store
-        from es_backfill.plan import check_cluster, dry_run_report, plan_or_resume
+        from es_backfill.plan import check_cluster, dry_run_report, identify_cluster, plan_or_resume
         from es_backfill.summary import log_dry_run
 
         config = _config(params)
@@ -169,8 +169,8 @@ def es_backfill():
         )
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
         with es_reader(config.source) as reader:
-            config = config.with_cluster(reader.cluster_uuid())
             try:
+                config = identify_cluster(config, reader)
                 check_cluster(config, reader)
                 windows = plan_or_resume(config, reader, store, conf.getint("core", "max_map_length"))
             except ConfigError as err:

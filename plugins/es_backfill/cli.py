@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     reader, store = _clients(config, args)
     if args.command == "plan":
-        from es_backfill.plan import check_cluster, dry_run_report, plan_or_resume
+        from es_backfill.plan import check_cluster, dry_run_report, identify_cluster, plan_or_resume
         from es_backfill.summary import log_dry_run
 
-        config = replace(config, dry_run=True).with_cluster(reader.cluster_uuid())
         try:
+            config = identify_cluster(replace(config, dry_run=True), reader)
             check_cluster(config, reader)
             windows = plan_or_resume(config, reader, store, max_windows=1024)
         except ConfigError as err:
@@ -83,8 +83,14 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         log_dry_run(dry_run_report(config, reader, windows))
         return 0
+    from es_backfill.plan import identify_cluster
     from es_backfill.verify import verify
 
+    try:
+        config = identify_cluster(config, reader)
+    except ConfigError as err:
+        print(err, file=sys.stderr)
+        return 2
     report = verify(config, reader, store)
     print(report.render())
     return 0 if report.ok else 1

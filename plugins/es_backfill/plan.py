@@ -14,7 +14,7 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from elasticsearch import ApiError, NotFoundError
+from elasticsearch import ApiError, AuthorizationException, NotFoundError
 
 from es_backfill import manifest
 from es_backfill.config import BackfillConfig, ConfigError
@@ -29,6 +29,18 @@ log = logging.getLogger(__name__)
 
 SAMPLE_SIZE = 50
 HISTOGRAM_BUCKETS_PER_WINDOW = 32
+
+
+def identify_cluster(config: BackfillConfig, reader: EsReader) -> BackfillConfig:
+    """``config`` reading from the cluster ``GET /`` names (its ``cluster_uuid``, part of the fingerprint);
+    a ConfigError naming the privilege if the credentials may not ask."""
+    try:
+        return config.with_cluster(reader.cluster_uuid())
+    except AuthorizationException as err:
+        raise ConfigError(
+            [f"the credentials of connection {config.source.es_conn_id} may not read GET / ({_reason(err)}), which "
+             "identifies the cluster a backfill reads: grant the cluster privilege cluster:monitor/main"]
+        ) from err  # fmt: skip
 
 
 def check_cluster(config: BackfillConfig, reader: EsReader) -> None:

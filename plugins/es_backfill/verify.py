@@ -77,7 +77,7 @@ def planned_windows(config: BackfillConfig, store: ObjectStore) -> tuple[list[Wi
 
 
 def verify(config: BackfillConfig, reader: EsReader, store: ObjectStore) -> VerifyReport:
-    config = config.with_cluster(reader.cluster_uuid())
+    """Check the backfill of ``config``, whose ``cluster_uuid`` is the cluster ``reader`` reads."""
     windows, plan_problem = planned_windows(config, store)
     report = VerifyReport(windows=len(windows))
     if plan_problem:

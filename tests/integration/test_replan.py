@@ -22,7 +22,7 @@ from es_backfill.sink import ObjectStore
 from es_backfill.source import EsReader
 from es_backfill.windows import Window
 from include.devservers.elasticsearch import elasticsearch_connection_uri
-from include.devservers.faultproxy import FaultProxy, status
+from include.devservers.faultproxy import FaultProxy, es_error, status
 from tests.integration.support import (
     decode_records,
     expected_records,
@@ -171,3 +171,18 @@ def test_manifests_written_from_another_cluster_are_not_trusted(
     assert run_backfill(_conf(names, s3_bucket, force=True)).state == "success"
     run = _run_manifest(s3_bucket)
     assert (run["written"], run["skipped"]) == (2, 0)
+
+
+def test_credentials_that_may_not_ask_which_cluster_it_is_are_told_the_privilege_to_grant(
+    seeded, es_cluster, s3_server, s3_bucket, command, capsys
+):
+    names, _ = seeded({"messages": 10, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
+    refused = es_error(403, "security_exception", "action [cluster:monitor/main] is unauthorized for user [backfill]")
+    with FaultProxy(es_cluster.url) as proxy:
+        proxy.add_fault(lambda r: r.method == "GET" and r.path == "/", refused, times=None)
+        for name in ("plan", "verify"):
+            code = cli([name, "--conf", json.dumps(_conf(names, s3_bucket)), "--es-url", proxy.url,
+                        "--s3-endpoint-url", s3_server.endpoint_url])  # fmt: skip
+            assert code == 2
+            assert "grant the cluster privilege cluster:monitor/main" in capsys.readouterr().err
+    assert read_objects(s3_bucket, ROOT) == {}
