@@ -195,7 +195,8 @@ def es_backfill():
         from es_backfill.records import MessageIdError
         from es_backfill.windows import Window
 
-        config = _config(params).with_cluster(window["cluster_uuid"])
+        # A window planned before plans named their cluster has none: the saved plan then refuses it.
+        config = _config(params).with_cluster(window.get("cluster_uuid", ""))
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
         with es_reader(config.source) as reader:
             try:

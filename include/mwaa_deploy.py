@@ -461,7 +461,7 @@ def prepare_airflow(
     connection, every task fails. ``InvokeRestApi`` does both; where it is unavailable, the pool is set
     through the CLI endpoint and the connections are not checked.
     """
-    pool = airflow_admin.Pool(slots=pool_slots or 1)
+    pool = airflow_admin.Pool(slots=pool_slots) if pool_slots else airflow_admin.Pool()
     try:
         current = airflow_admin.invoke_mwaa_rest(mwaa, environment, airflow_admin.pool_lookup(pool.name))
     except airflow_admin.RestApiUnavailable as err:
@@ -534,6 +534,13 @@ def clients(region: str | None) -> tuple[Any, Any]:
     return session.client("mwaa", config=config), session.client("s3", config=config)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a number of slots (1 or more)")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.mwaa_deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--environment", required=True, help="the MWAA environment's name")
@@ -542,7 +549,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--startup-script", type=Path, help="a shell script MWAA runs before Airflow starts")
     parser.add_argument("--delete-removed", action="store_true", help="delete DAG objects no longer in dags/")
     parser.add_argument("--project-root", type=Path, default=ROOT, help="the directory holding dags/ and plugins/")
-    parser.add_argument("--pool-slots", type=int, help="create or resize the es_backfill pool to this many slots")
+    parser.add_argument(
+        "--pool-slots", type=_positive, help="create or resize the es_backfill pool to this many slots (>= 1)"
+    )
     parser.add_argument(
         "--private-network",
         action="store_true",

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from typing import Any
 
 from es_backfill.config import RelatedIndex
-from es_backfill.source import EsReader, PointInTime
+from es_backfill.source import MAX_PIT_REOPENS, EsReader, PointInTime, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -64,34 +64,44 @@ class RelatedLookup:
         wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for hit in sorted(hits, key=lambda h: _order_key(h, len(sort))):
-            for message_id in _join_values(hit, spec.join_field):
-                if message_id in wanted:
-                    grouped[message_id].append(hit["_source"])
+            for message_id in _join_values(hit, spec.join_field, wanted):
+                grouped[message_id].append(hit["_source"])
         return grouped
 
     def _page_through(self, spec: RelatedIndex, query: dict[str, Any], sort: list[Any]) -> list[dict[str, Any]]:
         """All hits of a batch too large for one request, paged with search_after in a point in time."""
         pit = self._pit(spec)
-        while True:
+        for _ in range(MAX_PIT_REOPENS + 1):
             reopened_before = pit.reopened
             pages = pit.pages(query=query, sort=[*sort, "_shard_doc"], size=self.page_size)
             hits = [hit for page in pages for hit in page]
             # A point in time reopened mid-batch may order ties differently: fetch the batch again.
             if pit.reopened == reopened_before:
                 return hits
+        raise SourceError(
+            f"the point in time on {spec.index} was lost during each of {MAX_PIT_REOPENS + 1} reads of one batch "
+            f"of related documents; raise source.pit_keep_alive (now {self.keep_alive})"
+        )
 
 
-def _join_values(hit: dict[str, Any], field: str) -> Iterable[str]:
-    """The message ids a related document names: every value of its join field (the sort value is only the
-    smallest), read from ``_source`` (a dotted name may also be a path), else that sort value."""
-    value: Any = hit["_source"].get(field)
-    if value is None and "." in field:
-        value = hit["_source"]
-        for part in field.split("."):
-            value = value.get(part) if isinstance(value, dict) else None
-    if value is None:
-        return (str(hit["sort"][0]),)
-    return dict.fromkeys(map(str, value)) if isinstance(value, list) else (str(value),)
+def _join_values(hit: dict[str, Any], field: str, wanted: set[str]) -> list[str]:
+    """The message ids of ``wanted`` a related document names: every value of its join field in ``_source``
+    (the sort value is only the smallest), else, if none of those is a wanted id as written (a normaliser, a
+    field missing from ``_source``), the value it was sorted by."""
+    found = [v for v in dict.fromkeys(map(str, _source_values(hit["_source"], field.split(".")))) if v in wanted]
+    return found or [str(hit["sort"][0])]
+
+
+def _source_values(node: Any, path: list[str]) -> list[Any]:
+    """The values at a dotted ``path`` of ``_source``, through lists of objects; a scalar reached before the
+    end is the value (the rest names a multi-field, as in ``message_id.keyword``)."""
+    if isinstance(node, list):
+        return [value for item in node for value in _source_values(item, path)]
+    if not path or not isinstance(node, dict):
+        return [] if node is None else [node]
+    if ".".join(path) in node:  # a literal dotted key
+        return _source_values(node[".".join(path)], [])
+    return _source_values(node.get(path[0]), path[1:])
 
 
 def _order_key(hit: dict[str, Any], sort_fields: int) -> tuple[Any, ...]:

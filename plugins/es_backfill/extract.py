@@ -5,10 +5,11 @@ It is safe to run again on the same window: a complete window is skipped (unless
 ``force``); otherwise the old manifest goes first, unfinished multipart uploads of a
 failed attempt are aborted, parts are overwritten under the same keys, objects the
 new attempt did not write are deleted, and the manifest is written last. A window
-whose messages lack ids or share one fails with :class:`~es_backfill.records.MessageIdError`
-before its manifest is written; a window that its backfill's saved plan no longer has (it was
-re-planned with ``force`` since) fails with :class:`~es_backfill.manifest.StalePlanError`
-before anything is written.
+whose messages lack ids fails with :class:`~es_backfill.records.MessageIdError` before
+reading them, one whose messages share ids before its manifest is written; a window that
+its backfill's saved plan no longer has (it was re-planned with ``force``) fails with
+:class:`~es_backfill.manifest.StalePlanError` before anything is written, or, if the
+re-plan came while it ran, with its objects deleted instead of its manifest written.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from typing import Any
 from es_backfill import manifest
 from es_backfill.config import BackfillConfig
 from es_backfill.enrich import RelatedLookup
-from es_backfill.records import MessageIds, build_record, dumps_document, dumps_line, related_counts
+from es_backfill.records import (
+    MessageIds,
+    build_record,
+    dumps_document,
+    dumps_line,
+    message_id_error,
+    related_counts,
+)
 from es_backfill.sink import DocumentWriter, ObjectStore, PartWriter, window_prefix
 from es_backfill.source import EsReader, PointInTime
 from es_backfill.windows import Window, iso
@@ -96,6 +104,7 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
     query = message_query(config, window)
     es_count = reader.count(config.source.messages_index, query)
     log.info("Window %s: %s messages to copy", window.label, es_count)
+    _refuse_messages_without_id(config, window, reader, query)
 
     writer = (
         DocumentWriter(store, prefix)
@@ -139,6 +148,12 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
         writer.abort()
         raise
 
+    # A re-plan with force while this window ran swept it: leave nothing of it under the replaced root.
+    try:
+        manifest.require_in_plan(store, config, window)
+    except manifest.StalePlanError:
+        store.delete([o.key for o in objects])
+        raise
     written = {o.key for o in objects}
     stale = [o["Key"] for o in store.list(prefix + "/") if o["Key"] not in written and o["Key"] != manifest_key]
     if stale:
@@ -172,6 +187,25 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
         seconds=round(seconds, 3),
         es_requests=reader.total_requests,
     )
+
+
+def _refuse_messages_without_id(
+    config: BackfillConfig, window: Window, reader: EsReader, query: dict[str, Any]
+) -> None:
+    """Fail before reading if messages lack the id field: sorting cannot tell (a numeric field sorts a
+    missing value as the largest long), so one search asks for them, naming up to 20 by ``_id``."""
+    id_field = config.source.id_field
+    without = {"bool": {"filter": [query], "must_not": [{"exists": {"field": id_field}}]}}
+    response = reader.search(
+        index=config.source.messages_index, query=without, size=MessageIds.EXAMPLES, _source=False,
+        track_total_hits=True,
+    )  # fmt: skip
+    hits = response["hits"]["hits"]
+    if hits:
+        total = response["hits"]["total"]["value"]
+        examples = ", ".join(hit["_id"] for hit in hits)
+        problem = f"{total} messages have no {id_field!r} (e.g. {examples})"
+        raise message_id_error(f"Window {window.label}", [problem], id_field)
 
 
 class _Progress:

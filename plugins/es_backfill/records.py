@@ -112,7 +112,12 @@ class MessageIds:
         """Raise :class:`MessageIdError` naming the offenders, if any."""
         problems = self.problems()
         if problems:
-            raise MessageIdError(
-                f"{where}: {'; '.join(problems)}. Every message needs a unique {self.id_field!r}: fix the data, "
-                "exclude those messages with the query param, or point source.messages.id_field at a unique field"
-            )
+            raise message_id_error(where, problems, self.id_field)
+
+
+def message_id_error(where: str, problems: list[str], id_field: str) -> MessageIdError:
+    """The error for ``problems`` with message ids, and what to do about them."""
+    return MessageIdError(
+        f"{where}: {'; '.join(problems)}. Every message needs a unique {id_field!r}: fix the data, "
+        "exclude those messages with the query param, or point source.messages.id_field at a unique field"
+    )

@@ -124,7 +124,7 @@ class PointInTime:
         self.keep_alive = keep_alive
         self.pit_id: str | None = None
         self.reopened = 0  # points in time reopened after a loss, in all
-        self._losses = 0  # losses since the last answered search
+        self._losses = 0  # losses since hits were last returned
 
     def __enter__(self) -> PointInTime:
         self._open()
@@ -181,6 +181,7 @@ class PointInTime:
                 hits, skip = hits[1:], skip - 1
             if hits:
                 skip = 0  # the tie group ended in this page
+                self._losses = 0  # progress: only losses with none in between count against the limit
                 for hit in hits:
                     key = hit["sort"][:-1]
                     tied = tied + 1 if key == last_key else 1
@@ -198,7 +199,7 @@ class PointInTime:
         try:
             response = self.reader.search(**body, pit=pit, track_total_hits=False)
         except NotFoundError as err:
-            # Only consecutive losses count: a long window may outlive many keep-alives.
+            # Only losses without progress in between count: a long window may outlive many keep-alives.
             if not is_lost_pit(err) or self._losses >= MAX_PIT_REOPENS:
                 raise
             self._losses += 1
@@ -207,6 +208,5 @@ class PointInTime:
             self.pit_id = None
             self._open()
             return []
-        self._losses = 0
         self.pit_id = response.get("pit_id", self.pit_id)
         return response["hits"]["hits"]

@@ -107,6 +107,9 @@ def _verify_window(
         return [("missing window", f"no manifest at {key}")]
     problem = manifest.completeness_problem(body, config, window)
     findings = [("manifest", problem)] if problem else []
+    if not (isinstance(body.get("objects"), list) and isinstance(body.get("related"), dict)
+            and isinstance(body.get("messages"), int)):  # fmt: skip
+        return [*findings, ("manifest", f"{key} lacks its objects, messages or related counts")]
 
     prefix = manifest.window_folder(config, window)
     listed = {prefix + o["key"] for o in body["objects"]}
@@ -162,8 +165,10 @@ class _Tally:
         self._sha = hashlib.sha256()
         self._batch: list[str] = []
 
-    def add(self, record: dict[str, Any]) -> None:
+    def add(self, record: Any) -> None:
         self.records += 1
+        if not isinstance(record, dict):
+            record = {}  # counted, and reported below as not of this window
         message_id = record.get("message_id")
         self.seen.ids.add(message_id, f"a record of window {self.window.label}")
         self._sha.update(f"{message_id}\n".encode())
@@ -211,6 +216,8 @@ class _Tally:
 
 def _instant(value: Any) -> datetime | None:
     """A timestamp as Elasticsearch's default date format reads it: ISO 8601 or epoch milliseconds."""
+    if isinstance(value, str) and value.isdigit():
+        value = int(value)
     if isinstance(value, int | float) and not isinstance(value, bool):
         return datetime.fromtimestamp(value / 1000, tz=UTC)
     try:

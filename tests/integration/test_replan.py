@@ -17,7 +17,7 @@ from elasticsearch import Elasticsearch
 from es_backfill.cli import main as cli
 from es_backfill.config import defaults_path, from_params, load_defaults
 from es_backfill.extract import run_window
-from es_backfill.manifest import StalePlanError
+from es_backfill.manifest import StalePlanError, write_plan
 from es_backfill.sink import ObjectStore
 from es_backfill.source import EsReader
 from es_backfill.windows import Window
@@ -186,3 +186,34 @@ def test_credentials_that_may_not_ask_which_cluster_it_is_are_told_the_privilege
             assert code == 2
             assert "grant the cluster privilege cluster:monitor/main" in capsys.readouterr().err
     assert read_objects(s3_bucket, ROOT) == {}
+
+
+class ReplanDuringWrite:
+    """A boto3 S3 client that, on the window's first part upload, lets another run re-plan the backfill
+    (a seam we own: the real S3 server still stores every object)."""
+
+    def __init__(self, client, replan) -> None:
+        self._client, self._replan, self.done = client, replan, False
+
+    def __getattr__(self, name):
+        return getattr(self._client, name)
+
+    def put_object(self, **kwargs):
+        if "/part-" in kwargs["Key"] and not self.done:
+            self.done = True
+            self._replan()
+        return self._client.put_object(**kwargs)
+
+
+def test_a_window_replanned_away_while_it_runs_leaves_nothing_under_the_root(seeded, es_cluster, s3_server, s3_bucket):
+    names, _ = seeded({"messages": 100, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
+    defaults = load_defaults(defaults_path())
+    config = from_params(_conf(names, s3_bucket), defaults)
+    window = Window(utc(2024, 3, 1), utc(2024, 3, 2))
+    plain = ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
+    write_plan(plain, config, [window, Window(utc(2024, 3, 2), utc(2024, 3, 3))])
+    other = from_params(_conf(names, s3_bucket, window="12h"), defaults)
+    store = ObjectStore(ReplanDuringWrite(plain.client, lambda: write_plan(plain, other, [])), s3_bucket)
+    with Elasticsearch(es_cluster.url) as es, pytest.raises(StalePlanError):
+        run_window(config, window, EsReader(es), store)
+    assert [k for k in read_objects(s3_bucket, ROOT) if "/dt=" in k] == []

@@ -7,57 +7,13 @@ different order each time, as merges do; the real-cluster test lives in
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
-from elastic_transport import ApiResponseMeta, HttpHeaders, NodeConfig
 from elasticsearch import NotFoundError
 
 from es_backfill.source import MAX_PIT_REOPENS, PointInTime
+from tests.unit.fake_reader import FakeReader
 
 SORT = [{"ts": "asc"}, {"id": "asc"}, "_shard_doc"]
-
-
-def _lost() -> NotFoundError:
-    meta = ApiResponseMeta(404, "1.1", HttpHeaders(), 0.0, NodeConfig("http", "localhost", 9200))
-    reason = {"type": "search_context_missing_exception", "reason": "No search context found for id [7]"}
-    return NotFoundError("search_phase_execution_exception", meta, {"error": {"root_cause": [reason]}})
-
-
-class FakeReader:
-    """Answers ``search`` like a point in time over ``docs`` ((ts, id, name) tuples) and loses the point
-    in time on the searches numbered in ``lose_on``; each new point in time reverses the numbering."""
-
-    def __init__(self, docs: list[tuple[int, str, str]], lose_on: set[int]) -> None:
-        self.docs = docs
-        self.lose_on = lose_on
-        self.searches = 0
-        self.generation = 0
-        self.client = self
-
-    def call(self, name: str, fn: Any, **kwargs: Any) -> Any:
-        return fn(**kwargs)
-
-    def open_point_in_time(self, index: str, keep_alive: str) -> dict[str, str]:
-        self.generation += 1
-        return {"id": f"pit-{self.generation}"}
-
-    def close_point_in_time(self, id: str) -> None:
-        pass
-
-    def search(self, **body: Any) -> dict[str, Any]:
-        self.searches += 1
-        if self.searches in self.lose_on:
-            raise _lost()
-        order = self.docs if self.generation % 2 else list(reversed(self.docs))
-        hits = sorted(
-            ({"_id": name, "sort": [ts, doc_id, shard_doc]} for shard_doc, (ts, doc_id, name) in enumerate(order)),
-            key=lambda h: h["sort"],
-        )
-        after = body.get("search_after")
-        if after is not None:
-            hits = [h for h in hits if h["sort"] > after]
-        return {"hits": {"hits": hits[: body["size"]]}}
 
 
 def _read(reader: FakeReader, size: int) -> list[str]:
@@ -89,3 +45,25 @@ def test_only_consecutive_losses_count_against_the_limit():
     in_a_row = set(range(2, 3 + MAX_PIT_REOPENS))
     with pytest.raises(NotFoundError):
         _read(FakeReader(docs, lose_on=in_a_row), size=3)
+
+
+def test_a_related_batch_whose_point_in_time_is_lost_on_every_read_fails_instead_of_looping():
+    from es_backfill.config import RelatedIndex
+    from es_backfill.enrich import RelatedLookup
+    from es_backfill.source import SourceError
+
+    # Four related documents for message "m", two per request: every read of the batch loses its point in time.
+    docs = [(i, "m", f"h{i}") for i in range(4)]
+    reader = FakeReader(docs, lose_on=set(range(3, 200, 3)))
+    spec = RelatedIndex("history", "history", "message_id", ("ts",), "many")
+    with RelatedLookup(reader, [spec], "1m", page_size=2) as lookup, pytest.raises(SourceError, match="keep_alive"):  # type: ignore[arg-type]
+        lookup.fetch(["m"])
+    assert reader.searches < 40
+
+
+def test_a_tie_group_larger_than_a_page_that_loses_its_point_in_time_on_every_reread_fails_instead_of_looping():
+    docs = [(1, "t", f"t{i}") for i in range(10)]  # one tie group, four pages long
+    reader = FakeReader(docs, lose_on=set(range(3, 500, 2)))  # every second search from the third
+    with pytest.raises(NotFoundError):
+        _read(reader, size=3)
+    assert reader.searches < 30
