@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pendulum
 from airflow.sdk import Param, dag, task
@@ -36,6 +36,9 @@ from es_backfill.config import (
     load_defaults,
 )
 
+if TYPE_CHECKING:
+    from es_backfill.source import Reader
+
 log = logging.getLogger(__name__)
 
 POOL = os.environ.get("ES_BACKFILL_POOL", "es_backfill")
@@ -50,6 +53,15 @@ def _config(params: dict[str, Any] | None) -> BackfillConfig:
         return from_params(params, load_defaults(defaults_path()))
     except ConfigError as err:
         raise AirflowFailException(str(err)) from err  # bad input: retrying cannot help
+
+
+def _reader(config: BackfillConfig) -> Reader:
+    from es_backfill.hooks import search_reader
+
+    try:
+        return search_reader(config.source)
+    except ConfigError as err:
+        raise AirflowFailException(str(err)) from err  # a connection that cannot work: retrying cannot help
 
 
 @dag(
@@ -155,7 +167,7 @@ def es_backfill():
     def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
         from airflow.configuration import conf
 
-        from es_backfill.hooks import es_reader, object_store
+        from es_backfill.hooks import object_store
         from es_backfill.plan import check_cluster, dry_run_report, identify_cluster, plan_or_resume
         from es_backfill.summary import log_dry_run
 
@@ -168,7 +180,7 @@ def es_backfill():
             POOL,
         )
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
-        with es_reader(config.source) as reader:
+        with _reader(config) as reader:
             try:
                 config = identify_cluster(config, reader)
                 check_cluster(config, reader)
@@ -190,7 +202,7 @@ def es_backfill():
     )
     def extract(window: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
         from es_backfill.extract import run_window
-        from es_backfill.hooks import es_reader, object_store
+        from es_backfill.hooks import object_store
         from es_backfill.manifest import StalePlanError
         from es_backfill.records import MessageIdError
         from es_backfill.windows import Window
@@ -198,7 +210,7 @@ def es_backfill():
         # A window planned before plans named their cluster has none: the saved plan then refuses it.
         config = _config(params).with_cluster(window.get("cluster_uuid", ""))
         store = object_store(config.source.aws_conn_id, config.s3_bucket)
-        with es_reader(config.source) as reader:
+        with _reader(config) as reader:
             try:
                 return run_window(config, Window.from_dict(window), reader, store).to_dict()
             except (MessageIdError, StalePlanError) as err:

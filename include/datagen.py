@@ -214,13 +214,17 @@ def create_indices(es: Any, names: IndexNames, *, recreate: bool = True) -> None
         body = json.loads((MAPPINGS_DIR / f"{role}.json").read_text())
         name = names.of(role)
         if recreate:
-            es.options(ignore_status=404).indices.delete(index=name)
-        es.indices.create(index=name, settings=body["settings"], mappings=body["mappings"])
+            es.indices.delete(index=name, ignore_unavailable=True)
+        es.indices.create(index=name, body=body)
 
 
 def load(es: Any, spec: DatasetSpec, *, chunk_size: int = 2000, recreate: bool = True) -> DatasetCounts:
-    """Create the indices, bulk-load the dataset, refresh, and return the per-index counts."""
-    from elasticsearch import helpers
+    """Create the indices, bulk-load the dataset, refresh, and return the per-index counts. ``es`` is an
+    elasticsearch-py client, or an opensearch-py one (for OpenSearch and Elasticsearch before 7.14)."""
+    if type(es).__module__.startswith("opensearchpy"):
+        from opensearchpy import helpers
+    else:
+        from elasticsearch import helpers  # type: ignore[no-redef]
 
     create_indices(es, spec.indices, recreate=recreate)
     counts = DatasetCounts()

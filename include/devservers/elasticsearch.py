@@ -1,23 +1,32 @@
-"""A real single-node Elasticsearch on this machine, without Docker.
+"""A real single node of Elasticsearch or OpenSearch on this machine, without Docker.
 
-Elastic publishes a runnable server archive to Maven Central
-(``org.elasticsearch.distribution.integ-test-zip:elasticsearch:<version>:zip``).
-This module fetches it once through Maven (so it lands in, and is reused from,
-the local Maven repository), unpacks it into a cache directory, and starts a
-node bound to 127.0.0.1 on a free port with a small heap, disk watermarks off
-and its data in a temporary directory. Elasticsearch refuses to run as root,
-so when we are root the node runs as ``nobody``.
+Elastic and OpenSearch publish runnable server archives to Maven Central
+(``org.elasticsearch.distribution.integ-test-zip:elasticsearch:<version>:zip`` and
+``org.opensearch.distribution.integ-test-zip:opensearch:<version>:zip``). This module
+fetches one once through Maven (so it lands in, and is reused from, the local Maven
+repository), unpacks it into a cache directory, and starts a node bound to 127.0.0.1
+on free ports with a small heap, disk watermarks off and its data, logs and temp files
+in a temporary directory. Neither engine runs as root, so when we are root the node
+runs as ``nobody``.
 
-Tests, the demo and the benchmarks use :func:`running_elasticsearch`; when
-``ES_URL`` is set, that cluster is used instead and nothing is started.
+The integ-test archives of Elasticsearch 8.x and 9.x lack the ``rest-root`` module, so
+``GET /`` would answer 405 there; a tiny plugin built from include/elasticsearch/rest-root-plugin
+(for exactly that server version) restores it. Elasticsearch 7.x and OpenSearch still serve
+``GET /`` from the server itself.
+
+Tests parametrize over :data:`ENGINES` with :func:`running_engine`; the demo, the benchmarks
+and the default fixtures use :func:`running_elasticsearch`, which uses ``ES_URL`` instead
+when it is set.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -36,17 +45,25 @@ from include.devservers.ports import free_port
 log = logging.getLogger(__name__)
 
 ES_VERSION = os.environ.get("ES_BACKFILL_ES_VERSION", "9.5.4")
-# The version the rest-root plugin is built for (its pom's elasticsearch.version).
-REST_ROOT_PLUGIN_VERSION = "9.5.4"
+# Every engine the tests can start, as (engine, version): parametrize on this.
+ENGINES: tuple[tuple[str, str], ...] = (
+    ("elasticsearch", "7.10.2"),
+    ("elasticsearch", "7.17.29"),
+    ("elasticsearch", "8.19.21"),
+    ("elasticsearch", "9.5.4"),
+    ("opensearch", "2.19.6"),
+    ("opensearch", "3.3.2"),
+)
 # A cache every user can traverse: the node runs as `nobody`, who cannot enter /root.
 CACHE_DIR = Path(os.environ.get("ES_BACKFILL_CACHE", "/var/tmp/es-backfill"))
 REST_ROOT_PLUGIN = Path(__file__).resolve().parents[1] / "elasticsearch" / "rest-root-plugin"
-STARTUP_TIMEOUT_S = 180
+JVM_ROOT = Path("/usr/lib/jvm")
+STARTUP_TIMEOUT_S = int(os.environ.get("ES_BACKFILL_ES_STARTUP_TIMEOUT_S", "300"))
 HEAP = os.environ.get("ES_BACKFILL_ES_HEAP", "512m")
 
 
 class ElasticsearchStartError(RuntimeError):
-    """The local Elasticsearch node could not be fetched, installed or started."""
+    """The local Elasticsearch or OpenSearch node could not be fetched, installed or started."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +71,42 @@ class RunningCluster:
     url: str
     version: str
     started_here: bool
+    engine: str = "elasticsearch"
+
+
+@dataclass(frozen=True)
+class _Distribution:
+    engine: str
+    display_name: str
+    maven_group: str
+    # ES_JAVA_HOME, ES_PATH_CONF, ES_JAVA_OPTS, ES_TMPDIR; OPENSEARCH_... for OpenSearch
+    env_prefix: str
+
+    @property
+    def config_file(self) -> str:
+        return f"{self.engine}.yml"
+
+    def java_range(self, version: str) -> tuple[int, int]:
+        """The Java majors this version runs on (that we pick from): its security manager needs <= 21
+        before Elasticsearch 9 and OpenSearch 3, which need 21+ instead."""
+        major = int(version.split(".")[0])
+        modern = major >= (9 if self.engine == "elasticsearch" else 3)
+        return (21, 99) if modern else (17, 21)
+
+
+_DISTRIBUTIONS = {
+    "elasticsearch": _Distribution(
+        "elasticsearch", "Elasticsearch", "org.elasticsearch.distribution.integ-test-zip", "ES"
+    ),
+    "opensearch": _Distribution("opensearch", "OpenSearch", "org.opensearch.distribution.integ-test-zip", "OPENSEARCH"),
+}
+
+
+def _distribution(engine: str) -> _Distribution:
+    try:
+        return _DISTRIBUTIONS[engine]
+    except KeyError:
+        raise ValueError(f"Unknown engine {engine!r}: expected one of {sorted(_DISTRIBUTIONS)}") from None
 
 
 def elasticsearch_connection_uri(url: str, **extra: object) -> str:
@@ -74,17 +127,13 @@ def _maven_repository() -> Path:
     return Path(os.environ.get("MAVEN_REPO", Path.home() / ".m2" / "repository"))
 
 
-def fetch_archive(version: str = ES_VERSION) -> Path:
+def fetch_archive(version: str = ES_VERSION, engine: str = "elasticsearch") -> Path:
     """Return the server archive, downloading it through Maven only if it is not cached."""
-    artifact = f"org.elasticsearch.distribution.integ-test-zip:elasticsearch:{version}:zip"
-    archive = (
-        _maven_repository()
-        / "org/elasticsearch/distribution/integ-test-zip/elasticsearch"
-        / version
-        / f"elasticsearch-{version}.zip"
-    )
+    dist = _distribution(engine)
+    artifact = f"{dist.maven_group}:{engine}:{version}:zip"
+    archive = _maven_repository() / dist.maven_group.replace(".", "/") / engine / version / f"{engine}-{version}.zip"
     if archive.is_file():
-        log.info("Reusing cached Elasticsearch archive %s", archive)
+        log.info("Reusing cached %s archive %s", dist.display_name, archive)
         return archive
     log.info("Downloading %s from Maven Central (once; cached in %s)", artifact, _maven_repository())
     cmd = ["mvn", "-q", "-B", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"]
@@ -97,55 +146,93 @@ def fetch_archive(version: str = ES_VERSION) -> Path:
     return archive
 
 
-def find_java_home(version: str = ES_VERSION) -> Path:
-    """A JDK for this Elasticsearch: ``ES_JAVA_HOME``, or the newest under /usr/lib/jvm that it supports
-    (Elasticsearch 9 needs Java 21+; 8 runs on 17..21, whose security manager later JDKs dropped)."""
-    if os.environ.get("ES_JAVA_HOME"):
-        return Path(os.environ["ES_JAVA_HOME"])
-    low, high = (21, 99) if int(version.split(".")[0]) >= 9 else (17, 21)
+def _java_major(home: Path) -> int | None:
+    release = home / "release"
+    if not release.is_file():
+        return None
+    for line in release.read_text().splitlines():
+        if line.startswith("JAVA_VERSION="):
+            return int(line.split("=", 1)[1].strip('"').split(".")[0])
+    return None
+
+
+def find_java_home(version: str = ES_VERSION, engine: str = "elasticsearch") -> Path:
+    """A JDK for this engine version: ``ES_JAVA_HOME`` (``OPENSEARCH_JAVA_HOME`` for OpenSearch) if set,
+    otherwise the newest under /usr/lib/jvm that it supports (see ``_Distribution.java_range``)."""
+    dist = _distribution(engine)
+    override = os.environ.get(f"{dist.env_prefix}_JAVA_HOME")
+    if override:
+        return Path(override)
+    low, high = dist.java_range(version)
     candidates = []
-    for home in Path("/usr/lib/jvm").glob("*"):
-        release = home / "release"
-        if not release.is_file():
-            continue
-        for line in release.read_text().splitlines():
-            if line.startswith("JAVA_VERSION="):
-                major = int(line.split("=", 1)[1].strip('"').split(".")[0])
-                if low <= major <= high:
-                    candidates.append((major, home))
+    for home in JVM_ROOT.glob("*"):
+        major = _java_major(home)
+        if major is not None and low <= major <= high:
+            candidates.append((major, str(home)))
     if not candidates:
         raise ElasticsearchStartError(
-            f"Elasticsearch {version} needs Java {low}..{high}; none found under /usr/lib/jvm (set ES_JAVA_HOME)"
+            f"{dist.display_name} {version} needs Java {low}..{high}; none found under {JVM_ROOT} "
+            f"(set {dist.env_prefix}_JAVA_HOME)"
         )
-    return max(candidates)[1]
+    return Path(max(candidates)[1])
 
 
-def install(archive: Path, version: str = ES_VERSION) -> Path:
-    """Unpack the archive into the cache (once) and add the root endpoint plugin."""
-    home = CACHE_DIR / f"elasticsearch-{version}"
-    if not (home / "bin" / "elasticsearch").is_file():
-        CACHE_DIR.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=CACHE_DIR))
-        with zipfile.ZipFile(archive) as zf:
-            zf.extractall(staging)
-        for script in (staging / f"elasticsearch-{version}" / "bin").iterdir():
-            script.chmod(0o755)
-        (staging / f"elasticsearch-{version}").rename(home)
-        staging.rmdir()
-    if version == REST_ROOT_PLUGIN_VERSION:
-        _install_rest_root_plugin(home)
-    _make_world_readable(CACHE_DIR)
+@contextlib.contextmanager
+def _install_lock(name: str) -> Iterator[None]:
+    """Serialize unpacking and plugin builds between processes (e.g. pytest-xdist workers)."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with (CACHE_DIR / f".{name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def install(archive: Path, version: str = ES_VERSION, engine: str = "elasticsearch") -> Path:
+    """Unpack the archive into the cache (once) and, where the distribution lacks it, add the root endpoint."""
+    _distribution(engine)
+    name = f"{engine}-{version}"
+    home = CACHE_DIR / name
+    with _install_lock(name):
+        if not (home / "bin" / engine).is_file():
+            staging = Path(tempfile.mkdtemp(dir=CACHE_DIR))
+            try:
+                with zipfile.ZipFile(archive) as zf:
+                    zf.extractall(staging)
+                for script in (staging / name / "bin").iterdir():
+                    script.chmod(0o755)
+                if home.exists():  # a partial unpack from an interrupted run
+                    shutil.rmtree(home)
+                (staging / name).rename(home)
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        if _needs_rest_root_plugin(home, engine, version):
+            _install_rest_root_plugin(home, version)
+        with contextlib.suppress(PermissionError):  # a cache someone else made is theirs to open up
+            CACHE_DIR.chmod(0o755)
+        _make_world_readable(home)
     return home
 
 
-def _install_rest_root_plugin(home: Path) -> None:
-    # The integ-test distribution leaves out the `rest-root` module, so `GET /` (the client's
-    # info() and ping()) would answer 405; our small plugin restores that one endpoint.
-    if (home / "plugins" / "rest-root").is_dir():
-        return
+def _needs_rest_root_plugin(home: Path, engine: str, version: str) -> bool:
+    """Whether ``GET /`` is missing: Elasticsearch moved it from the server into the rest-root module
+    (8.x), which the integ-test archive leaves out. 7.x and OpenSearch serve it from the server jar."""
+    if engine != "elasticsearch" or (home / "modules" / "rest-root").is_dir():
+        return False
+    server_jar = home / "lib" / f"elasticsearch-{version}.jar"
+    if not server_jar.is_file():
+        return True
+    with zipfile.ZipFile(server_jar) as jar:
+        return "org/elasticsearch/rest/action/RestMainAction.class" not in jar.namelist()
+
+
+def _install_rest_root_plugin(home: Path, version: str) -> None:
+    # install.sh builds the plugin for this exact version only when its sources changed (target/<version>/)
+    # and copies it into the home only when it differs, so this is cheap after the first time.
     result = subprocess.run(
-        ["bash", str(REST_ROOT_PLUGIN / "install.sh"), str(home)],
-        env={**os.environ, "REST_ROOT_JAVA_HOME": str(find_java_home(REST_ROOT_PLUGIN_VERSION))},
+        ["bash", str(REST_ROOT_PLUGIN / "install.sh"), str(home), version],
+        env={**os.environ, "REST_ROOT_JAVA_HOME": str(find_java_home(version))},
         capture_output=True,
         text=True,
         timeout=900,
@@ -153,7 +240,8 @@ def _install_rest_root_plugin(home: Path) -> None:
     )
     if result.returncode != 0:
         raise ElasticsearchStartError(
-            f"Building the rest-root plugin failed:\n{result.stdout[-3000:]}{result.stderr[-3000:]}"
+            f"Building the rest-root plugin for Elasticsearch {version} failed:\n"
+            f"{result.stdout[-3000:]}{result.stderr[-3000:]}"
         )
 
 
@@ -161,24 +249,66 @@ def _make_world_readable(root: Path) -> None:
     subprocess.run(["chmod", "-R", "a+rX", str(root)], check=True, timeout=300)
 
 
-def _wait_for_health(url: str, proc: subprocess.Popen, log_file: Path) -> str:
+def _node_settings(home: Path, workdir: Path, http_port: int, transport_port: int) -> dict[str, str]:
+    """What we append to the node's elasticsearch.yml / opensearch.yml."""
+    settings = {
+        "network.host": "127.0.0.1",
+        "http.port": str(http_port),
+        "transport.port": str(transport_port),
+        "discovery.type": "single-node",
+        "path.data": str(workdir / "data"),
+        "path.logs": str(workdir / "logs"),
+        "cluster.routing.allocation.disk.threshold_enabled": "false",
+        "action.destructive_requires_name": "false",
+    }
+    # Only where the security module ships (Elasticsearch 7.17+): an unknown setting stops the node,
+    # and Elasticsearch 7.10's and OpenSearch's integ-test archives have no x-pack at all.
+    if (home / "modules" / "x-pack-security").is_dir():
+        settings["xpack.security.enabled"] = "false"
+    return settings
+
+
+def _rewrite_jvm_options(text: str, workdir: Path) -> str:
+    """Point jvm.options' relative paths (Elasticsearch 7 and OpenSearch: ``logs/gc.log``, ``logs/hs_err...``,
+    ``HeapDumpPath=data``, resolved against the home, which ``nobody`` cannot write and which two nodes
+    would share) into this node's own directory. Elasticsearch 8+ already resolves them in path.logs."""
+    logs, data = workdir / "logs", workdir / "data"
+    text = re.sub(r"(file=|ErrorFile=)logs/", lambda m: f"{m.group(1)}{logs}/", text)
+    return re.sub(r"HeapDumpPath=data\b", lambda _: f"HeapDumpPath={data}", text)
+
+
+def _get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        return json.load(resp)
+
+
+def _wait_for_health(url: str, proc: subprocess.Popen, log_file: Path, display_name: str) -> str:
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise ElasticsearchStartError(
-                f"Elasticsearch exited with {proc.returncode} during startup:\n{_tail(log_file)}"
+                f"{display_name} exited with {proc.returncode} during startup:\n{_tail(log_file)}"
             )
         try:
             with urllib.request.urlopen(f"{url}/_cluster/health?wait_for_status=yellow&timeout=5s", timeout=10) as resp:
                 if resp.status == 200:
-                    with urllib.request.urlopen(
-                        f"{url}/_nodes/_local?filter_path=nodes.*.version", timeout=10
-                    ) as nodes:
-                        return next(iter(json.load(nodes)["nodes"].values()))["version"]
+                    nodes = _get_json(f"{url}/_nodes/_local?filter_path=nodes.*.version")
+                    return next(iter(nodes["nodes"].values()))["version"]
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(1)
-    raise ElasticsearchStartError(f"Elasticsearch did not become healthy in {STARTUP_TIMEOUT_S}s:\n{_tail(log_file)}")
+    raise ElasticsearchStartError(f"{display_name} did not become healthy in {STARTUP_TIMEOUT_S}s:\n{_tail(log_file)}")
+
+
+def _check_root_document(url: str, engine: str, log_file: Path) -> None:
+    """Our code tells the engine apart by ``GET /``: fail here, with the node's log, if it does not answer."""
+    try:
+        root = _get_json(url)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError) as exc:
+        raise ElasticsearchStartError(f"GET {url}/ failed on the new node: {exc}\n{_tail(log_file)}") from exc
+    distribution = root.get("version", {}).get("distribution", "elasticsearch")
+    if distribution != engine:
+        raise ElasticsearchStartError(f"GET {url}/ describes {distribution!r}, not {engine!r}: {root}")
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -189,68 +319,78 @@ def _tail(path: Path, lines: int = 40) -> str:
 
 
 @contextlib.contextmanager
-def running_elasticsearch(version: str | None = None) -> Iterator[RunningCluster]:
-    """Yield a healthy cluster: ``ES_URL`` if set (and no version asked for), otherwise a node started here."""
-    if os.environ.get("ES_URL") and version is None:
-        yield RunningCluster(url=os.environ["ES_URL"].rstrip("/"), version="external", started_here=False)
-        return
-    version = version or ES_VERSION
-    home = install(fetch_archive(version), version)
-    workdir = Path(tempfile.mkdtemp(prefix="es-backfill-node-"))
+def running_engine(engine: str, version: str) -> Iterator[RunningCluster]:
+    """Start a single node of ``engine`` ("elasticsearch" or "opensearch") ``version`` here, yield it once
+    healthy, and stop it (removing its data) on exit. Each call starts its own node, on its own ports."""
+    dist = _distribution(engine)
+    home = install(fetch_archive(version, engine), version, engine)
+    java_home = find_java_home(version, engine)
+    workdir = Path(tempfile.mkdtemp(prefix=f"es-backfill-{engine}-node-"))
     http_port, transport_port = free_port(), free_port()
     config = workdir / "config"
     shutil.copytree(home / "config", config)
-    (workdir / "data").mkdir()
-    (workdir / "logs").mkdir()
-    with (config / "elasticsearch.yml").open("a") as yml:
-        yml.write(
-            "\n".join(
-                [
-                    "",
-                    "network.host: 127.0.0.1",
-                    f"http.port: {http_port}",
-                    f"transport.port: {transport_port}",
-                    "discovery.type: single-node",
-                    f"path.data: {workdir / 'data'}",
-                    f"path.logs: {workdir / 'logs'}",
-                    "cluster.routing.allocation.disk.threshold_enabled: false",
-                    "xpack.security.enabled: false",
-                    "action.destructive_requires_name: false",
-                    "",
-                ]
-            )
-        )
+    for sub in ("data", "logs", "tmp"):
+        (workdir / sub).mkdir()
+    jvm_options = config / "jvm.options"
+    jvm_options.write_text(_rewrite_jvm_options(jvm_options.read_text(), workdir))
+    with (config / dist.config_file).open("a") as yml:
+        settings = _node_settings(home, workdir, http_port, transport_port)
+        yml.write("\n" + "".join(f"{key}: {value}\n" for key, value in settings.items()))
     run_as: list[str] = []
     if os.geteuid() == 0:
-        # Elasticsearch refuses to run as root.
+        # Neither engine runs as root.
         subprocess.run(["chown", "-R", "nobody:nogroup", str(workdir)], check=True, timeout=60)
         workdir.chmod(0o755)
         run_as = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    prefix = dist.env_prefix
     env = {
         **os.environ,
-        "ES_JAVA_HOME": str(find_java_home(version)),
-        "ES_PATH_CONF": str(config),
-        "ES_JAVA_OPTS": f"-Xms{HEAP} -Xmx{HEAP}",
+        f"{prefix}_JAVA_HOME": str(java_home),
+        "JAVA_HOME": str(java_home),  # Elasticsearch 7.10 reads only this one
+        f"{prefix}_PATH_CONF": str(config),
+        f"{prefix}_JAVA_OPTS": f"-Xms{HEAP} -Xmx{HEAP}",
+        f"{prefix}_TMPDIR": str(workdir / "tmp"),
     }
     log_file = workdir / "stdout.log"
     url = f"http://127.0.0.1:{http_port}"
+    started = time.monotonic()
     with log_file.open("wb") as out:
         proc = subprocess.Popen(
-            [*run_as, str(home / "bin" / "elasticsearch")],
-            cwd=home,
+            [*run_as, str(home / "bin" / engine)],
+            cwd=home,  # OpenSearch 3's jvm.options names its agent jar relative to the home
             env=env,
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
     try:
-        version = _wait_for_health(url, proc, log_file)
-        log.info("Started Elasticsearch %s at %s (data in %s)", version, url, workdir)
-        print(f"Elasticsearch {version} running at {url}", flush=True)
-        yield RunningCluster(url=url, version=version, started_here=True)
+        node_version = _wait_for_health(url, proc, log_file, dist.display_name)
+        _check_root_document(url, engine, log_file)
+        log.info(
+            "Started %s %s at %s on Java %s in %.1fs (data in %s)",
+            dist.display_name,
+            node_version,
+            url,
+            java_home,
+            time.monotonic() - started,
+            workdir,
+        )
+        print(f"{dist.display_name} {node_version} running at {url}", flush=True)
+        yield RunningCluster(url=url, version=node_version, started_here=True, engine=engine)
     finally:
         _stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_elasticsearch(version: str | None = None) -> Iterator[RunningCluster]:
+    """Yield a healthy cluster: ``ES_URL`` if set (and no version asked for), otherwise an Elasticsearch
+    node (``version``, default :data:`ES_VERSION`) started here by :func:`running_engine`."""
+    if os.environ.get("ES_URL") and version is None:
+        yield RunningCluster(url=os.environ["ES_URL"].rstrip("/"), version="external", started_here=False)
+        return
+    with running_engine("elasticsearch", version or ES_VERSION) as cluster:
+        yield cluster
 
 
 def _stop(proc: subprocess.Popen) -> None:

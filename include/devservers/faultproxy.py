@@ -36,12 +36,21 @@ Actions
     :func:`s3_error`; :func:`delay` (wait, then forward normally) and
     :func:`drop` (read the request, then close the connection without a word).
 
+Gate
+    ``FaultProxy(url, gate=check)``: ``check`` gets every :class:`ProxyRequest`
+    before the fault rules do and returns ``None`` to let it through, or a reason
+    to refuse it: the proxy then answers ``403`` with ``{"message": reason}``, as
+    Amazon OpenSearch Service does, and the request neither reaches the upstream
+    nor counts for any fault rule. :class:`include.devservers.sigv4.SigV4Verifier`
+    is such a gate: it checks AWS SigV4 signatures.
+
 Request log
     :attr:`FaultProxy.requests` lists a :class:`RequestRecord` (method, path,
-    query, status, injected action name or ``None``) for every request, in the
-    order the answers were decided; :meth:`FaultProxy.count` counts those whose
-    ``"METHOD /path"`` matches a regular expression. A record is written before
-    the answer goes out, so a client that has its answer always finds it logged.
+    query, status, injected action name or ``None``, the gate's reason if it
+    refused the request) for every request, in the order the answers were
+    decided; :meth:`FaultProxy.count` counts those whose ``"METHOD /path"``
+    matches a regular expression. A record is written before the answer goes
+    out, so a client that has its answer always finds it logged.
 
 Protocol notes: the proxy speaks HTTP/1.1 with keep-alive on both sides (one
 upstream connection per client connection), answers ``Expect: 100-continue``
@@ -80,6 +89,7 @@ __all__ = [
     "Drop",
     "Fault",
     "FaultProxy",
+    "Gate",
     "ProxyRequest",
     "RequestRecord",
     "Respond",
@@ -150,7 +160,8 @@ class RequestRecord:
 
     ``status`` is the status sent to the client (``None`` when the connection
     was dropped); ``injected`` is the name of the fault action that shaped the
-    answer (``"es_429"``, ``"delay"``, ``"drop"``, ...) or ``None``.
+    answer (``"es_429"``, ``"delay"``, ``"drop"``, ``"gate"`` for a refusal by
+    the gate, ...) or ``None``; ``refused`` is the gate's reason for a refusal.
     """
 
     method: str
@@ -158,6 +169,7 @@ class RequestRecord:
     query: str
     status: int | None
     injected: str | None
+    refused: str | None = None
 
 
 # --------------------------------------------------------------------------- actions
@@ -190,6 +202,8 @@ class Drop:
 
 Action: TypeAlias = Respond | Delay | Drop
 Matcher: TypeAlias = str | re.Pattern[str] | Callable[[ProxyRequest], bool]
+# Given every request first: None lets it through, a reason refuses it with a 403.
+Gate: TypeAlias = Callable[[ProxyRequest], str | None]
 
 
 def status(
@@ -376,7 +390,9 @@ class FaultProxy:
     Use it as a context manager (or call :meth:`start` and :meth:`stop`).
     ``upstream_url`` may carry a path prefix, which is put in front of every
     forwarded path. ``upstream_timeout`` bounds connecting to and each read
-    from the upstream server.
+    from the upstream server. ``gate``, when given, decides first whether a
+    request may pass at all (see the module documentation); the attribute
+    :attr:`gate` may also be set or cleared while the proxy runs.
     """
 
     def __init__(
@@ -386,12 +402,14 @@ class FaultProxy:
         host: str = "127.0.0.1",
         port: int = 0,
         upstream_timeout: float = 120.0,
+        gate: Gate | None = None,
     ) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream must be an http(s) URL, got {upstream_url!r}")
         self.upstream_url = upstream_url.rstrip("/")
         self.upstream_timeout = upstream_timeout
+        self.gate = gate
         self._upstream_https = parts.scheme == "https"
         self._upstream_host = parts.hostname
         self._upstream_port = parts.port or (443 if self._upstream_https else 80)
@@ -526,8 +544,10 @@ class FaultProxy:
         with self._lock:
             self._log.clear()
 
-    def _record(self, request: ProxyRequest, status_code: int | None, injected: str | None) -> None:
-        record = RequestRecord(request.method, request.path, request.query, status_code, injected)
+    def _record(
+        self, request: ProxyRequest, status_code: int | None, injected: str | None, refused: str | None = None
+    ) -> None:
+        record = RequestRecord(request.method, request.path, request.query, status_code, injected, refused)
         with self._lock:
             self._log.append(record)
         log.debug("%s %s -> %s%s", request.method, request.target, status_code, f" ({injected})" if injected else "")
@@ -641,6 +661,15 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             self.send_error(HTTPStatus.BAD_REQUEST, f"unreadable request body: {exc}")
             return
         request = ProxyRequest(self.command, path, query, tuple(self.headers.items()), body)
+
+        gate = proxy.gate
+        refusal = gate(request) if gate is not None else None
+        if refusal is not None:
+            log.info("Fault proxy: gate refused %s %s: %s", request.method, request.target, refusal)
+            answer = status(HTTPStatus.FORBIDDEN, {"message": refusal}, name="gate")
+            proxy._record(request, answer.status, answer.name, refusal)
+            self._send_whole(answer.status, answer.headers, answer.body)
+            return
 
         fault = proxy._choose_fault(request)
         action = fault.action if fault is not None else None

@@ -24,23 +24,23 @@ from typing import Any
 
 from es_backfill.config import BackfillConfig, ConfigError, defaults_path, from_params, load_defaults
 from es_backfill.sink import ObjectStore
-from es_backfill.source import EsReader
+from es_backfill.source import Reader
 
 
 def _conf(text: str) -> dict[str, Any]:
     return json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
 
 
-def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[EsReader, ObjectStore]:
+def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[Reader, ObjectStore]:
+    """The reader and the store; ConfigError if the cluster refuses ``GET /`` or runs an engine it cannot read."""
+    from es_backfill.engines import ConnectionSettings
+    from es_backfill.hooks import open_reader, search_reader
+
     if args.es_url:
-        from elasticsearch import Elasticsearch
-
-        client = Elasticsearch(args.es_url, request_timeout=config.source.request_timeout_s, max_retries=0)
-        reader = EsReader(client, max_retries=config.source.max_retries)
+        settings = ConnectionSettings(args.es_url.rstrip("/"), request_timeout_s=config.source.request_timeout_s)
+        reader = open_reader(settings, "--es-url", config.source.max_retries)
     else:
-        from es_backfill.hooks import es_reader
-
-        reader = es_reader(config.source)
+        reader = search_reader(config.source)
     if args.s3_endpoint_url:
         import boto3
 
@@ -60,17 +60,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["plan", "verify"])
     parser.add_argument("--conf", required=True, help="the trigger conf: JSON text or a file holding it")
     parser.add_argument("--defaults", type=Path, default=defaults_path(), help="the defaults file")
-    parser.add_argument("--es-url", help="Elasticsearch URL instead of the Airflow connection")
+    parser.add_argument("--es-url", help="cluster URL (no auth) instead of the Airflow connection")
     parser.add_argument("--s3-endpoint-url", help="S3 endpoint instead of the Airflow connection")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = from_params(_conf(args.conf), load_defaults(args.defaults))
+        reader, store = _clients(config, args)
     except (ConfigError, json.JSONDecodeError) as err:
         print(err, file=sys.stderr)
         return 2
-    reader, store = _clients(config, args)
-    if args.command == "plan":
+    with reader:
+        return _run(args.command, config, reader, store)
+
+
+def _run(command: str, config: BackfillConfig, reader: Reader, store: ObjectStore) -> int:
+    if command == "plan":
         from es_backfill.plan import check_cluster, dry_run_report, identify_cluster, plan_or_resume
         from es_backfill.summary import log_dry_run
 
@@ -86,12 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     from es_backfill.plan import identify_cluster
     from es_backfill.verify import verify
 
-    try:
-        config = identify_cluster(config, reader)
-    except ConfigError as err:
-        print(err, file=sys.stderr)
-        return 2
-    report = verify(config, reader, store)
+    report = verify(identify_cluster(config, reader), reader, store)
     print(report.render())
     return 0 if report.ok else 1
 

@@ -2,7 +2,7 @@
 
 For each related index, one ``terms`` query on the join field covers a whole page of
 message ids; only when a batch has more hits than one request returns is it paged with
-``search_after`` inside a point in time. Never one request per message. Related documents come
+a consistent snapshot. Never one request per message. Related documents come
 back grouped by message id, ordered by the index's sort fields and then by index and
 document id, so the output is the same however Elasticsearch orders ties. A document
 whose join field holds several message ids joins every message of the batch it names.
@@ -17,7 +17,7 @@ from contextlib import ExitStack
 from typing import Any
 
 from es_backfill.config import RelatedIndex
-from es_backfill.source import MAX_PIT_REOPENS, EsReader, PointInTime, SourceError
+from es_backfill.source import Reader, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -25,16 +25,16 @@ RelatedDocs = dict[str, dict[str, list[dict[str, Any]]]]  # related name -> mess
 
 
 class RelatedLookup:
-    """Lookups in the related indices for one window; a context manager that closes any point in time
-    it had to open."""
+    """Lookups in the related indices for one window; a context manager that releases any snapshot it had
+    to open."""
 
-    def __init__(self, reader: EsReader, related: Sequence[RelatedIndex], keep_alive: str, page_size: int) -> None:
+    def __init__(self, reader: Reader, related: Sequence[RelatedIndex], keep_alive: str, page_size: int) -> None:
         self.reader = reader
         self.related = related
         self.keep_alive = keep_alive
         self.page_size = page_size
         self._stack = ExitStack()
-        self._pits: dict[str, PointInTime] = {}
+        self._snapshots: dict[str, Snapshot] = {}
 
     def __enter__(self) -> RelatedLookup:
         return self
@@ -42,11 +42,11 @@ class RelatedLookup:
     def __exit__(self, *exc_info: object) -> None:
         self._stack.close()
 
-    def _pit(self, spec: RelatedIndex) -> PointInTime:
-        # Opened on first use, so windows without messages cost no point in time at all.
-        if spec.name not in self._pits:
-            self._pits[spec.name] = self._stack.enter_context(PointInTime(self.reader, spec.index, self.keep_alive))
-        return self._pits[spec.name]
+    def _snapshot(self, spec: RelatedIndex) -> Snapshot:
+        # Opened on first use, so windows whose batches fit in one request cost no snapshot at all.
+        if spec.name not in self._snapshots:
+            self._snapshots[spec.name] = self._stack.enter_context(self.reader.snapshot(spec.index, self.keep_alive))
+        return self._snapshots[spec.name]
 
     def fetch(self, message_ids: Sequence[str]) -> RelatedDocs:
         """Every related document of ``message_ids``, per related index, grouped and ordered."""
@@ -56,32 +56,16 @@ class RelatedLookup:
         query = {"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}}
         sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
         # Usually a page's related documents fit in one request, which needs no point in time.
-        hits = self.reader.search(
-            index=spec.index, query=query, sort=sort, size=self.page_size, track_total_hits=False
-        )["hits"]["hits"]
+        body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
+        hits = self.reader.search(spec.index, body)["hits"]["hits"]
         if len(hits) >= self.page_size:
-            hits = self._page_through(spec, query, sort)
+            hits = self._snapshot(spec).collect(query, sort, self.page_size)
         wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for hit in sorted(hits, key=lambda h: _order_key(h, len(sort))):
             for message_id in _join_values(hit, spec.join_field, wanted):
                 grouped[message_id].append(hit["_source"])
         return grouped
-
-    def _page_through(self, spec: RelatedIndex, query: dict[str, Any], sort: list[Any]) -> list[dict[str, Any]]:
-        """All hits of a batch too large for one request, paged with search_after in a point in time."""
-        pit = self._pit(spec)
-        for _ in range(MAX_PIT_REOPENS + 1):
-            reopened_before = pit.reopened
-            pages = pit.pages(query=query, sort=[*sort, "_shard_doc"], size=self.page_size)
-            hits = [hit for page in pages for hit in page]
-            # A point in time reopened mid-batch may order ties differently: fetch the batch again.
-            if pit.reopened == reopened_before:
-                return hits
-        raise SourceError(
-            f"the point in time on {spec.index} was lost during each of {MAX_PIT_REOPENS + 1} reads of one batch "
-            f"of related documents; raise source.pit_keep_alive (now {self.keep_alive})"
-        )
 
 
 def _join_values(hit: dict[str, Any], field: str, wanted: set[str]) -> list[str]:

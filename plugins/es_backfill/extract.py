@@ -32,7 +32,7 @@ from es_backfill.records import (
     related_counts,
 )
 from es_backfill.sink import DocumentWriter, ObjectStore, PartWriter, window_prefix
-from es_backfill.source import EsReader, PointInTime
+from es_backfill.source import Reader
 from es_backfill.windows import Window, iso
 
 log = logging.getLogger(__name__)
@@ -75,7 +75,7 @@ def message_query(config: BackfillConfig, window: Window) -> dict[str, Any]:
     return {"bool": {"filter": filters}}
 
 
-def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: ObjectStore) -> WindowResult:
+def run_window(config: BackfillConfig, window: Window, reader: Reader, store: ObjectStore) -> WindowResult:
     started = time.monotonic()
     manifest_key = manifest.window_manifest_key(config, window)
     if not config.force:
@@ -118,15 +118,15 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
     progress = _Progress(window.label, es_count)
     try:
         with (
-            PointInTime(reader, config.source.messages_index, config.source.pit_keep_alive) as pit,
+            reader.snapshot(config.source.messages_index, config.source.pit_keep_alive) as snapshot,
             RelatedLookup(
                 reader, config.source.related, config.source.pit_keep_alive, config.source.related_page_size
             ) as lookup,
         ):
             id_field = config.source.id_field
-            for page in pit.pages(
+            for page in snapshot.pages(
                 query=query,
-                sort=[{config.source.timestamp_field: "asc"}, {id_field: "asc"}, "_shard_doc"],
+                sort=[{config.source.timestamp_field: "asc"}, {id_field: "asc"}],
                 size=config.page_size,
                 source=list(config.source.source_fields) if config.source.source_fields is not None else True,
             ):
@@ -189,17 +189,15 @@ def run_window(config: BackfillConfig, window: Window, reader: EsReader, store: 
     )
 
 
-def _refuse_messages_without_id(
-    config: BackfillConfig, window: Window, reader: EsReader, query: dict[str, Any]
-) -> None:
+def _refuse_messages_without_id(config: BackfillConfig, window: Window, reader: Reader, query: dict[str, Any]) -> None:
     """Fail before reading if messages lack the id field: sorting cannot tell (a numeric field sorts a
     missing value as the largest long), so one search asks for them, naming up to 20 by ``_id``."""
     id_field = config.source.id_field
     without = {"bool": {"filter": [query], "must_not": [{"exists": {"field": id_field}}]}}
     response = reader.search(
-        index=config.source.messages_index, query=without, size=MessageIds.EXAMPLES, _source=False,
-        track_total_hits=True,
-    )  # fmt: skip
+        config.source.messages_index,
+        {"query": without, "size": MessageIds.EXAMPLES, "_source": False, "track_total_hits": True},
+    )
     hits = response["hits"]["hits"]
     if hits:
         total = response["hits"]["total"]["value"]

@@ -1,26 +1,32 @@
 """Airflow connections to clients: the only module that needs Airflow's hook classes.
 
-Elasticsearch comes from a connection (default ``elasticsearch_default``): host, port,
-schema (``http``/``https``), login/password, and in the extra ``api_key``,
-``verify_certs``, ``ca_certs`` and ``compatible_with`` (set ``8`` for an
-Elasticsearch 8 server, which rejects the ``compatible-with=9`` media type that the
-9.x client sends on every request).
-S3 comes from the Amazon provider's ``S3Hook`` with explicit timeouts and
-standard-mode retries (5xx and SlowDown back off with jitter).
+:class:`SearchReaderHook` turns an Airflow connection of the ``elasticsearch`` type (the one
+the Elasticsearch provider registers; default ``elasticsearch_default``) into the reader for
+whatever engine it points at. The connection holds host, port, schema (``http``/``https``)
+and login/password (basic auth); its extra may hold:
+
+* ``auth``: ``basic`` (the default with a login), ``api_key`` (with ``api_key``), ``bearer``
+  (with ``token``), or ``aws_sigv4`` (with ``aws_conn_id``, default ``aws_default``, and
+  ``region``, default the AWS connection's region; ``service`` ``es``) for Amazon OpenSearch
+  Service, signed with the AWS connection's refreshing credentials;
+* TLS: ``verify_certs`` (default true), ``ca_certs``, ``client_cert``, ``client_key``.
+
+S3 comes from the Amazon provider's ``S3Hook`` with explicit timeouts and standard-mode
+retries (5xx and SlowDown back off with jitter). Secrets never reach logs or errors.
 """
 
 from __future__ import annotations
 
 import logging
-import re
 from typing import Any
 
+from airflow.sdk import BaseHook
 from botocore.config import Config
-from elasticsearch import Elasticsearch
 
-from es_backfill.config import SourceConfig
+from es_backfill.config import ConfigError, SourceConfig
+from es_backfill.engines import AwsAuth, ConnectionSettings, UnsupportedEngine, connect
 from es_backfill.sink import ObjectStore
-from es_backfill.source import EsReader
+from es_backfill.source import AccessDenied, Reader
 
 log = logging.getLogger(__name__)
 
@@ -30,65 +36,142 @@ S3_CLIENT_CONFIG = Config(
     retries={"max_attempts": 8, "mode": "standard"},
     max_pool_connections=16,
 )
+AUTH_KINDS = ("basic", "api_key", "bearer", "aws_sigv4")
+SIGV4_SERVICES = ("es",)  # OpenSearch Serverless ("aoss") has neither point in time nor scroll
 
 
-class Elasticsearch8Client(Elasticsearch):
-    """A 9.x client whose requests ask for the Elasticsearch 8 REST API (``compatible_with: 8``).
+class SearchReaderHook(BaseHook):
+    """A reader (:class:`~es_backfill.source.Reader`) for the cluster of an ``elasticsearch`` connection:
+    Elasticsearch 7.10-9 or OpenSearch 1-3, engine and read strategy detected by ``GET /``.
 
-    The 9.x client rewrites ``application/json`` to ``...; compatible-with=9`` on every request and
-    lets no client-wide header override it; media types already in the vendor form are left alone."""
+    :param es_conn_id: the Airflow connection
+    :param request_timeout_s: timeout of one request
+    :param max_retries: retries of a transiently failing request (429, 5xx, timeouts), with backoff
+    """
 
-    compatible_with = 8  # a class attribute: client.options() builds new clients of this class
+    conn_name_attr = "es_conn_id"
+    default_conn_name = "elasticsearch_default"
+    conn_type = "elasticsearch"
+    hook_name = "Elasticsearch / OpenSearch (es-backfill reader)"
 
-    def perform_request(self, method: str, path: str, *, headers: Any = None, **kwargs: Any) -> Any:
-        if headers:
-            headers = {key: self._compat(key, value) for key, value in headers.items()}
-        return super().perform_request(method, path, headers=headers, **kwargs)
+    def __init__(
+        self, es_conn_id: str = default_conn_name, *, request_timeout_s: float = 60.0, max_retries: int = 6
+    ) -> None:
+        super().__init__()
+        self.es_conn_id = es_conn_id
+        self.request_timeout_s = request_timeout_s
+        self.max_retries = max_retries
 
-    def _compat(self, key: str, value: str) -> str:
-        if key.lower() not in {"accept", "content-type"}:
-            return value
-        return re.sub(
-            r"application/(json|x-ndjson)",
-            rf"application/vnd.elasticsearch+\1; compatible-with={self.compatible_with}",
-            value,
+    def connection_settings(self) -> ConnectionSettings:
+        conn = self.get_connection(self.es_conn_id)
+        return settings_from_connection(
+            self.es_conn_id,
+            host=conn.host,
+            port=conn.port,
+            schema=conn.schema,
+            login=conn.login,
+            password=conn.password,
+            extra=conn.extra_dejson,
+            request_timeout_s=self.request_timeout_s,
         )
 
+    def get_conn(self) -> Reader:
+        """The reader, after one ``GET /``; a ConfigError (saying what to set) if it cannot work."""
+        return open_reader(self.connection_settings(), f"connection {self.es_conn_id}", self.max_retries)
 
-def elasticsearch_client(conn_id: str, request_timeout_s: float) -> Elasticsearch:
-    """A client for the cluster of Airflow connection ``conn_id``; credentials never reach the logs."""
-    from airflow.sdk import BaseHook
 
-    conn = BaseHook.get_connection(conn_id)
-    extra = conn.extra_dejson
-    scheme = conn.schema or extra.get("scheme") or "http"
-    port = conn.port or 9200
+def open_reader(settings: ConnectionSettings, name: str, max_retries: int) -> Reader:
+    """:func:`~es_backfill.engines.connect`, with a refused ``GET /`` or an engine it cannot read turned into
+    a ConfigError that says what to set; ``name`` says where the settings came from."""
+    try:
+        return connect(settings, max_retries=max_retries)
+    except AccessDenied as err:
+        hint = (
+            "check the AWS credentials and region, and that the domain's access policy allows the role es:ESHttpGet"
+            if settings.aws is not None
+            else "check the credentials and grant the cluster privilege cluster:monitor/main"
+        )
+        raise ConfigError(
+            [f"{name}: {settings.url} refused GET /, which identifies the cluster a backfill reads ({err.reason}); "
+             f"{hint}"]
+        ) from err  # fmt: skip
+    except UnsupportedEngine as err:
+        raise ConfigError([f"{name}: {err}"]) from err
+
+
+def settings_from_connection(
+    conn_id: str,
+    *,
+    host: str | None,
+    port: int | None,
+    schema: str | None,
+    login: str | None,
+    password: str | None,
+    extra: dict[str, Any],
+    request_timeout_s: float,
+) -> ConnectionSettings:
+    """The settings of an ``elasticsearch`` connection's fields; a ConfigError naming what is wrong."""
+    if not host:
+        raise ConfigError([f"connection {conn_id} has no host"])
+    scheme = schema or extra.get("scheme") or "http"
+    auth = extra.get("auth") or ("api_key" if extra.get("api_key") else "basic")
+    if auth not in AUTH_KINDS:
+        raise ConfigError([f"connection {conn_id}: extra auth must be one of {', '.join(AUTH_KINDS)}, not {auth!r}"])
+    verify = extra.get("verify_certs", True)
+    if not isinstance(verify, bool):
+        raise ConfigError([f"connection {conn_id}: extra verify_certs must be true or false"])
     kwargs: dict[str, Any] = {
-        "hosts": [f"{scheme}://{conn.host}:{port}"],
-        "request_timeout": request_timeout_s,
-        # EsReader retries with backoff; the client's own immediate retries would double the load.
-        "max_retries": 0,
-        "retry_on_timeout": False,
+        "url": f"{scheme}://{host}:{port or (443 if scheme == 'https' else 9200)}",
+        "request_timeout_s": request_timeout_s,
+        "verify_certs": verify,
+        **{name: extra[name] for name in ("ca_certs", "client_cert", "client_key") if extra.get(name)},
     }
-    if extra.get("api_key"):
+    if auth == "api_key":
+        if not extra.get("api_key"):
+            raise ConfigError([f"connection {conn_id}: auth api_key needs the key in extra api_key"])
         kwargs["api_key"] = extra["api_key"]
-    elif conn.login:
-        kwargs["basic_auth"] = (conn.login, conn.password or "")
-    if "verify_certs" in extra:
-        kwargs["verify_certs"] = bool(extra["verify_certs"])
-    if extra.get("ca_certs"):
-        kwargs["ca_certs"] = extra["ca_certs"]
-    log.info("Elasticsearch connection %s: %s://%s:%s", conn_id, scheme, conn.host, port)
-    compatible_with = extra.get("compatible_with")
-    if compatible_with in (None, "", 9, "9"):
-        return Elasticsearch(**kwargs)
-    if str(compatible_with) != "8":
-        raise ValueError(f"connection {conn_id}: compatible_with must be 8 (or absent for Elasticsearch 9)")
-    return Elasticsearch8Client(**kwargs)
+    elif auth == "bearer":
+        if not extra.get("token"):
+            raise ConfigError([f"connection {conn_id}: auth bearer needs the token in extra token"])
+        kwargs["bearer_token"] = extra["token"]
+    elif auth == "aws_sigv4":
+        kwargs["aws"] = _aws_auth(conn_id, extra)
+    elif login:
+        kwargs["basic_auth"] = (login, password or "")
+    return ConnectionSettings(**kwargs)
 
 
-def es_reader(source: SourceConfig) -> EsReader:
-    return EsReader(elasticsearch_client(source.es_conn_id, source.request_timeout_s), max_retries=source.max_retries)
+def _aws_auth(conn_id: str, extra: dict[str, Any]) -> AwsAuth:
+    from airflow.providers.amazon.aws.hooks.base_aws import AwsBaseHook
+
+    service = extra.get("service", "es")
+    if service not in SIGV4_SERVICES:
+        raise ConfigError(
+            [f"connection {conn_id}: service {service!r} is not supported: OpenSearch Serverless collections "
+             "(aoss) offer neither point in time nor scroll, so a window cannot be read consistently; "
+             "use an Amazon OpenSearch Service domain (service es)"]
+        )  # fmt: skip
+    aws_conn_id = extra.get("aws_conn_id", "aws_default")
+    session = AwsBaseHook(aws_conn_id=aws_conn_id, client_type="sts").get_session()
+    region = extra.get("region") or session.region_name
+    if not region:
+        raise ConfigError(
+            [f"connection {conn_id}: AWS SigV4 needs the domain's region: set \"region\" in its extra "
+             f"(e.g. \"eu-west-1\") or region_name in AWS connection {aws_conn_id}"]
+        )  # fmt: skip
+    # The session's credentials object, not a frozen copy: a role session that expires mid-window refreshes.
+    credentials = session.get_credentials()
+    if credentials is None:
+        raise ConfigError([f"connection {conn_id}: AWS connection {aws_conn_id} yields no credentials"])
+    return AwsAuth(credentials=credentials, region=region, service=service)
+
+
+def search_reader(source: SourceConfig) -> Reader:
+    """The reader for a run's ``source`` settings (:class:`~es_backfill.config.SourceConfig`)."""
+    hook = SearchReaderHook(
+        source.es_conn_id, request_timeout_s=source.request_timeout_s, max_retries=source.max_retries
+    )
+    return hook.get_conn()
 
 
 def object_store(aws_conn_id: str, bucket: str) -> ObjectStore:

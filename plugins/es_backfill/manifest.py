@@ -95,12 +95,14 @@ def require_in_plan(store: ObjectStore, config: BackfillConfig, window: Window) 
         )
 
 
-def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window]) -> None:
+def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window], source: dict[str, str]) -> None:
+    """Save the plan; ``source`` names the engine, version and read strategy it was made with."""
     # Resume and verify reuse these windows, so balanced windows stay put even if the data moves.
     body = {
         "version": VERSION,
         "fingerprint": config.fingerprint(),
         "settings": config.shaping_settings(),
+        "source": source,
         "windows": [w.to_dict() for w in windows],
     }
     store.put(plan_key(config), dumps(body))

@@ -14,15 +14,13 @@ import math
 from datetime import UTC, datetime
 from typing import Any
 
-from elasticsearch import ApiError, AuthorizationException, NotFoundError
-
 from es_backfill import manifest
 from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.enrich import RelatedLookup
 from es_backfill.extract import message_query
 from es_backfill.records import build_record, dumps_line
 from es_backfill.sink import ObjectStore
-from es_backfill.source import EsReader
+from es_backfill.source import AccessDenied, BadRequest, NotFound, Reader
 from es_backfill.windows import Window, WindowError, balance, iso, split
 
 log = logging.getLogger(__name__)
@@ -31,53 +29,41 @@ SAMPLE_SIZE = 50
 HISTOGRAM_BUCKETS_PER_WINDOW = 32
 
 
-def identify_cluster(config: BackfillConfig, reader: EsReader) -> BackfillConfig:
-    """``config`` reading from the cluster ``GET /`` names (its ``cluster_uuid``, part of the fingerprint);
-    a ConfigError naming the privilege if the credentials may not ask."""
-    try:
-        return config.with_cluster(reader.cluster_uuid())
-    except AuthorizationException as err:
-        raise ConfigError(
-            [f"the credentials of connection {config.source.es_conn_id} may not read GET / ({_reason(err)}), which "
-             "identifies the cluster a backfill reads: grant the cluster privilege cluster:monitor/main"]
-        ) from err  # fmt: skip
+def identify_cluster(config: BackfillConfig, reader: Reader) -> BackfillConfig:
+    """``config`` reading from the cluster ``GET /`` named when the reader was made (its ``cluster_uuid`` is
+    part of the fingerprint); the engine, version and read strategy go to the log."""
+    cluster = reader.cluster
+    log.info(
+        "Source: %s (cluster %s), read strategy %s", cluster.label, cluster.cluster_uuid, cluster.strategy
+    )  # fmt: skip
+    return config.with_cluster(cluster.cluster_uuid)
 
 
-def check_cluster(config: BackfillConfig, reader: EsReader) -> None:
-    """Every index answers with the fields the run relies on, and Elasticsearch accepts the query;
+def check_cluster(config: BackfillConfig, reader: Reader) -> None:
+    """Every index answers with the fields the run relies on, and the engine accepts the query;
     otherwise a ConfigError that says what is wrong. Needs only index privileges (read, view_index_metadata)."""
     source = config.source
     needed = {source.messages_index: [source.timestamp_field, source.id_field]}
     for spec in source.related:
         needed.setdefault(spec.index, []).extend([spec.join_field, *spec.sort])
+    problems = [problem for index, fields in needed.items() for problem in _check_fields(reader, index, fields)]
+    if problems:
+        raise ConfigError(problems)
     try:
-        problems = [problem for index, fields in needed.items() for problem in _check_fields(reader, index, fields)]
-        if problems:
-            raise ConfigError(problems)
         reader.count(source.messages_index, message_query(config, Window(config.start, config.end)))
-    except ApiError as err:
-        if err.meta.status != 400:
-            raise
-        if "compatible-with" in str(err):
-            raise ConfigError(
-                [f"the cluster refused the client's API version ({_reason(err)}); for an Elasticsearch 8 "
-                 f"cluster set \"compatible_with\": 8 in the extra of connection {source.es_conn_id}"]
-            ) from err  # fmt: skip
-        raise ConfigError([f"Elasticsearch rejected the query: {_reason(err)}; fix the query param"]) from err
+    except AccessDenied as err:
+        raise ConfigError([f"connection {source.es_conn_id}: {_denied(source.messages_index, 'read', err)}"]) from err
+    except BadRequest as err:
+        raise ConfigError([f"the cluster rejected the query: {err.reason}; fix the query param"]) from err
 
 
-def _check_fields(reader: EsReader, index: str, fields: list[str]) -> list[str]:
+def _check_fields(reader: Reader, index: str, fields: list[str]) -> list[str]:
     try:
-        response = reader.call(
-            "indices.get_field_mapping",
-            reader.client.indices.get_field_mapping,
-            index=index,
-            fields=sorted(set(fields)),
-            allow_no_indices=False,
-        )
-    except NotFoundError:
+        mapped = reader.field_mappings(index, fields)
+    except NotFound:
         return [f"index {index!r} does not exist (or matches nothing) on the cluster"]
-    mapped = {field for body in response.values() for field in body.get("mappings", {})}
+    except AccessDenied as err:
+        return [_denied(index, "view_index_metadata", err)]
     return [
         f"field {field!r} is not mapped in index {index!r}; check the source settings"
         for field in dict.fromkeys(fields)
@@ -85,13 +71,15 @@ def _check_fields(reader: EsReader, index: str, fields: list[str]) -> list[str]:
     ]
 
 
-def _reason(err: ApiError) -> str:
-    info = err.info if isinstance(err.info, dict) else {}
-    causes = (info.get("error") or {}).get("root_cause") or [info.get("error") or {}]
-    return "; ".join(f"{c.get('type')}: {c.get('reason')}" for c in causes if isinstance(c, dict)) or str(err)
+def _denied(index: str, privilege: str, err: AccessDenied) -> str:
+    return (
+        f"the credentials may not {'search' if privilege == 'read' else 'read the mappings of'} index {index!r} "
+        f"({err.reason}); grant the index privileges read and view_index_metadata on it (for Amazon OpenSearch "
+        "Service: es:ESHttpGet and es:ESHttpPost on the index in the domain's access policy)"
+    )
 
 
-def plan_windows(config: BackfillConfig, reader: EsReader, max_windows: int) -> list[Window]:
+def plan_windows(config: BackfillConfig, reader: Reader, max_windows: int) -> list[Window]:
     try:
         windows = split(config.start, config.end, config.window, max_windows=max_windows)
     except WindowError as err:
@@ -101,7 +89,7 @@ def plan_windows(config: BackfillConfig, reader: EsReader, max_windows: int) -> 
     return windows
 
 
-def plan_or_resume(config: BackfillConfig, reader: EsReader, store: ObjectStore, max_windows: int) -> list[Window]:
+def plan_or_resume(config: BackfillConfig, reader: Reader, store: ObjectStore, max_windows: int) -> list[Window]:
     """The windows of an earlier run of the same backfill, or a new plan (saved unless a dry run).
 
     The backfill's root only ever holds the current plan's windows: a saved plan made with other settings
@@ -119,7 +107,7 @@ def plan_or_resume(config: BackfillConfig, reader: EsReader, store: ObjectStore,
         log.info("Planned %s windows for backfill %s", len(windows), config.backfill_name)
         if not config.dry_run:
             # The new plan first: should the sweep below be interrupted, a re-trigger resumes it.
-            manifest.write_plan(store, config, windows)
+            manifest.write_plan(store, config, windows, reader.cluster.to_dict())
             if saved is not None:
                 store.delete([manifest.run_manifest_key(config)])  # it describes the replaced plan
     if not config.dry_run:
@@ -157,23 +145,22 @@ def _sweep(config: BackfillConfig, store: ObjectStore, windows: list[Window]) ->
         )  # fmt: skip
 
 
-def _histogram(config: BackfillConfig, reader: EsReader, windows: int) -> list[tuple[datetime, int]]:
+def _histogram(config: BackfillConfig, reader: Reader, windows: int) -> list[tuple[datetime, int]]:
     span_s = (config.end - config.start).total_seconds()
     interval_s = max(1, math.ceil(span_s / (windows * HISTOGRAM_BUCKETS_PER_WINDOW)))
     field = config.source.timestamp_field
+    histogram = {
+        "field": field,
+        "fixed_interval": f"{interval_s}s",
+        "offset": f"{int(config.start.timestamp()) % interval_s}s",
+        "min_doc_count": 1,
+    }
     response = reader.search(
-        index=config.source.messages_index,
-        size=0,
-        query=message_query(config, Window(config.start, config.end)),
-        aggs={
-            "h": {
-                "date_histogram": {
-                    "field": field,
-                    "fixed_interval": f"{interval_s}s",
-                    "offset": f"{int(config.start.timestamp()) % interval_s}s",
-                    "min_doc_count": 1,
-                }
-            }
+        config.source.messages_index,
+        {
+            "size": 0,
+            "query": message_query(config, Window(config.start, config.end)),
+            "aggs": {"h": {"date_histogram": histogram}},
         },
     )
     return [
@@ -182,27 +169,27 @@ def _histogram(config: BackfillConfig, reader: EsReader, windows: int) -> list[t
     ]
 
 
-def window_counts(config: BackfillConfig, reader: EsReader, windows: list[Window]) -> list[int]:
+def window_counts(config: BackfillConfig, reader: Reader, windows: list[Window]) -> list[int]:
     """Each window's message count, in one request (range buckets are half-open too)."""
     ranges = [{"key": w.key, "from": iso(w.start), "to": iso(w.end)} for w in windows]
     filters = [config.query] if config.query else []
+    aggs = {"w": {"date_range": {"field": config.source.timestamp_field, "ranges": ranges, "keyed": True}}}
     response = reader.search(
-        index=config.source.messages_index,
-        size=0,
-        query={"bool": {"filter": filters}},
-        aggs={"w": {"date_range": {"field": config.source.timestamp_field, "ranges": ranges, "keyed": True}}},
+        config.source.messages_index, {"size": 0, "query": {"bool": {"filter": filters}}, "aggs": aggs}
     )
     buckets = response["aggregations"]["w"]["buckets"]
     return [buckets[w.key]["doc_count"] for w in windows]
 
 
-def estimate_bytes_per_message(config: BackfillConfig, reader: EsReader) -> float:
+def estimate_bytes_per_message(config: BackfillConfig, reader: Reader) -> float:
     """Average output bytes per message over a small enriched sample (compressed if the format is)."""
     response = reader.search(
-        index=config.source.messages_index,
-        size=SAMPLE_SIZE,
-        query=message_query(config, Window(config.start, config.end)),
-        sort=[{config.source.timestamp_field: "asc"}],
+        config.source.messages_index,
+        {
+            "size": SAMPLE_SIZE,
+            "query": message_query(config, Window(config.start, config.end)),
+            "sort": [{config.source.timestamp_field: "asc"}],
+        },
     )
     hits = response["hits"]["hits"]
     if not hits:
@@ -218,7 +205,7 @@ def estimate_bytes_per_message(config: BackfillConfig, reader: EsReader) -> floa
     return size / len(hits)
 
 
-def dry_run_report(config: BackfillConfig, reader: EsReader, windows: list[Window]) -> dict[str, Any]:
+def dry_run_report(config: BackfillConfig, reader: Reader, windows: list[Window]) -> dict[str, Any]:
     counts = window_counts(config, reader, windows)
     per_message = estimate_bytes_per_message(config, reader)
     rows = [

@@ -1,22 +1,39 @@
-"""Reading from Elasticsearch gently: counted requests, backoff, points in time, search_after.
+"""Reading from a search engine gently, behind one small interface.
 
-Every request goes through :class:`EsReader`, which counts it (so load is a figure we
-can report) and retries transient failures — 429 rejections, 502/503/504, timeouts and
-dropped connections — with bounded exponential backoff and jitter. :class:`PointInTime`
-pages through an index with ``search_after`` (never from/size), reopens a point in time
-that expired or vanished and resumes from sort values valid in any point in time, and
-always closes it.
+Everything above this module asks a :class:`Reader` — never an engine's name — for the few
+operations a backfill needs: the cluster's identity, counts, single searches, field mappings
+and a consistent :class:`Snapshot` of an index to page through. One implementation per engine
+family lives in :mod:`es_backfill.engines`; they only translate these operations into their
+client's calls and their client's errors into the exceptions below.
+
+Every request goes through :meth:`Reader.call`, which counts it (so load is a figure we can
+report) and retries transient failures — 429 rejections, 502/503/504, timeouts and dropped
+connections — with bounded exponential backoff and jitter. Snapshots come in three read
+strategies, chosen from the engine and version ``GET /`` reports:
+
+* ``point_in_time+_shard_doc`` (Elasticsearch ≥ 7.17, OpenSearch ≥ 3.3): ``search_after`` in a
+  point in time whose sort ends in the ``_shard_doc`` tiebreaker;
+* ``point_in_time+unique_sort`` (OpenSearch 2.4-3.2, which have points in time but no
+  ``_shard_doc``): ``search_after`` on the caller's sort alone; each request asks for one hit
+  more than the page, so a page never ends inside a group of hits with equal sort values (the
+  group moves to the next page whole), which proves that nothing is skipped;
+* ``scroll`` (Elasticsearch 7.10-7.16, OpenSearch 1.0-2.3, which have no usable point in time):
+  a sorted scroll, always cleared. A lost scroll cannot be resumed: reading fails with
+  :class:`SnapshotLost` and the window is read again from its start (its task's retry).
+
+A lost point in time is reopened and reading resumes from sort values valid in any point in
+time, so nothing repeats and nothing is skipped; points in time are always closed.
 """
 
 from __future__ import annotations
 
 import logging
+from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from elasticsearch import ApiError, NotFoundError
-from elasticsearch import ConnectionError as EsConnectionError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 log = logging.getLogger(__name__)
@@ -24,56 +41,175 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 TRANSIENT_STATUSES = frozenset({429, 502, 503, 504})
 MAX_PIT_REOPENS = 5
+# A request may return at most this many hits (index.max_result_window's default); a group of hits with
+# equal sort values must fit in one page when there is no tiebreaker.
+MAX_PAGE = 10_000
+
+SHARD_DOC = "point_in_time+_shard_doc"
+UNIQUE_SORT = "point_in_time+unique_sort"
+SCROLL = "scroll"
+Hit = dict[str, Any]
 
 
 class SourceError(RuntimeError):
-    """Elasticsearch could not be read, even after retries."""
+    """The search engine could not be read, even after retries."""
 
 
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: overload (429), gateway errors, timeouts and dropped connections."""
-    if isinstance(exc, EsConnectionError):  # includes ConnectionTimeout
-        return True
-    return isinstance(exc, ApiError) and exc.meta.status in TRANSIENT_STATUSES
+class RequestRejected(SourceError):
+    """The search engine answered a request with an error that retrying cannot fix."""
+
+    def __init__(self, name: str, status: int, reason: str) -> None:
+        super().__init__(f"{name} was refused with HTTP {status}: {reason}")
+        self.status = status
+        self.reason = reason
 
 
-def is_lost_pit(exc: BaseException) -> bool:
-    """The point in time expired or was closed: a 404 naming the search context or PIT."""
-    if not isinstance(exc, NotFoundError):
-        return False
-    text = str(exc).lower()
-    return "search_context_missing" in text or "no search context" in text or "point in time" in text
+class BadRequest(RequestRejected):
+    """HTTP 400: the engine rejected the request (a query, a setting, an API it does not have)."""
 
 
-class EsReader:
-    """An Elasticsearch client wrapper that counts and retries every request."""
+class AccessDenied(RequestRejected):
+    """HTTP 401/403: the credentials are wrong, or lack a privilege the request needs."""
 
-    def __init__(self, client: Any, *, max_retries: int = 6, backoff_s: float = 0.5, max_backoff_s: float = 30.0):
-        self.client = client
+
+class NotFound(RequestRejected):
+    """HTTP 404: an index (or another resource) does not exist."""
+
+
+class SnapshotLost(RequestRejected):
+    """The point in time or scroll expired or was released (a 404 naming the search context)."""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What ``GET /`` says about the cluster, and the read strategy chosen for it."""
+
+    product: str  # "elasticsearch" or "opensearch"
+    version: str
+    cluster_uuid: str
+    strategy: str
+
+    @property
+    def label(self) -> str:
+        return f"{'OpenSearch' if self.product == 'opensearch' else 'Elasticsearch'} {self.version}"
+
+    def to_dict(self) -> dict[str, str]:
+        return {"product": self.product, "version": self.version, "strategy": self.strategy}
+
+
+def rejection(name: str, status: int, reason: str) -> RequestRejected:
+    """The exception for an error answer with ``status``, ``reason`` being the engine's error text."""
+    if status == 400:
+        return BadRequest(name, status, reason)
+    if status in (401, 403):
+        return AccessDenied(name, status, reason)
+    if status == 404:
+        text = reason.lower()
+        if "search_context_missing" in text or "no search context" in text or "point in time" in text:
+            return SnapshotLost(name, status, reason)
+        return NotFound(name, status, reason)
+    return RequestRejected(name, status, reason)
+
+
+def error_reason(body: Any, fallback: str) -> str:
+    """The root causes an engine's error ``body`` names (or an AWS gateway's ``message``), else ``fallback``."""
+    info = body if isinstance(body, dict) else {}
+    error = info.get("error")
+    if isinstance(error, dict):
+        causes = error.get("root_cause") or [error]
+        text = "; ".join(f"{c.get('type')}: {c.get('reason')}" for c in causes if isinstance(c, dict))
+        if text:
+            return text
+    if info.get("message"):
+        return str(info["message"])
+    return str(error or fallback)
+
+
+class Reader(ABC):
+    """A client of one cluster that counts and retries every request; one subclass per engine family.
+
+    Subclasses map the primitives (``_root`` … ``_clear_scroll``) onto their client and describe its
+    errors (:meth:`_error_status`); the operations above them are the same for every engine.
+    """
+
+    def __init__(self, *, max_retries: int = 6, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
         self.requests: Counter[str] = Counter()
+        self._cluster: Cluster | None = None
         self._max_attempts = max_retries + 1
         self._backoff_s = backoff_s
         self._max_backoff_s = max_backoff_s
 
-    def __enter__(self) -> EsReader:
+    def __enter__(self) -> Reader:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.client.close()
+        self.close()
 
     @property
     def total_requests(self) -> int:
         return sum(self.requests.values())
 
+    @property
+    def cluster(self) -> Cluster:
+        if self._cluster is None:
+            raise SourceError("the reader was made without reading GET / (use es_backfill.engines.connect)")
+        return self._cluster
+
+    @cluster.setter
+    def cluster(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+
+    # -- what subclasses provide ------------------------------------------------------------------------------
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def _error_status(self, exc: BaseException) -> tuple[int | None, str] | None:
+        """``(status, reason)`` if ``exc`` is the client's error for a request (status ``None`` when no
+        answer came: a timeout or a dropped connection); ``None`` for any other exception."""
+
+    @abstractmethod
+    def _root(self) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _count(self, index: str, query: dict[str, Any]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _search(self, index: str | None, body: dict[str, Any], scroll: str | None) -> dict[str, Any]:
+        """One search that refuses partial results; ``index`` is ``None`` inside a point in time."""
+
+    @abstractmethod
+    def _field_mapping(self, index: str, fields: list[str]) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _open_pit(self, index: str, keep_alive: str) -> str: ...
+
+    @abstractmethod
+    def _close_pit(self, pit_id: str) -> None: ...
+
+    @abstractmethod
+    def _scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]: ...
+
+    @abstractmethod
+    def _clear_scroll(self, scroll_id: str) -> None: ...
+
+    # -- the operations -----------------------------------------------------------------------------------------
+
+    def _is_transient(self, exc: BaseException) -> bool:
+        described = self._error_status(exc)
+        return described is not None and (described[0] is None or described[0] in TRANSIENT_STATUSES)
+
     def call(self, name: str, fn: Callable[..., T], **kwargs: Any) -> T:
-        """``fn(**kwargs)``, counted as ``name``, retried while it fails transiently."""
+        """``fn(**kwargs)``, counted as ``name``, retried while it fails transiently; an error answer
+        becomes a :class:`RequestRejected` (or :class:`SourceError` once retries are spent)."""
         retrying = Retrying(
             stop=stop_after_attempt(self._max_attempts),
             wait=wait_random_exponential(multiplier=self._backoff_s, max=self._max_backoff_s),
-            retry=retry_if_exception(is_transient),
+            retry=retry_if_exception(self._is_transient),
             reraise=True,
             before_sleep=lambda state: log.warning(
-                "Elasticsearch %s failed (%s), attempt %s of %s; backing off",
+                "%s failed (%s), attempt %s of %s; backing off",
                 name,
                 state.outcome.exception() if state.outcome else "?",
                 state.attempt_number,
@@ -86,95 +222,156 @@ class EsReader:
                     self.requests[name] += 1
                     return fn(**kwargs)
         except Exception as exc:
-            if is_transient(exc):
-                raise SourceError(
-                    f"Elasticsearch {name} still failing after {self._max_attempts} attempts: {exc}"
-                ) from exc
-            raise
+            described = self._error_status(exc)
+            if described is None:
+                raise
+            status, reason = described
+            if status is None or status in TRANSIENT_STATUSES:
+                raise SourceError(f"{name} still failing after {self._max_attempts} attempts: {reason}") from exc
+            raise rejection(name, status, reason) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def cluster_uuid(self) -> str:
-        """The cluster's identity (``GET /``), which outlives node restarts and renames."""
-        return str(self.call("info", self.client.info)["cluster_uuid"])
+    def root(self) -> dict[str, Any]:
+        """``GET /``: the cluster's name, identity and version."""
+        return self.call("info", self._root)
 
     def count(self, index: str, query: dict[str, Any]) -> int:
-        response = self.call("count", self.client.count, index=index, query=query)
+        response = self.call("count", self._count, index=index, query=query)
         _require_all_shards("count", response)
         return int(response["count"])
 
-    def search(self, **body: Any) -> dict[str, Any]:
-        # Partial results would silently drop documents: ask for an error instead, and check.
-        response = self.call("search", self.client.search, allow_partial_search_results=False, **body).body
+    def search(self, index: str | None, body: dict[str, Any], *, scroll: str | None = None) -> dict[str, Any]:
+        # Partial results would silently drop documents: implementations ask for an error instead; check.
+        response = self.call("search", self._search, index=index, body=body, scroll=scroll)
         _require_all_shards("search", response)
         return response
+
+    def field_mappings(self, index: str, fields: list[str]) -> set[str]:
+        """Which of ``fields`` ``index`` (a name or pattern, matching something) maps; NotFound if nothing."""
+        response = self.call("field_mappings", self._field_mapping, index=index, fields=sorted(set(fields)))
+        return {field for body in response.values() for field in body.get("mappings", {})}
+
+    def open_pit(self, index: str, keep_alive: str) -> str:
+        return self.call("open_point_in_time", self._open_pit, index=index, keep_alive=keep_alive)
+
+    def close_pit(self, pit_id: str) -> None:
+        self.call("close_point_in_time", self._close_pit, pit_id=pit_id)
+
+    def scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]:
+        response = self.call("scroll", self._scroll, scroll_id=scroll_id, keep_alive=keep_alive)
+        _require_all_shards("scroll", response)
+        return response
+
+    def clear_scroll(self, scroll_id: str) -> None:
+        self.call("clear_scroll", self._clear_scroll, scroll_id=scroll_id)
+
+    def snapshot(self, index: str, keep_alive: str) -> Snapshot:
+        """A consistent view of ``index`` to page through, in the cluster's read strategy."""
+        strategy = self.cluster.strategy
+        if strategy == SCROLL:
+            return ScrollSnapshot(self, index, keep_alive)
+        return PointInTime(self, index, keep_alive, tiebreaker="_shard_doc" if strategy == SHARD_DOC else None)
 
 
 def _require_all_shards(name: str, response: Any) -> None:
     shards = response.get("_shards") or {}
     if shards.get("failed") or response.get("timed_out"):
-        raise SourceError(f"Elasticsearch {name} answered from only part of the shards: {shards}")
+        raise SourceError(f"{name} answered from only part of the shards: {shards}")
 
 
-class PointInTime:
-    """A point in time over ``index``, used as a context manager that always closes it."""
+class Snapshot(ABC):
+    """A consistent view of one index, used as a context manager that always releases it."""
 
-    def __init__(self, reader: EsReader, index: str, keep_alive: str) -> None:
+    def __init__(self, reader: Reader, index: str, keep_alive: str) -> None:
         self.reader = reader
         self.index = index
         self.keep_alive = keep_alive
-        self.pit_id: str | None = None
         self.reopened = 0  # points in time reopened after a loss, in all
-        self._losses = 0  # losses since hits were last returned
 
-    def __enter__(self) -> PointInTime:
-        self._open()
+    def __enter__(self) -> Snapshot:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _open(self) -> None:
-        response = self.reader.call(
-            "open_point_in_time", self.reader.client.open_point_in_time, index=self.index, keep_alive=self.keep_alive
+    @abstractmethod
+    def close(self) -> None:
+        """Release what is still open."""
+
+    @abstractmethod
+    def pages(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> Iterator[list[Hit]]:
+        """Pages of at most ``size`` hits (a longer one only where equal sort values need it) in ``sort``
+        order; each hit's ``sort`` starts with its values for ``sort``."""
+
+    def collect(self, query: dict[str, Any], sort: list[Any], size: int) -> list[Hit]:
+        """Every hit of a query whose result is bounded (a batch), read again whole after a loss; ties may
+        come in any order."""
+        for _ in range(MAX_PIT_REOPENS + 1):
+            reopened_before = self.reopened
+            try:
+                hits = [hit for page in self.pages(query, sort, size) for hit in page]
+            except SnapshotLost:
+                continue
+            # A point in time reopened mid-batch may order ties differently: read the batch again.
+            if self.reopened == reopened_before:
+                return hits
+        raise SourceError(
+            f"the snapshot of {self.index} was lost during each of {MAX_PIT_REOPENS + 1} reads of one batch; "
+            f"raise source.pit_keep_alive (now {self.keep_alive})"
         )
-        self.pit_id = response["id"]
+
+
+class PointInTime(Snapshot):
+    """A point in time over ``index``; ``tiebreaker`` is ``"_shard_doc"`` where the engine has it."""
+
+    def __init__(self, reader: Reader, index: str, keep_alive: str, tiebreaker: str | None) -> None:
+        super().__init__(reader, index, keep_alive)
+        self.tiebreaker = tiebreaker
+        self.pit_id: str | None = None
+        self._losses = 0  # losses since hits were last returned
+
+    def __enter__(self) -> PointInTime:
+        self.pit_id = self.reader.open_pit(self.index, self.keep_alive)
+        return self
 
     def close(self) -> None:
         if self.pit_id is None:
             return
         pit_id, self.pit_id = self.pit_id, None
         try:
-            self.reader.call("close_point_in_time", self.reader.client.close_point_in_time, id=pit_id)
-        except (ApiError, EsConnectionError, SourceError) as err:
+            self.reader.close_pit(pit_id)
+        except SourceError as err:
             # It expires on its own after keep_alive; failing the window over it would be worse.
             log.warning(
                 "Could not close point in time on %s (it expires after %s): %s", self.index, self.keep_alive, err
             )
 
-    def pages(
-        self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True, **extra: Any
-    ) -> Iterator[list[dict[str, Any]]]:
-        """Pages of hits in ``sort`` order, until the last short page; ``extra`` goes into every request.
+    def pages(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> Iterator[list[Hit]]:
+        if self.tiebreaker is None:
+            return self._pages_without_tiebreaker(query, sort, size, source)
+        return self._pages_with_tiebreaker(query, [*sort, self.tiebreaker], size, source)
 
-        ``sort`` must end in ``_shard_doc``, a tiebreaker whose values belong to one point in time: a new
-        point in time numbers documents differently (merges, relocations). So after a lost point in time,
-        reading resumes at the first hit whose other sort values equal the last returned hit's, and skips as
-        many of those as were already returned: nothing repeats and nothing is skipped when those values are
-        unique (the messages' (timestamp, id) is), and a tie group is read in full again otherwise.
-        """
+    def _pages_with_tiebreaker(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any
+    ) -> Iterator[list[Hit]]:
+        """The tiebreaker's values belong to one point in time: a new one numbers documents differently
+        (merges, relocations). So after a loss, reading resumes at the first hit whose other sort values
+        equal the last returned hit's, and skips as many of those as were already returned: nothing repeats
+        and nothing is skipped when those values are unique (the messages' (timestamp, id) is), and a tie
+        group is read in full again otherwise."""
         search_after: list[Any] | None = None
         last_key: list[Any] | None = None  # sort values of the last returned hit, tiebreaker aside
         tied = 0  # returned hits with exactly those values
         skip = 0  # hits with those values still to skip after a reopen
         while True:
             generation = self.reopened
-            body = {"query": query, "sort": sort, "size": size, "_source": source, **extra}
+            body = {"query": query, "sort": sort, "size": size, "_source": source}
             if search_after is not None:
                 body["search_after"] = search_after
             raw = self._search(body)
             if self.reopened != generation:
                 if last_key is not None:
-                    search_after, skip = [*last_key, -1], tied  # before every _shard_doc of the tie group
+                    search_after, skip = [*last_key, -1], tied  # before every tiebreaker value of the group
                 continue
             hits = raw
             while skip and hits and hits[0]["sort"][:-1] == last_key:
@@ -192,21 +389,99 @@ class PointInTime:
             if len(raw) < size:
                 return
 
-    def _search(self, body: dict[str, Any]) -> list[dict[str, Any]]:
+    def _pages_without_tiebreaker(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any
+    ) -> Iterator[list[Hit]]:
+        """Each request asks for one hit more than the page: when that hit's sort values equal the page's
+        last, the page ends before their group, which the next request starts with (a page wholly of one
+        group is read with a larger page). Every page ends after a complete group, so ``search_after`` on
+        its last values skips nothing, in this point in time or any later one."""
+        search_after: list[Any] | None = None
+        want = size
+        while True:
+            generation = self.reopened
+            body = {"query": query, "sort": sort, "size": want + 1, "_source": source}
+            if search_after is not None:
+                body["search_after"] = search_after
+            raw = self._search(body)
+            if self.reopened != generation:
+                continue  # search_after is valid in the new point in time too
+            if len(raw) <= want:
+                if raw:
+                    self._losses = 0
+                    yield raw
+                return
+            following = raw[want]["sort"]
+            cut = want
+            while cut and raw[cut - 1]["sort"] == following:
+                cut -= 1
+            if not cut:
+                if want + 1 >= MAX_PAGE:
+                    raise SourceError(
+                        f"more than {MAX_PAGE - 1} documents of {self.index} share the sort values {following}; "
+                        f"{self.reader.cluster.label} has no _shard_doc tiebreaker to page through them"
+                    )
+                want = min(2 * want, MAX_PAGE - 1)
+                continue
+            self._losses = 0
+            yield raw[:cut]
+            search_after, want = raw[cut - 1]["sort"], size
+
+    def _search(self, body: dict[str, Any]) -> list[Hit]:
         """One page in the point in time; after a loss, it is reopened (``reopened`` counts it) and nothing
         is returned, so the caller asks again from a key valid in the new one."""
         pit = {"id": self.pit_id, "keep_alive": self.keep_alive}
         try:
-            response = self.reader.search(**body, pit=pit, track_total_hits=False)
-        except NotFoundError as err:
+            response = self.reader.search(None, {**body, "pit": pit, "track_total_hits": False})
+        except SnapshotLost as err:
             # Only losses without progress in between count: a long window may outlive many keep-alives.
-            if not is_lost_pit(err) or self._losses >= MAX_PIT_REOPENS:
+            if self._losses >= MAX_PIT_REOPENS:
                 raise
             self._losses += 1
             self.reopened += 1
             log.warning("Point in time on %s was lost (%s); reopening and resuming", self.index, err)
             self.pit_id = None
-            self._open()
+            self.pit_id = self.reader.open_pit(self.index, self.keep_alive)
             return []
         self.pit_id = response.get("pit_id", self.pit_id)
         return response["hits"]["hits"]
+
+
+class ScrollSnapshot(Snapshot):
+    """A sorted scroll per :meth:`pages` call, cleared when done, failed or abandoned."""
+
+    def close(self) -> None:
+        """Nothing stays open between calls of :meth:`pages`."""
+
+    def pages(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> Iterator[list[Hit]]:
+        body = {"query": query, "sort": sort, "size": size, "_source": source}
+        response = self.reader.search(self.index, body, scroll=self.keep_alive)
+        scroll_id = response.get("_scroll_id")
+        returned = 0
+        try:
+            while True:
+                hits = response["hits"]["hits"]
+                if hits:
+                    returned += len(hits)
+                    yield hits
+                if len(hits) < size:
+                    return
+                try:
+                    response = self.reader.scroll(scroll_id, self.keep_alive)
+                except SnapshotLost as err:
+                    scroll_id = None  # nothing left to clear
+                    raise SnapshotLost(
+                        "scroll", err.status,
+                        f"the scroll over {self.index} expired or was released after {returned} hits ({err.reason}); "
+                        f"a scroll cannot be resumed, so the window is read again from its start when its task is "
+                        f"retried (raise source.pit_keep_alive, now {self.keep_alive}, if this recurs)",
+                    ) from err  # fmt: skip
+                scroll_id = response.get("_scroll_id", scroll_id)
+        finally:
+            if scroll_id is not None:
+                try:
+                    self.reader.clear_scroll(scroll_id)
+                except SourceError as err:
+                    log.warning(
+                        "Could not clear a scroll on %s (it expires after %s): %s", self.index, self.keep_alive, err
+                    )

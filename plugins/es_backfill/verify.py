@@ -29,7 +29,7 @@ from es_backfill.config import BackfillConfig, RelatedIndex
 from es_backfill.plan import window_counts
 from es_backfill.records import MessageIds
 from es_backfill.sink import ObjectStore
-from es_backfill.source import EsReader
+from es_backfill.source import Reader
 from es_backfill.windows import Window, WindowError, parse_instant, split
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ def planned_windows(config: BackfillConfig, store: ObjectStore) -> tuple[list[Wi
     return windows, f"the saved plan was made with other settings: {'; '.join(saved.differences(config))}"
 
 
-def verify(config: BackfillConfig, reader: EsReader, store: ObjectStore) -> VerifyReport:
+def verify(config: BackfillConfig, reader: Reader, store: ObjectStore) -> VerifyReport:
     """Check the backfill of ``config``, whose ``cluster_uuid`` is the cluster ``reader`` reads."""
     windows, plan_problem = planned_windows(config, store)
     report = VerifyReport(windows=len(windows))
@@ -99,7 +99,7 @@ def verify(config: BackfillConfig, reader: EsReader, store: ObjectStore) -> Veri
 
 
 def _verify_window(
-    config: BackfillConfig, window: Window, live_count: int, reader: EsReader, store: ObjectStore, seen: _Seen
+    config: BackfillConfig, window: Window, live_count: int, reader: Reader, store: ObjectStore, seen: _Seen
 ) -> list[tuple[str, str]]:
     key = manifest.window_manifest_key(config, window)
     body = manifest.read(store, key)
@@ -152,7 +152,7 @@ class _Tally:
     Elasticsearch's related documents for their ids in batches, so memory stays bounded by one batch
     of ids (and the backfill-wide id check)."""
 
-    def __init__(self, config: BackfillConfig, window: Window, reader: EsReader, seen: _Seen) -> None:
+    def __init__(self, config: BackfillConfig, window: Window, reader: Reader, seen: _Seen) -> None:
         self.config = config
         self.window = window
         self.reader = reader
@@ -226,15 +226,11 @@ def _instant(value: Any) -> datetime | None:
         return None
 
 
-def _attachments(reader: EsReader, spec: RelatedIndex, ids: list[str]) -> int:
+def _attachments(reader: Reader, spec: RelatedIndex, ids: list[str]) -> int:
     """How many (document, message id) pairs ``spec``'s index holds for ``ids``: a document whose join
     field names several of them counts once for each, as the output attaches it to each."""
-    response = reader.search(
-        index=spec.index,
-        size=0,
-        query={"terms": {spec.join_field: ids}},
-        aggs={"ids": {"terms": {"field": spec.join_field, "include": ids, "size": len(ids)}}},
-    )
+    aggs = {"ids": {"terms": {"field": spec.join_field, "include": ids, "size": len(ids)}}}
+    response = reader.search(spec.index, {"size": 0, "query": {"terms": {spec.join_field: ids}}, "aggs": aggs})
     return sum(bucket["doc_count"] for bucket in response["aggregations"]["ids"]["buckets"])
 
 

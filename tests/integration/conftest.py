@@ -48,7 +48,7 @@ def seeded_small(es_client) -> IndexNames:
     return names
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def run_backfill(airflow_db, es_connection, s3_server):
     """Run the DAG through ``dag.test()`` with a conf; return the dag run. Each run parses the DAG afresh:
     a second ``dag.test()`` on the same DAG object would carry the first run's conf into its params."""
@@ -59,3 +59,15 @@ def run_backfill(airflow_db, es_connection, s3_server):
         return dag.test(run_conf=conf)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def engine(request, pytestconfig):
+    """A node of the engine ``request.param`` ((engine, version) from ``ENGINES``), started once per session
+    when a test first asks for it; parametrize indirectly, and pytest runs each engine's tests together."""
+    from include.devservers.elasticsearch import running_engine
+    from tests.conftest import _announce
+
+    with running_engine(*request.param) as cluster:
+        _announce(pytestconfig, f"{cluster.engine} {cluster.version} at {cluster.url}")
+        yield cluster

@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+from es_backfill.engines import ConnectionSettings, connect
+from es_backfill.source import Reader
 from include.datagen import IndexNames
 
 RELATED_SORT = {"history": ("@timestamp", "event_id"), "audit": ("@timestamp", "audit_id")}
@@ -102,3 +104,8 @@ def open_uploads(bucket: str) -> list[dict[str, Any]]:
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
     return S3Hook(aws_conn_id="aws_default").get_conn().list_multipart_uploads(Bucket=bucket).get("Uploads", [])
+
+
+def reader_at(url: str, **retry: Any) -> Reader:
+    """The reader for the cluster at ``url``, chosen by ``GET /`` as the DAG's hook chooses it."""
+    return connect(ConnectionSettings(url, request_timeout_s=60), **retry)

@@ -8,12 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from elasticsearch import Elasticsearch
 
 from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
 from es_backfill.sink import ObjectStore
-from es_backfill.source import EsReader, SourceError
+from es_backfill.source import SourceError
 from es_backfill.windows import Window
 from include.devservers.faultproxy import FaultProxy, drop, es_429, es_503, es_pit_lost, gateway, s3_error, status
 from tests.integration.support import (
@@ -21,6 +20,7 @@ from tests.integration.support import (
     expected_records,
     open_uploads,
     read_objects,
+    reader_at,
     s3_client,
     source_override,
     utc,
@@ -46,7 +46,7 @@ def test_bursts_of_429_and_503_a_dropped_connection_and_a_lost_pit_still_give_co
     seeded, es_cluster, s3_server, s3_bucket
 ):
     names, docs = seeded({"messages": 650, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
-    with FaultProxy(es_cluster.url) as proxy, Elasticsearch(proxy.url, request_timeout=30, max_retries=0) as es:
+    with FaultProxy(es_cluster.url) as proxy, reader_at(proxy.url, max_retries=4, backoff_s=0.05) as reader:
         faults = [
             proxy.add_fault(SEARCH, es_429(), nth=2, times=3),
             proxy.add_fault(SEARCH, es_503(), nth=9, times=2),
@@ -55,7 +55,6 @@ def test_bursts_of_429_and_503_a_dropped_connection_and_a_lost_pit_still_give_co
             proxy.add_fault(_messages_page_after_first, es_pit_lost(), nth=3),
             proxy.add_fault(r"^POST /[^/]+/_count", es_429()),
         ]
-        reader = EsReader(es, max_retries=4, backoff_s=0.05)
         result = run_window(
             _config(names, s3_bucket), WINDOW, reader, ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
         )
@@ -72,10 +71,9 @@ def test_fault_that_outlasts_the_retries_fails_with_a_clear_error_and_no_manifes
     seeded, es_cluster, s3_server, s3_bucket
 ):
     names, _ = seeded({"messages": 250, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
-    with FaultProxy(es_cluster.url) as proxy, Elasticsearch(proxy.url, request_timeout=30, max_retries=0) as es:
+    with FaultProxy(es_cluster.url) as proxy, reader_at(proxy.url, max_retries=2, backoff_s=0.05) as reader:
         proxy.add_fault(_messages_page_after_first, es_503(), times=None)
-        reader = EsReader(es, max_retries=2, backoff_s=0.05)
-        with pytest.raises(SourceError, match=r"Elasticsearch search still failing after 3 attempts"):
+        with pytest.raises(SourceError, match=r"search still failing after 3 attempts"):
             run_window(
                 _config(names, s3_bucket), WINDOW, reader, ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
             )
@@ -86,14 +84,14 @@ def test_fault_that_outlasts_the_retries_fails_with_a_clear_error_and_no_manifes
 
 def test_s3_slowdown_and_server_errors_are_retried(seeded, es_client, es_cluster, s3_server, s3_bucket):
     names, docs = seeded({"messages": 300, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
-    with FaultProxy(s3_server.endpoint_url) as proxy, Elasticsearch(es_cluster.url, max_retries=0) as es:
+    with FaultProxy(s3_server.endpoint_url) as proxy, reader_at(es_cluster.url) as reader:
         faults = [
             proxy.add_fault(r"^PUT /.*part-00000", s3_error(503, "SlowDown"), times=2),
             proxy.add_fault(r"^PUT /.*part-00002", status(500, b"<Error><Code>InternalError</Code></Error>")),
             proxy.add_fault(r"^PUT /.*_manifest.json", s3_error(503, "SlowDown")),
         ]
         store = ObjectStore(s3_client(proxy.url), s3_bucket)
-        result = run_window(_config(names, s3_bucket, part_max_records=100), WINDOW, EsReader(es), store)
+        result = run_window(_config(names, s3_bucket, part_max_records=100), WINDOW, reader, store)
         assert [f.fired for f in faults] == [2, 1, 1]
     assert result.messages == 300 and result.objects == 3
     records = decode_records(read_objects(s3_bucket, "f/"))
@@ -106,11 +104,11 @@ def test_a_page_answered_from_only_some_shards_fails_the_window_instead_of_dropp
     names, _ = seeded({"messages": 250, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
     partial = {"took": 1, "timed_out": False, "_shards": {"total": 2, "successful": 1, "skipped": 0, "failed": 1},
                "hits": {"hits": []}}  # fmt: skip
-    with FaultProxy(es_cluster.url) as proxy, Elasticsearch(proxy.url, request_timeout=30, max_retries=0) as es:
+    with FaultProxy(es_cluster.url) as proxy, reader_at(proxy.url) as reader:
         proxy.add_fault(
             _messages_page_after_first, status(200, partial, headers={"X-Elastic-Product": "Elasticsearch"})
         )
         store = ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
         with pytest.raises(SourceError, match="answered from only part of the shards"):
-            run_window(_config(names, s3_bucket), WINDOW, EsReader(es), store)
+            run_window(_config(names, s3_bucket), WINDOW, reader, store)
     assert not any(k.endswith("_manifest.json") for k in read_objects(s3_bucket, "f/"))

@@ -6,15 +6,21 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from elasticsearch import Elasticsearch
 
 from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
 from es_backfill.manifest import window_manifest_key
 from es_backfill.sink import ObjectStore
-from es_backfill.source import EsReader
 from es_backfill.windows import Window
-from tests.integration.support import open_uploads, read_objects, s3_client, source_override, utc, window_objects
+from tests.integration.support import (
+    open_uploads,
+    read_objects,
+    reader_at,
+    s3_client,
+    source_override,
+    utc,
+    window_objects,
+)
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
@@ -47,8 +53,8 @@ class FlakyClient:
 @pytest.fixture
 def clients(es_cluster, s3_server, s3_bucket):
     s3 = s3_client(s3_server.endpoint_url)
-    with Elasticsearch(es_cluster.url, request_timeout=60, max_retries=0) as es:
-        yield EsReader(es, max_retries=2, backoff_s=0.05), s3
+    with reader_at(es_cluster.url, max_retries=2, backoff_s=0.05) as reader:
+        yield reader, s3
 
 
 def _config(names, bucket, prefix, **source):

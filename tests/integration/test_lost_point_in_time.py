@@ -10,15 +10,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import orjson
-from elasticsearch import Elasticsearch, helpers
+from elasticsearch import helpers
 
 from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
 from es_backfill.sink import ObjectStore
-from es_backfill.source import MAX_PIT_REOPENS, EsReader
+from es_backfill.source import MAX_PIT_REOPENS
 from es_backfill.windows import Window
 from include.devservers.faultproxy import FaultProxy, es_pit_lost
-from tests.integration.support import decode_records, expected_records, read_objects, s3_client, source_override, utc
+from tests.integration.support import (
+    decode_records,
+    expected_records,
+    read_objects,
+    reader_at,
+    s3_client,
+    source_override,
+    utc,
+)
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
@@ -72,9 +80,8 @@ def test_after_a_lost_point_in_time_and_a_merge_no_message_is_written_twice(
             es_client.close_point_in_time(id=fresh)
         return False  # forwarded: the cluster itself answers 404 for the closed point in time
 
-    with FaultProxy(es_cluster.url) as proxy, Elasticsearch(proxy.url, request_timeout=30, max_retries=0) as es:
+    with FaultProxy(es_cluster.url) as proxy, reader_at(proxy.url, max_retries=2, backoff_s=0.05) as reader:
         proxy.add_fault(lose_pit_and_merge, es_pit_lost())
-        reader = EsReader(es, max_retries=2, backoff_s=0.05)
         result = run_window(_config(names, s3_bucket, "pit"), WINDOW, reader, _store(s3_server, s3_bucket))
         lost = [r for r in proxy.requests if r.status == 404]
     assert len(lost) == 1 and reader.requests["open_point_in_time"] == 2  # lost once, for real, and reopened
@@ -103,9 +110,8 @@ def test_a_long_window_survives_more_lost_points_in_time_than_the_limit_when_non
         matched.append(request)
         return len(matched) % 2 == 1
 
-    with FaultProxy(es_cluster.url) as proxy, Elasticsearch(proxy.url, request_timeout=30, max_retries=0) as es:
+    with FaultProxy(es_cluster.url) as proxy, reader_at(proxy.url, max_retries=2, backoff_s=0.05) as reader:
         fault = proxy.add_fault(every_page_once, es_pit_lost(), times=None)
-        reader = EsReader(es, max_retries=2, backoff_s=0.05)
         result = run_window(_config(names, s3_bucket, "long"), WINDOW, reader, _store(s3_server, s3_bucket))
     assert fault.fired == 8 > MAX_PIT_REOPENS  # every page after the first
     assert result.messages == 800

@@ -9,16 +9,14 @@ from pathlib import Path
 
 import orjson
 import pytest
-from elasticsearch import Elasticsearch
 
 from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
 from es_backfill.manifest import window_manifest_key
 from es_backfill.records import MessageIdError
 from es_backfill.sink import ObjectStore
-from es_backfill.source import EsReader
 from es_backfill.windows import Window
-from tests.integration.support import read_objects, s3_client, source_override, utc
+from tests.integration.support import read_objects, reader_at, s3_client, source_override, utc
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
@@ -26,8 +24,8 @@ WINDOW = Window(utc(2024, 3, 1), utc(2024, 3, 2))
 
 @pytest.fixture
 def clients(es_cluster, s3_server, s3_bucket):
-    with Elasticsearch(es_cluster.url, request_timeout=60, max_retries=0) as es:
-        yield EsReader(es, max_retries=2, backoff_s=0.05), ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
+    with reader_at(es_cluster.url, max_retries=2, backoff_s=0.05) as reader:
+        yield reader, ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
 
 
 def _config(names, bucket, output_format):

@@ -5,12 +5,9 @@ from __future__ import annotations
 import itertools
 from pathlib import Path
 
-from elasticsearch import Elasticsearch
-
 from es_backfill.config import from_params, load_defaults
 from es_backfill.plan import plan_windows, window_counts
-from es_backfill.source import EsReader
-from tests.integration.support import source_override, utc
+from tests.integration.support import reader_at, source_override, utc
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 
@@ -29,11 +26,10 @@ def test_balanced_windows_hold_similar_counts_of_skewed_data(seeded, es_cluster)
     params = {"start": "2024-03-01", "end": "2024-03-07", "window": "1d", "s3_bucket": "unused",
               "balance_windows": True, "source": source_override(names)}  # fmt: skip
     config = from_params(params, DEFAULTS)
-    with Elasticsearch(es_cluster.url, request_timeout=60) as es:
-        reader = EsReader(es)
+    with reader_at(es_cluster.url) as reader:
         windows = plan_windows(config, reader, max_windows=1024)
         counts = window_counts(config, reader, windows)
-        assert reader.requests == {"search": 2}  # one date_histogram, one range aggregation
+        assert reader.requests == {"info": 1, "search": 2}  # GET /, one date_histogram, one range aggregation
     assert windows[0].start == utc(2024, 3, 1) and windows[-1].end == utc(2024, 3, 7)
     assert all(a.end == b.start for a, b in itertools.pairwise(windows))
     assert sum(counts) == 660

@@ -12,14 +12,12 @@ import json
 
 import orjson
 import pytest
-from elasticsearch import Elasticsearch
 
 from es_backfill.cli import main as cli
 from es_backfill.config import defaults_path, from_params, load_defaults
 from es_backfill.extract import run_window
 from es_backfill.manifest import StalePlanError, write_plan
 from es_backfill.sink import ObjectStore
-from es_backfill.source import EsReader
 from es_backfill.windows import Window
 from include.devservers.elasticsearch import elasticsearch_connection_uri
 from include.devservers.faultproxy import FaultProxy, es_error, status
@@ -27,6 +25,7 @@ from tests.integration.support import (
     decode_records,
     expected_records,
     read_objects,
+    reader_at,
     s3_client,
     source_override,
     utc,
@@ -104,11 +103,11 @@ def test_force_with_balanced_windows_replaces_the_backfill_so_every_message_is_t
     old = from_params(_conf(names, s3_bucket), load_defaults(defaults_path())).with_cluster(
         es_client.info()["cluster_uuid"]
     )
-    with Elasticsearch(es_cluster.url) as es, pytest.raises(StalePlanError, match="is not in the current plan"):
+    with reader_at(es_cluster.url) as reader, pytest.raises(StalePlanError, match="is not in the current plan"):
         run_window(
             old,
             Window(utc(2024, 3, 1), utc(2024, 3, 2)),
-            EsReader(es),
+            reader,
             ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket),
         )
     assert read_objects(s3_bucket, ROOT) == objects
@@ -211,9 +210,10 @@ def test_a_window_replanned_away_while_it_runs_leaves_nothing_under_the_root(see
     config = from_params(_conf(names, s3_bucket), defaults)
     window = Window(utc(2024, 3, 1), utc(2024, 3, 2))
     plain = ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
-    write_plan(plain, config, [window, Window(utc(2024, 3, 2), utc(2024, 3, 3))])
-    other = from_params(_conf(names, s3_bucket, window="12h"), defaults)
-    store = ObjectStore(ReplanDuringWrite(plain.client, lambda: write_plan(plain, other, [])), s3_bucket)
-    with Elasticsearch(es_cluster.url) as es, pytest.raises(StalePlanError):
-        run_window(config, window, EsReader(es), store)
+    with reader_at(es_cluster.url) as reader, pytest.raises(StalePlanError):
+        source = reader.cluster.to_dict()
+        write_plan(plain, config, [window, Window(utc(2024, 3, 2), utc(2024, 3, 3))], source)
+        other = from_params(_conf(names, s3_bucket, window="12h"), defaults)
+        store = ObjectStore(ReplanDuringWrite(plain.client, lambda: write_plan(plain, other, [], source)), s3_bucket)
+        run_window(config, window, reader, store)
     assert [k for k in read_objects(s3_bucket, ROOT) if "/dt=" in k] == []
