@@ -31,6 +31,7 @@ lint: venv
 test: lint system-deps
 	$(BIN)/pytest
 
+# DEMO_ENGINE=opensearch:2.19.6 (or elasticsearch:7.10.2 ...) runs it against another engine.
 demo: venv
 	$(BIN)/python -m include.demo
 

@@ -1,10 +1,13 @@
 """
-### Elasticsearch → S3 backfill
+### Elasticsearch / OpenSearch → S3 backfill
 
-Copies the messages of a date range out of Elasticsearch, joins each message with its
-history, status and audit documents, and writes the records as JSON to S3.
+Copies the messages of a date range out of Elasticsearch (7.10 to 9) or OpenSearch (1 to 3, also
+Amazon OpenSearch Service with IAM SigV4), joins each message with its history, status and
+audit documents, and writes the records as JSON to S3. The `elasticsearch_default` connection
+says where the cluster is; the engine is detected.
 
-* **plan** checks the conf and the cluster, and splits `[start, end)` into windows.
+* **plan** checks the conf and the cluster (engine, version and read strategy in its log), and
+  splits `[start, end)` into windows.
 * **extract** runs once per window (a mapped task named after its window), inside the
   `es_backfill` pool, which caps how many windows read Elasticsearch at once. A window's
   objects have fixed keys and its manifest is written last, so a failed window is retried

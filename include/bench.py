@@ -22,7 +22,7 @@ so its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read in the child) is its
 Linux carries a parent's peak into ``ru_maxrss`` across fork + exec, so the orchestrating
 process stays small (seeding runs in a child too) and each contender also reports
 ``VmHWM`` from ``/proc/self/status`` as a cross-check.
-Every Elasticsearch request is counted (the pipeline's ``EsReader`` counts each attempt;
+Every Elasticsearch request is counted (the pipeline's reader counts each attempt;
 the naive script's calls go through a counter), and every S3 HTTP request is counted
 with a botocore ``before-send`` hook. The table shows messages, seconds, records/s,
 requests in total and per 1,000 messages, related documents per message (both sides do
@@ -202,13 +202,10 @@ def _source_override(defaults: Mapping[str, Any], indices: Mapping[str, str]) ->
 
 def run_pipeline(job: Job) -> Result:
     """Every window of the range through ``run_window``, sequentially, as the DAG's tasks would."""
-    from elasticsearch import Elasticsearch
-
     from es_backfill.config import from_params, load_defaults
+    from es_backfill.engines import ConnectionSettings, connect
     from es_backfill.extract import run_window
-    from es_backfill.hooks import S3_CLIENT_CONFIG
-    from es_backfill.sink import ObjectStore
-    from es_backfill.source import EsReader
+    from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
     from es_backfill.windows import split
 
     defaults = load_defaults(DEFAULTS_FILE)
@@ -228,8 +225,7 @@ def run_pipeline(job: Job) -> Result:
     s3_counts = _count_s3_requests(s3)
     store = ObjectStore(s3, config.s3_bucket)
     rss_before = _peak_rss_kib()
-    with Elasticsearch(job.es_url, max_retries=0, request_timeout=60) as es:
-        reader = EsReader(es, max_retries=config.source.max_retries)
+    with connect(ConnectionSettings(job.es_url), max_retries=config.source.max_retries) as reader:
         cpu_before, started = _cpu_seconds(), time.perf_counter()
         results = [run_window(config, window, reader, store) for window in windows]
         seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before

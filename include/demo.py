@@ -4,7 +4,9 @@ Starts a real Elasticsearch and an S3 server (moto), seeds a week of synthetic
 messages with their history, status and audit documents, runs the ``es_backfill``
 DAG with ``dag.test()`` and a conf, then shows the run manifest, the objects
 written and a few records. Set ``ES_URL`` / ``S3_ENDPOINT_URL`` to use servers
-of your own instead; nothing is left running afterwards.
+of your own instead, or ``DEMO_ENGINE`` (e.g. ``opensearch:2.19.6`` or
+``elasticsearch:7.10.2``, any pair of ``include/devservers/elasticsearch.ENGINES``)
+to start another engine; nothing is left running afterwards.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BUCKET = "es-backfill-demo"
 CONF = {"start": "2024-03-01", "end": "2024-03-08", "window": "1d", "s3_bucket": BUCKET, "s3_prefix": "demo"}
 MESSAGES = int(os.environ.get("DEMO_MESSAGES", "5000"))
+ENGINE = os.environ.get("DEMO_ENGINE", "")
 
 
 def _airflow_env() -> None:
@@ -43,18 +46,20 @@ def main() -> None:
     _airflow_env()
     from datetime import UTC, datetime
 
-    from elasticsearch import Elasticsearch
+    from opensearchpy import OpenSearch
 
     from include.datagen import DatasetSpec, load
-    from include.devservers.elasticsearch import elasticsearch_connection_uri, running_elasticsearch
+    from include.devservers.elasticsearch import elasticsearch_connection_uri, running_elasticsearch, running_engine
     from include.devservers.s3 import aws_connection_uri, running_s3
 
-    with running_elasticsearch() as cluster, running_s3() as s3:
+    engine = running_engine(*ENGINE.split(":", 1)) if ENGINE else running_elasticsearch()
+    with engine as cluster, running_s3() as s3:
         os.environ["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"] = elasticsearch_connection_uri(cluster.url)
         os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = aws_connection_uri(s3.endpoint_url)
 
         print(f"\n== Seeding {MESSAGES} messages (2024-03-01 .. 2024-03-08) into {cluster.url}")
-        with Elasticsearch(cluster.url, request_timeout=60) as es:
+        # opensearch-py speaks plain JSON, which every engine of the suite accepts.
+        with OpenSearch(cluster.url, timeout=60) as es:
             spec = DatasetSpec(
                 messages=MESSAGES, start=datetime(2024, 3, 1, tzinfo=UTC), end=datetime(2024, 3, 8, tzinfo=UTC)
             )

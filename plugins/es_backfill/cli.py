@@ -44,7 +44,7 @@ def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[Reader, 
     if args.s3_endpoint_url:
         import boto3
 
-        from es_backfill.hooks import S3_CLIENT_CONFIG
+        from es_backfill.sink import S3_CLIENT_CONFIG
 
         s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, config=S3_CLIENT_CONFIG)
         store = ObjectStore(s3, config.s3_bucket)

@@ -21,21 +21,14 @@ import logging
 from typing import Any
 
 from airflow.sdk import BaseHook
-from botocore.config import Config
 
 from es_backfill.config import ConfigError, SourceConfig
 from es_backfill.engines import AwsAuth, ConnectionSettings, UnsupportedEngine, connect
-from es_backfill.sink import ObjectStore
+from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
 from es_backfill.source import AccessDenied, Reader
 
 log = logging.getLogger(__name__)
 
-S3_CLIENT_CONFIG = Config(
-    connect_timeout=10,
-    read_timeout=120,
-    retries={"max_attempts": 8, "mode": "standard"},
-    max_pool_connections=16,
-)
 AUTH_KINDS = ("basic", "api_key", "bearer", "aws_sigv4")
 SIGV4_SERVICES = ("es",)  # OpenSearch Serverless ("aoss") has neither point in time nor scroll
 

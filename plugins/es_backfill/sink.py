@@ -24,7 +24,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from botocore.config import Config
+
 log = logging.getLogger(__name__)
+
+# Explicit timeouts, and standard-mode retries: 5xx and SlowDown back off with jitter.
+S3_CLIENT_CONFIG = Config(
+    connect_timeout=10,
+    read_timeout=120,
+    retries={"max_attempts": 8, "mode": "standard"},
+    max_pool_connections=16,
+)
 
 MULTIPART_CHUNK = 8 * 2**20  # S3 needs >= 5 MiB for every piece but the last
 MANIFEST_NAME = "_manifest.json"

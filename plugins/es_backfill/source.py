@@ -396,6 +396,7 @@ class PointInTime(Snapshot):
         last, the page ends before their group, which the next request starts with (a page wholly of one
         group is read with a larger page). Every page ends after a complete group, so ``search_after`` on
         its last values skips nothing, in this point in time or any later one."""
+        size = min(size, MAX_PAGE - 1)  # and one hit more
         search_after: list[Any] | None = None
         want = size
         while True:

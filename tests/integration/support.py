@@ -60,7 +60,7 @@ def s3_client(endpoint_url: str):
     """A boto3 S3 client for the test server (or a proxy in front of it), configured as the DAG's is."""
     import boto3
 
-    from es_backfill.hooks import S3_CLIENT_CONFIG
+    from es_backfill.sink import S3_CLIENT_CONFIG
 
     return boto3.client(
         "s3", endpoint_url=endpoint_url, aws_access_key_id="testing", aws_secret_access_key="testing",

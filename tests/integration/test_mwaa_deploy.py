@@ -291,7 +291,9 @@ def test_plugins_zip_holds_the_package_and_its_defaults_and_is_byte_identical_ac
     with zipfile.ZipFile(io.BytesIO(first)) as archive:
         names = archive.namelist()
         assert names == sorted(names)
-        modules = {p.name for p in (project / "plugins" / "es_backfill").glob("*.py")}
+        package = project / "plugins" / "es_backfill"
+        modules = {p.relative_to(package).as_posix() for p in package.rglob("*.py") if "__pycache__" not in p.parts}
+        assert "engines/opensearch.py" in modules
         assert {n.removeprefix("es_backfill/") for n in names if n.endswith(".py")} == modules
         assert "es_backfill/backfill_defaults.json" in names
         assert archive.read(".airflowignore") == (project / "plugins" / ".airflowignore").read_bytes()

@@ -11,7 +11,6 @@ import pytest
 
 from include.devservers import elasticsearch as devserver
 from include.devservers.elasticsearch import (
-    ENGINES,
     ElasticsearchStartError,
     RunningCluster,
     fetch_archive,
@@ -19,17 +18,6 @@ from include.devservers.elasticsearch import (
     running_elasticsearch,
     running_engine,
 )
-
-
-def test_engines_lists_every_supported_engine_and_version():
-    assert ENGINES == (
-        ("elasticsearch", "7.10.2"),
-        ("elasticsearch", "7.17.29"),
-        ("elasticsearch", "8.19.21"),
-        ("elasticsearch", "9.5.4"),
-        ("opensearch", "2.19.6"),
-        ("opensearch", "3.3.2"),
-    )
 
 
 def test_running_cluster_defaults_to_elasticsearch():

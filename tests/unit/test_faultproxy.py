@@ -9,8 +9,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -29,98 +28,15 @@ from include.devservers.faultproxy import (
     status,
 )
 from include.devservers.ports import free_port
+from tests.unit.echo_server import EchoServer, running_echo_server
 
 # --------------------------------------------------------------------------- the fake upstream
 
 
-@dataclass(frozen=True)
-class Received:
-    method: str
-    path: str
-    query: str
-    headers: dict[str, str]
-    body: bytes
-    peer: tuple[str, int]
-
-
-class _EchoHandler(BaseHTTPRequestHandler):
-    """Answers any method with a JSON echo of the request, like Elasticsearch would frame it.
-
-    ``/status/NNN`` answers with status NNN, ``/chunked`` with a chunked body,
-    ``/close`` with ``Connection: close``; a SigV4-signed PUT gets S3's answer
-    to an upload (200, an ETag, no body), which is all boto3 wants to see.
-    """
-
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body are separate writes
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("do_"):
-            return self._echo
-        raise AttributeError(name)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _echo(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        path, _, query = self.path.partition("?")
-        headers = {k.lower(): v for k, v in self.headers.items()}
-        self.server.received.append(Received(self.command, path, query, headers, body, self.client_address))  # type: ignore[attr-defined]
-        payload = json.dumps(
-            {"method": self.command, "path": path, "query": query, "body": body.decode("latin-1"), "headers": headers}
-        ).encode()
-        if self.command == "PUT" and headers.get("authorization", "").startswith("AWS4-HMAC-SHA256"):
-            self.send_response(200)
-            self.send_header("ETag", '"d41d8cd98f00b204e9800998ecf8427e"')
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        self.send_response(int(path.rsplit("/", 1)[1]) if path.startswith("/status/") else 200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("X-Elastic-Product", "Elasticsearch")
-        self.send_header("X-Echo", "one")
-        self.send_header("X-Echo", "two")
-        if path == "/chunked":
-            self.send_header("Transfer-Encoding", "chunked")
-            self.end_headers()
-            if self.command != "HEAD":
-                for piece in (payload[:7], payload[7:20], payload[20:]):
-                    self.wfile.write(b"%x\r\n%s\r\n" % (len(piece), piece))
-                self.wfile.write(b"0\r\n\r\n")
-            return
-        if path == "/close":
-            self.send_header("Connection", "close")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(payload)
-
-
-class _EchoServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
-
-
-@dataclass
-class EchoServer:
-    url: str
-    received: list[Received] = field(default_factory=list)
-
-    def peers(self) -> set[tuple[str, int]]:
-        return {r.peer for r in self.received}
-
-
 @pytest.fixture
 def upstream() -> Iterator[EchoServer]:
-    server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
-    echo = EchoServer(url=f"http://127.0.0.1:{server.server_address[1]}")
-    server.received = echo.received  # type: ignore[attr-defined]
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    yield echo
-    server.shutdown()
-    server.server_close()
+    with running_echo_server() as echo:
+        yield echo
 
 
 @pytest.fixture

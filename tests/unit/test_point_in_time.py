@@ -101,3 +101,18 @@ def test_a_tie_group_larger_than_a_page_that_loses_its_point_in_time_on_every_re
     with pytest.raises(SnapshotLost):
         _read(reader, size=3)
     assert reader.searches < 30
+
+
+def test_without_a_tiebreaker_the_largest_page_still_fits_one_request():
+    docs = [(t, f"m{t:05d}", f"m{t:05d}") for t in range(10_001)]
+    reader = FakeReader(docs, lose_on=set(), strategy=UNIQUE_SORT)
+    sizes = []
+    search = reader._search
+
+    def recording(index, body, scroll):
+        sizes.append(body["size"])
+        return search(index, body, scroll)
+
+    reader._search = recording  # type: ignore[method-assign]
+    assert [len(page) for page in _pages(reader, size=10_000)] == [9_999, 2]
+    assert max(sizes) == 10_000  # index.max_result_window

@@ -6,10 +6,8 @@ import datetime as dt
 import http.client
 import json
 import re
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -37,6 +35,7 @@ from include.devservers.sigv4 import (
     main,
     write_aws_config,
 )
+from tests.unit.echo_server import EchoServer, running_echo_server
 
 REGION = "eu-west-1"
 ACCESS_KEY = "ASIATESTSTATICKEY001"
@@ -47,50 +46,15 @@ PROFILE = "sigv4-test"
 # --------------------------------------------------------------------------- the fake upstream
 
 
-class _EchoHandler(BaseHTTPRequestHandler):
-    """Answers any method with 200 and a JSON echo of the request line and body."""
-
-    protocol_version = "HTTP/1.1"
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("do_"):
-            return self._echo
-        raise AttributeError(name)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def _echo(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        self.server.received.append(f"{self.command} {self.path}")  # type: ignore[attr-defined]
-        payload = json.dumps({"method": self.command, "target": self.path, "body": body.decode()}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-
-class _EchoServer(ThreadingHTTPServer):
-    daemon_threads = True
-    received: list[str]
-
-
 @pytest.fixture(scope="module")
-def _servers() -> Iterator[tuple[_EchoServer, FaultProxy]]:
+def _servers() -> Iterator[tuple[EchoServer, FaultProxy]]:
     """One echo server and one proxy in front of it for the module: stopping a proxy takes a poll interval."""
-    server = _EchoServer(("127.0.0.1", 0), _EchoHandler)
-    server.received = []
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01}, daemon=True)
-    thread.start()
-    with FaultProxy(f"http://127.0.0.1:{server.server_address[1]}") as running:
-        yield server, running
-    server.shutdown()
-    server.server_close()
+    with running_echo_server() as echo, FaultProxy(echo.url) as running:
+        yield echo, running
 
 
 @pytest.fixture
-def upstream(_servers: tuple[_EchoServer, FaultProxy]) -> _EchoServer:
+def upstream(_servers: tuple[EchoServer, FaultProxy]) -> EchoServer:
     server = _servers[0]
     server.received.clear()
     return server
@@ -109,7 +73,7 @@ def verifier(ring: KeyRing) -> SigV4Verifier:
 
 
 @pytest.fixture
-def proxy(_servers: tuple[_EchoServer, FaultProxy], upstream: _EchoServer, verifier: SigV4Verifier) -> FaultProxy:
+def proxy(_servers: tuple[EchoServer, FaultProxy], upstream: EchoServer, verifier: SigV4Verifier) -> FaultProxy:
     """The module's proxy with a fresh log and no fault rules, gated by this test's verifier."""
     running = _servers[1]
     running.clear_faults()
@@ -182,7 +146,7 @@ def test_requests_signed_by_opensearch_py_pass_and_reach_the_upstream(proxy, ups
     assert json.loads(echo["body"] or "null") == body
     assert [r.refused for r in proxy.requests] == [None]
     assert verifier.accepted_keys == [ACCESS_KEY]
-    assert upstream.received == [f"{method} {echo['target']}"]
+    assert [(r.method, r.target) for r in upstream.received] == [(method, echo["target"])]
 
 
 @pytest.mark.parametrize("connection", SIGNERS)

@@ -59,6 +59,17 @@ class ConnectionSettings:
     client_cert: str | None = None
     client_key: str | None = None
 
+    def client_options(self) -> dict[str, Any]:
+        """What both clients take alike: the host, the timeout, no retries of their own, TLS."""
+        return {
+            "hosts": [self.url],
+            # The reader retries with backoff; the client's own immediate retries would double the load.
+            "max_retries": 0,
+            "retry_on_timeout": False,
+            "verify_certs": self.verify_certs,
+            **{name: value for name in ("ca_certs", "client_cert", "client_key") if (value := getattr(self, name))},
+        }
+
     @property
     def auth_kind(self) -> str:
         if self.aws is not None:

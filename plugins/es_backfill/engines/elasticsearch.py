@@ -48,23 +48,13 @@ def client_class(major: int) -> type[Elasticsearch]:
 
 
 def elasticsearch_client(settings: ConnectionSettings, version: str) -> Elasticsearch:
-    kwargs: dict[str, Any] = {
-        "hosts": [settings.url],
-        "request_timeout": settings.request_timeout_s,
-        # The reader retries with backoff; the client's own immediate retries would double the load.
-        "max_retries": 0,
-        "retry_on_timeout": False,
-        "verify_certs": settings.verify_certs,
-    }
+    kwargs: dict[str, Any] = {**settings.client_options(), "request_timeout": settings.request_timeout_s}
     if settings.api_key:
         kwargs["api_key"] = settings.api_key
     elif settings.bearer_token:
         kwargs["bearer_auth"] = settings.bearer_token
     elif settings.basic_auth:
         kwargs["basic_auth"] = settings.basic_auth
-    for name in ("ca_certs", "client_cert", "client_key"):
-        if getattr(settings, name):
-            kwargs[name] = getattr(settings, name)
     return client_class(int(version.split(".")[0]))(**kwargs)
 
 

@@ -18,12 +18,8 @@ from es_backfill.source import Reader, error_reason
 
 def opensearch_client(settings: ConnectionSettings) -> OpenSearch:
     kwargs: dict[str, Any] = {
-        "hosts": [settings.url],
+        **settings.client_options(),
         "timeout": settings.request_timeout_s,
-        # The reader retries with backoff; the client's own immediate retries would double the load.
-        "max_retries": 0,
-        "retry_on_timeout": False,
-        "verify_certs": settings.verify_certs,
         "ssl_show_warn": settings.verify_certs,
     }
     if settings.aws is not None:
@@ -37,9 +33,6 @@ def opensearch_client(settings: ConnectionSettings) -> OpenSearch:
         kwargs["headers"] = {"authorization": f"Bearer {settings.bearer_token}"}
     elif settings.basic_auth:
         kwargs["http_auth"] = settings.basic_auth
-    for name in ("ca_certs", "client_cert", "client_key"):
-        if getattr(settings, name):
-            kwargs[name] = getattr(settings, name)
     return OpenSearch(**kwargs)
 
 
