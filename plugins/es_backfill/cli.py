@@ -38,7 +38,9 @@ def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[Reader, 
 
     if args.es_url:
         settings = ConnectionSettings(args.es_url.rstrip("/"), request_timeout_s=config.source.request_timeout_s)
-        reader = open_reader(settings, "--es-url", config.source.max_retries)
+        reader = open_reader(
+            settings, "--es-url", max_retries=config.source.max_retries, max_in_flight=config.source.max_in_flight
+        )
     else:
         reader = search_reader(config.source)
     if args.s3_endpoint_url:

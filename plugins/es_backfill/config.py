@@ -25,6 +25,7 @@ DEFAULTS_NAME = "backfill_defaults.json"
 PAGE_SIZE_MIN, PAGE_SIZE_MAX = 100, 10_000
 # The highest `size` Elasticsearch allows per search by default (index.max_result_window).
 RELATED_PAGE_SIZE_MAX = 10_000
+MAX_IN_FLIGHT_MAX = 16
 CARDINALITIES = ("one", "many")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -69,6 +70,8 @@ class SourceConfig:
     max_retries: int
     part_max_records: int
     part_max_bytes: int
+    max_in_flight: int = 3  # requests one extract task may have in flight at once
+    max_messages_per_second: float | None = None  # a cap on one task's read rate
 
 
 @dataclass(frozen=True)
@@ -286,6 +289,12 @@ def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig 
     max_retries = _int(raw.get("max_retries", 6), "max_retries", problems)
     if (part_max_records or 0) < 1 or (part_max_bytes or 0) < 1024 or (max_retries or 0) < 0:
         problems.append("source.part_max_records >= 1, part_max_bytes >= 1024 and max_retries >= 0 are required")
+    max_in_flight = _int(raw.get("max_in_flight", 3), "max_in_flight", problems)
+    if max_in_flight is not None and not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
+        problems.append(f"source.max_in_flight must be within 1..{MAX_IN_FLIGHT_MAX} (requests of one task at once)")
+    rate = raw.get("max_messages_per_second")
+    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
+        problems.append("source.max_messages_per_second must be a positive number, or null for no cap")
     if len(problems) > before:
         return None
     return SourceConfig(
@@ -302,4 +311,6 @@ def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig 
         max_retries=max_retries or 0,
         part_max_records=part_max_records or 1,
         part_max_bytes=part_max_bytes or 1024,
+        max_in_flight=max_in_flight or 1,
+        max_messages_per_second=float(rate) if rate is not None else None,
     )

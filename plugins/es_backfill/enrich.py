@@ -2,7 +2,8 @@
 
 For each related index, one ``terms`` query on the join field covers a whole page of
 message ids; only when a batch has more hits than one request returns is it paged with
-a consistent snapshot. Never one request per message. Related documents come
+a consistent snapshot. Never one request per message; the related indices are asked at the same
+time (the reader bounds how many requests are in flight). Related documents come
 back grouped by message id, ordered by the index's sort fields and then by index and
 document id, so the output is the same however Elasticsearch orders ties. A document
 whose join field holds several message ids joins every message of the batch it names.
@@ -11,13 +12,15 @@ whose join field holds several message ids joins every message of the batch it n
 from __future__ import annotations
 
 import logging
+import threading
 from collections import defaultdict
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from typing import Any
 
 from es_backfill.config import RelatedIndex
-from es_backfill.source import Reader, Snapshot
+from es_backfill.source import Reader, Snapshot, hits_of
 
 log = logging.getLogger(__name__)
 
@@ -35,34 +38,42 @@ class RelatedLookup:
         self.page_size = page_size
         self._stack = ExitStack()
         self._snapshots: dict[str, Snapshot] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=max(1, len(related)), thread_name_prefix="related")
 
     def __enter__(self) -> RelatedLookup:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
+        self._pool.shutdown(wait=True)  # no lookup still runs when the snapshots are released
         self._stack.close()
 
     def _snapshot(self, spec: RelatedIndex) -> Snapshot:
         # Opened on first use, so windows whose batches fit in one request cost no snapshot at all.
-        if spec.name not in self._snapshots:
-            self._snapshots[spec.name] = self._stack.enter_context(self.reader.snapshot(spec.index, self.keep_alive))
-        return self._snapshots[spec.name]
+        with self._lock:
+            if spec.name not in self._snapshots:
+                snapshot = self.reader.snapshot(spec.index, self.keep_alive)
+                self._snapshots[spec.name] = self._stack.enter_context(snapshot)
+            return self._snapshots[spec.name]
 
     def fetch(self, message_ids: Sequence[str]) -> RelatedDocs:
         """Every related document of ``message_ids``, per related index, grouped and ordered."""
-        return {spec.name: self._fetch_one(spec, message_ids) for spec in self.related} if message_ids else {}
+        if not message_ids:
+            return {}
+        futures = {spec.name: self._pool.submit(self._fetch_one, spec, message_ids) for spec in self.related}
+        return {name: future.result() for name, future in futures.items()}
 
     def _fetch_one(self, spec: RelatedIndex, message_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         query = {"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}}
         sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
         # Usually a page's related documents fit in one request, which needs no point in time.
         body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
-        hits = self.reader.search(spec.index, body)["hits"]["hits"]
-        if len(hits) >= self.page_size:
-            hits = self._snapshot(spec).collect(query, sort, self.page_size)
+        found = hits_of(self.reader.search(spec.index, body, hits_only=True))
+        if len(found) >= self.page_size:
+            found = self._snapshot(spec).collect(query, sort, self.page_size)
         wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for hit in sorted(hits, key=lambda h: _order_key(h, len(sort))):
+        for hit in sorted(found, key=lambda h: _order_key(h, len(sort))):
             for message_id in _join_values(hit, spec.join_field, wanted):
                 grouped[message_id].append(hit["_source"])
         return grouped

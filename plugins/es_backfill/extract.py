@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from es_backfill import manifest
 from es_backfill.config import BackfillConfig
-from es_backfill.enrich import RelatedLookup
+from es_backfill.enrich import RelatedDocs, RelatedLookup
 from es_backfill.records import (
     MessageIds,
     build_record,
@@ -32,7 +34,7 @@ from es_backfill.records import (
     related_counts,
 )
 from es_backfill.sink import DocumentWriter, ObjectStore, PartWriter, window_prefix
-from es_backfill.source import Reader
+from es_backfill.source import Hit, Reader, throttled
 from es_backfill.windows import Window, iso
 
 log = logging.getLogger(__name__)
@@ -123,15 +125,14 @@ def run_window(config: BackfillConfig, window: Window, reader: Reader, store: Ob
                 reader, config.source.related, config.source.pit_keep_alive, config.source.related_page_size
             ) as lookup,
         ):
-            id_field = config.source.id_field
-            for page in snapshot.pages(
+            pages = snapshot.pages(
                 query=query,
-                sort=[{config.source.timestamp_field: "asc"}, {id_field: "asc"}],
+                sort=[{config.source.timestamp_field: "asc"}, {config.source.id_field: "asc"}],
                 size=config.page_size,
                 source=list(config.source.source_fields) if config.source.source_fields is not None else True,
-            ):
+            )
+            for page, docs in _read_ahead(throttled(pages, config.source.max_messages_per_second), lookup):
                 page_ids = [ids.add(hit["sort"][1], hit["_id"]) for hit in page]
-                docs = lookup.fetch([i for i in page_ids if i is not None])
                 for message_id, hit in zip(page_ids, page, strict=True):
                     if message_id is None:
                         continue  # the window fails below, naming it
@@ -187,6 +188,24 @@ def run_window(config: BackfillConfig, window: Window, reader: Reader, store: Ob
         seconds=round(seconds, 3),
         es_requests=reader.total_requests,
     )
+
+
+def _read_ahead(pages: Iterator[list[Hit]], lookup: RelatedLookup) -> Iterator[tuple[list[Hit], RelatedDocs]]:
+    """Each page with its related documents, in order, while the next page and its lookups are read in a worker
+    thread: reading overlaps enriching, serialising, compressing and uploading. Two pages are in memory."""
+
+    def next_page() -> tuple[list[Hit], RelatedDocs] | None:
+        page = next(pages, None)
+        if page is None:
+            return None
+        # The ids as MessageIds reads them (a missing one fails the window, so it needs no lookup).
+        return page, lookup.fetch([str(hit["sort"][1]) for hit in page if hit["sort"][1] is not None])
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
+        ahead = pool.submit(next_page)
+        while (item := ahead.result()) is not None:
+            ahead = pool.submit(next_page)
+            yield item
 
 
 def _refuse_messages_without_id(config: BackfillConfig, window: Window, reader: Reader, query: dict[str, Any]) -> None:

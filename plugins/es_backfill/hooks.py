@@ -40,6 +40,7 @@ class SearchReaderHook(BaseHook):
     :param es_conn_id: the Airflow connection
     :param request_timeout_s: timeout of one request
     :param max_retries: retries of a transiently failing request (429, 5xx, timeouts), with backoff
+    :param max_in_flight: the most requests the reader has in flight at once, whatever threads ask
     """
 
     conn_name_attr = "es_conn_id"
@@ -48,12 +49,17 @@ class SearchReaderHook(BaseHook):
     hook_name = "Elasticsearch / OpenSearch (es-backfill reader)"
 
     def __init__(
-        self, es_conn_id: str = default_conn_name, *, request_timeout_s: float = 60.0, max_retries: int = 6
+        self,
+        es_conn_id: str = default_conn_name,
+        *,
+        request_timeout_s: float = 60.0,
+        max_retries: int = 6,
+        max_in_flight: int = 1,
     ) -> None:
         super().__init__()
         self.es_conn_id = es_conn_id
         self.request_timeout_s = request_timeout_s
-        self.max_retries = max_retries
+        self.limits = {"max_retries": max_retries, "max_in_flight": max_in_flight}
 
     def connection_settings(self) -> ConnectionSettings:
         conn = self.get_connection(self.es_conn_id)
@@ -70,14 +76,14 @@ class SearchReaderHook(BaseHook):
 
     def get_conn(self) -> Reader:
         """The reader, after one ``GET /``; a ConfigError (saying what to set) if it cannot work."""
-        return open_reader(self.connection_settings(), f"connection {self.es_conn_id}", self.max_retries)
+        return open_reader(self.connection_settings(), f"connection {self.es_conn_id}", **self.limits)
 
 
-def open_reader(settings: ConnectionSettings, name: str, max_retries: int) -> Reader:
+def open_reader(settings: ConnectionSettings, name: str, **limits: Any) -> Reader:
     """:func:`~es_backfill.engines.connect`, with a refused ``GET /`` or an engine it cannot read turned into
     a ConfigError that says what to set; ``name`` says where the settings came from."""
     try:
-        return connect(settings, max_retries=max_retries)
+        return connect(settings, **limits)
     except AccessDenied as err:
         hint = (
             "check the AWS credentials and region, and that the domain's access policy allows the role es:ESHttpGet"
@@ -162,7 +168,10 @@ def _aws_auth(conn_id: str, extra: dict[str, Any]) -> AwsAuth:
 def search_reader(source: SourceConfig) -> Reader:
     """The reader for a run's ``source`` settings (:class:`~es_backfill.config.SourceConfig`)."""
     hook = SearchReaderHook(
-        source.es_conn_id, request_timeout_s=source.request_timeout_s, max_retries=source.max_retries
+        source.es_conn_id,
+        request_timeout_s=source.request_timeout_s,
+        max_retries=source.max_retries,
+        max_in_flight=source.max_in_flight,
     )
     return hook.get_conn()
 

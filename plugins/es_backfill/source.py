@@ -7,7 +7,8 @@ family lives in :mod:`es_backfill.engines`; they only translate these operations
 client's calls and their client's errors into the exceptions below.
 
 Every request goes through :meth:`Reader.call`, which counts it (so load is a figure we can
-report) and retries transient failures — 429 rejections, 502/503/504, timeouts and dropped
+report), keeps at most ``max_in_flight`` requests of the reader in flight at once, whatever
+threads ask, and retries transient failures — 429 rejections, 502/503/504, timeouts and dropped
 connections — with bounded exponential backoff and jitter. Snapshots come in three read
 strategies, chosen from the engine and version ``GET /`` reports:
 
@@ -28,9 +29,12 @@ time, so nothing repeats and nothing is skipped; points in time are always close
 from __future__ import annotations
 
 import logging
+import threading
+import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -45,6 +49,11 @@ MAX_PIT_REOPENS = 5
 # equal sort values must fit in one page when there is no tiebreaker.
 MAX_PAGE = 10_000
 
+# What page searches keep of an answer (filter_path): the hits' identity, source and sort values, the snapshot
+# ids, and what the partial-results check reads; the rest is not sent, nor parsed.
+HIT_FIELDS = (
+    "hits.hits._id,hits.hits._index,hits.hits._source,hits.hits.sort,pit_id,_scroll_id,_shards.failed,timed_out"
+)
 SHARD_DOC = "point_in_time+_shard_doc"
 UNIQUE_SORT = "point_in_time+unique_sort"
 SCROLL = "scroll"
@@ -132,8 +141,15 @@ class Reader(ABC):
     errors (:meth:`_error_status`); the operations above them are the same for every engine.
     """
 
-    def __init__(self, *, max_retries: int = 6, backoff_s: float = 0.5, max_backoff_s: float = 30.0) -> None:
+    def __init__(
+        self, *, max_retries: int = 6, backoff_s: float = 0.5, max_backoff_s: float = 30.0, max_in_flight: int = 1
+    ) -> None:
         self.requests: Counter[str] = Counter()
+        self.max_in_flight = max_in_flight
+        self.peak_in_flight = 0  # the most requests seen in flight at once
+        self._in_flight = 0
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._lock = threading.Lock()
         self._cluster: Cluster | None = None
         self._max_attempts = max_retries + 1
         self._backoff_s = backoff_s
@@ -176,7 +192,9 @@ class Reader(ABC):
     def _count(self, index: str, query: dict[str, Any]) -> dict[str, Any]: ...
 
     @abstractmethod
-    def _search(self, index: str | None, body: dict[str, Any], scroll: str | None) -> dict[str, Any]:
+    def _search(
+        self, index: str | None, body: dict[str, Any], scroll: str | None, filter_path: str | None
+    ) -> dict[str, Any]:
         """One search that refuses partial results; ``index`` is ``None`` inside a point in time."""
 
     @abstractmethod
@@ -189,7 +207,7 @@ class Reader(ABC):
     def _close_pit(self, pit_id: str) -> None: ...
 
     @abstractmethod
-    def _scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]: ...
+    def _scroll(self, scroll_id: str, keep_alive: str, filter_path: str) -> dict[str, Any]: ...
 
     @abstractmethod
     def _clear_scroll(self, scroll_id: str) -> None: ...
@@ -218,8 +236,7 @@ class Reader(ABC):
         )
         try:
             for attempt in retrying:
-                with attempt:
-                    self.requests[name] += 1
+                with attempt, self._slot(name):  # the slot is given back before any backoff
                     return fn(**kwargs)
         except Exception as exc:
             described = self._error_status(exc)
@@ -231,6 +248,19 @@ class Reader(ABC):
             raise rejection(name, status, reason) from exc
         raise AssertionError("unreachable")  # pragma: no cover
 
+    @contextmanager
+    def _slot(self, name: str) -> Iterator[None]:
+        with self._slots:
+            with self._lock:
+                self.requests[name] += 1
+                self._in_flight += 1
+                self.peak_in_flight = max(self.peak_in_flight, self._in_flight)
+            try:
+                yield
+            finally:
+                with self._lock:
+                    self._in_flight -= 1
+
     def root(self) -> dict[str, Any]:
         """``GET /``: the cluster's name, identity and version."""
         return self.call("info", self._root)
@@ -240,9 +270,14 @@ class Reader(ABC):
         _require_all_shards("count", response)
         return int(response["count"])
 
-    def search(self, index: str | None, body: dict[str, Any], *, scroll: str | None = None) -> dict[str, Any]:
+    def search(
+        self, index: str | None, body: dict[str, Any], *, scroll: str | None = None, hits_only: bool = False
+    ) -> dict[str, Any]:
+        """One search; ``hits_only`` leaves out of the answer all but :data:`HIT_FIELDS` (read it with
+        :func:`hits_of`: an answer without hits then has no ``hits`` at all)."""
         # Partial results would silently drop documents: implementations ask for an error instead; check.
-        response = self.call("search", self._search, index=index, body=body, scroll=scroll)
+        filter_path = HIT_FIELDS if hits_only else None
+        response = self.call("search", self._search, index=index, body=body, scroll=scroll, filter_path=filter_path)
         _require_all_shards("search", response)
         return response
 
@@ -258,7 +293,7 @@ class Reader(ABC):
         self.call("close_point_in_time", self._close_pit, pit_id=pit_id)
 
     def scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]:
-        response = self.call("scroll", self._scroll, scroll_id=scroll_id, keep_alive=keep_alive)
+        response = self.call("scroll", self._scroll, scroll_id=scroll_id, keep_alive=keep_alive, filter_path=HIT_FIELDS)
         _require_all_shards("scroll", response)
         return response
 
@@ -271,6 +306,26 @@ class Reader(ABC):
         if strategy == SCROLL:
             return ScrollSnapshot(self, index, keep_alive)
         return PointInTime(self, index, keep_alive, tiebreaker="_shard_doc" if strategy == SHARD_DOC else None)
+
+
+def hits_of(response: dict[str, Any]) -> list[Hit]:
+    """The hits of a search answer, also of one filtered to :data:`HIT_FIELDS`."""
+    return response.get("hits", {}).get("hits", [])
+
+
+def throttled(pages: Iterator[list[Hit]], per_second: float | None) -> Iterator[list[Hit]]:
+    """``pages``, each asked for only once the hits already returned are due at ``per_second`` (``None``: no
+    cap): by any moment ``t`` seconds after the start, at most ``per_second * t`` hits plus one page."""
+    if per_second is None:
+        yield from pages
+        return
+    started, returned = time.monotonic(), 0
+    for page in pages:
+        returned += len(page)
+        yield page
+        wait = returned / per_second - (time.monotonic() - started)
+        if wait > 0:
+            time.sleep(wait)
 
 
 def _require_all_shards(name: str, response: Any) -> None:
@@ -433,7 +488,7 @@ class PointInTime(Snapshot):
         is returned, so the caller asks again from a key valid in the new one."""
         pit = {"id": self.pit_id, "keep_alive": self.keep_alive}
         try:
-            response = self.reader.search(None, {**body, "pit": pit, "track_total_hits": False})
+            response = self.reader.search(None, {**body, "pit": pit, "track_total_hits": False}, hits_only=True)
         except SnapshotLost as err:
             # Only losses without progress in between count: a long window may outlive many keep-alives.
             if self._losses >= MAX_PIT_REOPENS:
@@ -445,7 +500,7 @@ class PointInTime(Snapshot):
             self.pit_id = self.reader.open_pit(self.index, self.keep_alive)
             return []
         self.pit_id = response.get("pit_id", self.pit_id)
-        return response["hits"]["hits"]
+        return hits_of(response)
 
 
 class ScrollSnapshot(Snapshot):
@@ -456,16 +511,16 @@ class ScrollSnapshot(Snapshot):
 
     def pages(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> Iterator[list[Hit]]:
         body = {"query": query, "sort": sort, "size": size, "_source": source}
-        response = self.reader.search(self.index, body, scroll=self.keep_alive)
+        response = self.reader.search(self.index, body, scroll=self.keep_alive, hits_only=True)
         scroll_id = response.get("_scroll_id")
         returned = 0
         try:
             while True:
-                hits = response["hits"]["hits"]
-                if hits:
-                    returned += len(hits)
-                    yield hits
-                if len(hits) < size:
+                page = hits_of(response)
+                if page:
+                    returned += len(page)
+                    yield page
+                if len(page) < size:
                     return
                 try:
                     response = self.reader.scroll(scroll_id, self.keep_alive)

@@ -109,9 +109,9 @@ def test_without_a_tiebreaker_the_largest_page_still_fits_one_request():
     sizes = []
     search = reader._search
 
-    def recording(index, body, scroll):
+    def recording(index, body, **rest):
         sizes.append(body["size"])
-        return search(index, body, scroll)
+        return search(index, body, **rest)
 
     reader._search = recording  # type: ignore[method-assign]
     assert [len(page) for page in _pages(reader, size=10_000)] == [9_999, 2]

@@ -110,11 +110,12 @@ def describe_cluster(root: dict[str, Any]) -> Cluster:
     return Cluster("elasticsearch", number, uuid, SHARD_DOC if major_minor >= ELASTICSEARCH_CLIENT_FROM else SCROLL)
 
 
-def connect(settings: ConnectionSettings, *, max_retries: int = 6, backoff_s: float = 0.5) -> Reader:
-    """The reader for the cluster at ``settings.url``, after one ``GET /``; the caller closes it."""
+def connect(settings: ConnectionSettings, **limits: Any) -> Reader:
+    """The reader for the cluster at ``settings.url``, after one ``GET /``; the caller closes it. ``limits``
+    are the :class:`~es_backfill.source.Reader`'s (``max_retries``, ``backoff_s``, ``max_in_flight``)."""
     from es_backfill.engines.opensearch import OpenSearchReader
 
-    reader: Reader = OpenSearchReader(settings, max_retries=max_retries, backoff_s=backoff_s)
+    reader: Reader = OpenSearchReader(settings, **limits)
     try:
         cluster = describe_cluster(reader.root())
         if cluster.product == "elasticsearch" and cluster.strategy == SHARD_DOC:
@@ -125,10 +126,7 @@ def connect(settings: ConnectionSettings, *, max_retries: int = 6, backoff_s: fl
                 )
             from es_backfill.engines.elasticsearch import ElasticsearchReader
 
-            probe, reader = (
-                reader,
-                ElasticsearchReader(settings, cluster.version, max_retries=max_retries, backoff_s=backoff_s),
-            )
+            probe, reader = reader, ElasticsearchReader(settings, cluster.version, **limits)
             reader.requests.update(probe.requests)
             probe.close()
     except BaseException:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch
+from elasticsearch import ApiError, Elasticsearch, OrjsonSerializer
 from elasticsearch import ConnectionError as EsConnectionError
 
 from es_backfill.engines import ConnectionSettings
@@ -48,7 +48,11 @@ def client_class(major: int) -> type[Elasticsearch]:
 
 
 def elasticsearch_client(settings: ConnectionSettings, version: str) -> Elasticsearch:
-    kwargs: dict[str, Any] = {**settings.client_options(), "request_timeout": settings.request_timeout_s}
+    kwargs: dict[str, Any] = {
+        **settings.client_options(),
+        "request_timeout": settings.request_timeout_s,
+        "serializer": OrjsonSerializer(),  # parsing _source is most of a page's client-side cost
+    }
     if settings.api_key:
         kwargs["api_key"] = settings.api_key
     elif settings.bearer_token:
@@ -59,8 +63,8 @@ def elasticsearch_client(settings: ConnectionSettings, version: str) -> Elastics
 
 
 class ElasticsearchReader(Reader):
-    def __init__(self, settings: ConnectionSettings, version: str, **retry: Any) -> None:
-        super().__init__(**retry)
+    def __init__(self, settings: ConnectionSettings, version: str, **limits: Any) -> None:
+        super().__init__(**limits)
         self.client = elasticsearch_client(settings, version)
 
     def close(self) -> None:
@@ -79,8 +83,12 @@ class ElasticsearchReader(Reader):
     def _count(self, index: str, query: dict[str, Any]) -> dict[str, Any]:
         return self.client.count(index=index, query=query).body
 
-    def _search(self, index: str | None, body: dict[str, Any], scroll: str | None) -> dict[str, Any]:
-        return self.client.search(index=index, body=body, scroll=scroll, allow_partial_search_results=False).body
+    def _search(
+        self, index: str | None, body: dict[str, Any], scroll: str | None, filter_path: str | None
+    ) -> dict[str, Any]:
+        return self.client.search(
+            index=index, body=body, scroll=scroll, filter_path=filter_path, allow_partial_search_results=False
+        ).body
 
     def _field_mapping(self, index: str, fields: list[str]) -> dict[str, Any]:
         return self.client.indices.get_field_mapping(index=index, fields=fields, allow_no_indices=False).body
@@ -91,8 +99,8 @@ class ElasticsearchReader(Reader):
     def _close_pit(self, pit_id: str) -> None:
         self.client.close_point_in_time(id=pit_id)
 
-    def _scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]:
-        return self.client.scroll(scroll_id=scroll_id, scroll=keep_alive).body
+    def _scroll(self, scroll_id: str, keep_alive: str, filter_path: str) -> dict[str, Any]:
+        return self.client.scroll(scroll_id=scroll_id, scroll=keep_alive, filter_path=filter_path).body
 
     def _clear_scroll(self, scroll_id: str) -> None:
         self.client.clear_scroll(scroll_id=scroll_id)
