@@ -1,39 +1,61 @@
-"""Benchmark: the backfill pipeline against a naive per-message script, on real servers.
+"""Benchmark: the backfill pipeline against a raw-HTTP ceiling, elasticdump and a naive script.
 
-What it measures, in one run:
+What it measures, in one run, on the same seeded data:
 
 1. It starts a real Elasticsearch node and a moto S3 server (or uses ``ES_URL`` /
    ``S3_ENDPOINT_URL``), creates a fresh bucket, and seeds ``--messages`` generated
    messages over 7 days, with their history, status and audit documents, into fresh
    indices, then waits for the merges the bulk load started. Seeding is timed and
-   reported on its own; it is not part of the figures. The default of 110,000 messages
-   keeps the pipeline part near 25-30 s on a 2-core machine.
-2. **pipeline**: ``es_backfill.extract.run_window`` over every 1-day window, one after
-   the other, as the DAG's mapped tasks would run them: point in time + ``search_after``
-   pages of ``--page-size`` messages, one batched ``terms`` lookup per related index and
-   page, ``jsonl.gz`` parts on S3, a manifest per window. Every message of the range.
-3. **naive**: what a hurried script does: the scroll API over the messages of the range,
+   reported on its own; it is not part of the figures.
+2. **pipeline**: ``es_backfill.extract.run_window`` over every window of ``1008m`` (7 days / 10),
+   one after the other, as the DAG's mapped tasks would run them, with the reader
+   ``es_backfill.engines.connect`` makes (``max_in_flight`` from the defaults file): point in
+   time + ``search_after`` pages of ``--page-size`` messages, one batched ``terms`` lookup per
+   related index and page, ``jsonl.gz`` parts on S3, a manifest per window. Every message of
+   the range. The reader reports the most requests it had in flight at once.
+3. **ceiling**: the Elasticsearch requests the pipeline sends for the same windows, with the same
+   bodies and parameters: ``GET /``; per window the
+   count, the missing-id check, a point in time, its pages, per page one ``terms`` lookup per
+   related index, paged in a point in time of that index where ``related_page_size`` hits come
+   back, as the pipeline does; the points in time closed. Sent
+   back to back over ONE keep-alive connection (urllib3, ``maxsize=1``) and parsed with
+   ``orjson.loads`` only for the next ``search_after`` key and the page's message ids. No
+   records, nothing written: what the pipeline's requests cost by themselves, one at a time.
+4. **elasticdump** (6.125.1, which ``make bench`` installs under ``.tools/elasticdump``): the four
+   indices the pipeline reads dumped one after the other to local files (``--type=data``,
+   ``--limit`` = ``--page-size``, a scroll), timed as a whole; the lines written must equal the
+   seeded counts. It reads the same documents but joins nothing and writes no S3 objects.
+5. **naive**: what a hurried script does: the scroll API over the messages of the range,
    then for each message one ``term`` search per related index and one ``put_object``
-   of a JSON document. It is tens of times slower (about 50-75x on a 2-core machine), so
-   it runs on the first ``--naive-messages`` messages only; compare rates, not seconds.
+   of a JSON document. It is tens of times slower, so it runs on the first
+   ``--naive-messages`` messages only; compare rates, not seconds.
+6. **latency**: the pipeline and the ceiling again (``pipeline_latency``, ``ceiling_latency``),
+   through ``include.devservers.faultproxy.FaultProxy`` (run by the orchestrating process)
+   delaying every Elasticsearch request by 20 ms before forwarding it. The proxy's log also
+   shows whether the ceiling sent the pipeline's requests (method, path and parameters).
+7. **memory**: the pipeline over ONE window of the whole range, ``7d``, 10x the default window
+   (``pipeline_big``): its peak RSS against the default window's.
 
 Each contender runs in its own child process (``python -m include.bench --role ...``)
-so its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read in the child) is its own.
+so its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read in the child) is its own;
+elasticdump's is that of its largest ``node`` process (``RUSAGE_CHILDREN``).
 Linux carries a parent's peak into ``ru_maxrss`` across fork + exec, so the orchestrating
-process stays small (seeding runs in a child too) and each contender also reports
+process stays small (seeding runs in a child too) and each Python contender also reports
 ``VmHWM`` from ``/proc/self/status`` as a cross-check.
-Every Elasticsearch request is counted (the pipeline's reader counts each attempt;
-the naive script's calls go through a counter), and every S3 HTTP request is counted
-with a botocore ``before-send`` hook. The table shows messages, seconds, records/s,
-requests in total and per 1,000 messages, related documents per message (both sides do
-the same join) and peak RSS, then the ratios. Targets are printed as information only:
-the exit status is non-zero only when something fails.
+Every Elasticsearch request of the Python contenders is counted (the pipeline's reader counts
+each attempt, the ceiling and the naive script count what they send; elasticdump's are not
+counted, its log gives the batches it got), and every S3 HTTP request is counted with a
+botocore ``before-send`` hook. The table shows messages, seconds, records/s, requests in total
+and per 1,000 messages, related documents per message and peak RSS; the ratios follow, one a
+line. Targets are printed as information only: the exit status is non-zero only when
+something fails: a contender, or a check of the counts (the contenders that read the whole
+range read every seeded message; elasticdump's lines equal the seeded counts), printed last.
 
-Run it from the project root::
+Run it from the project root (``make bench`` installs elasticdump first)::
 
     .venv/bin/python -m include.bench [--messages N] [--naive-messages M] [--page-size P]
 
-Both contenders share this machine with Elasticsearch and the S3 server, so the figures
+The contenders share this machine with Elasticsearch and the S3 server, so the figures
 describe this machine; the ratios are what carries over.
 """
 
@@ -43,6 +65,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -50,11 +73,13 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl
 
 ROOT = Path(__file__).resolve().parents[1]
 # Airflow puts the plugins folder on sys.path for the DAG; a plain `python -m` run has to do it itself.
@@ -68,6 +93,11 @@ T = TypeVar("T")
 DEFAULTS_FILE = ROOT / "include" / "backfill_defaults.json"
 START = datetime(2024, 3, 1, tzinfo=UTC)
 DAYS = 7
+BIG_WINDOW_FACTOR = 10
+# The default window is a tenth of the range, so the range as one window is exactly 10x larger.
+WINDOW = f"{DAYS * 24 * 60 // BIG_WINDOW_FACTOR}m"  # 1008m
+BIG_WINDOW = f"{DAYS}d"
+LATENCY_S = 0.020  # what the fault proxy adds to every Elasticsearch request in the latency scenario
 DEFAULT_MESSAGES = 110_000
 DEFAULT_NAIVE_MESSAGES = 2_000
 DEFAULT_PAGE_SIZE = 5_000
@@ -76,12 +106,18 @@ NAIVE_SCROLL_SIZE = 1_000  # helpers.scan's default page size
 NAIVE_RELATED_SIZE = 100  # "surely no message has more than 100 of those"
 REGION = "us-east-1"
 DUMMY_CREDENTIALS = "testing"  # moto accepts anything; these only have to be present
+ELASTICDUMP_VERSION = "6.125.1"  # the one the Makefile's bench target installs
+ELASTICDUMP = ROOT / ".tools" / "elasticdump" / "node_modules" / ".bin" / "elasticdump"  # or $ELASTICDUMP
 TARGET_SPEEDUP = 20.0
 TARGET_REQUESTS_PER_1000 = 5.0
 SEED_CHUNK_SIZE = 5_000
 CHILD_TIMEOUT_S = 6 * 3600
 MERGE_WAIT_S = 600
-CONTENDERS = ("pipeline", "naive")
+# Run in this order, each in its own child process; the latency ones through the fault proxy.
+CONTENDERS = ("pipeline", "ceiling", "elasticdump", "naive", "pipeline_big")
+LATENCY_CONTENDERS = ("pipeline_latency", "ceiling_latency")
+ROLES = (*CONTENDERS, *LATENCY_CONTENDERS)
+NOT_MEASURED = "—"
 
 
 @dataclass(frozen=True)
@@ -97,6 +133,7 @@ class Job:
     messages: int
     page_size: int
     naive_messages: int
+    window: str = WINDOW
 
     @property
     def start_dt(self) -> datetime:
@@ -114,11 +151,11 @@ class Result:
     role: str
     messages: int
     seconds: float
-    es_requests: dict[str, int]
+    es_requests: dict[str, int]  # empty: not counted (elasticdump)
     s3_requests: dict[str, int]
     related_docs: int
     objects: int
-    rss_before_kib: int
+    rss_before_kib: int | None  # None: not measurable (elasticdump runs in processes of its own)
     peak_rss_kib: int
     cpu_seconds: float
     notes: dict[str, Any] = field(default_factory=dict)
@@ -197,35 +234,43 @@ def _source_override(defaults: Mapping[str, Any], indices: Mapping[str, str]) ->
     return {"messages": {**defaults["messages"], "index": indices["messages"]}, "related": related}
 
 
-# --- contender: the pipeline -------------------------------------------------------------------
-
-
-def run_pipeline(job: Job) -> Result:
-    """Every window of the range through ``run_window``, sequentially, as the DAG's tasks would."""
+def _plan(job: Job, prefix: str) -> tuple[Any, list[Any]]:
+    """The run's configuration (the defaults file, pointed at the seeded indices) and its windows of
+    ``job.window``. Each role writes under its own ``prefix``: a window already written would be skipped."""
     from es_backfill.config import from_params, load_defaults
-    from es_backfill.engines import ConnectionSettings, connect
-    from es_backfill.extract import run_window
-    from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
     from es_backfill.windows import split
 
     defaults = load_defaults(DEFAULTS_FILE)
     params = {
         "start": job.start,
         "end": job.end,
-        "window": "1d",
+        "window": job.window,
         "s3_bucket": job.bucket,
-        "s3_prefix": "pipeline",
+        "s3_prefix": prefix,
         "page_size": job.page_size,
         "output_format": "jsonl.gz",
         "source": _source_override(defaults, job.indices),
     }
     config = from_params(params, defaults)
-    windows = split(config.start, config.end, config.window, max_windows=MAX_WINDOWS)
+    return config, split(config.start, config.end, config.window, max_windows=MAX_WINDOWS)
+
+
+# --- contender: the pipeline -------------------------------------------------------------------
+
+
+def run_pipeline(job: Job, role: str) -> Result:
+    """Every window of the range through ``run_window``, sequentially, as the DAG's tasks would."""
+    from es_backfill.engines import ConnectionSettings, connect
+    from es_backfill.extract import run_window
+    from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
+
+    config, windows = _plan(job, prefix=role)
     s3 = _s3_client(job.s3_url, S3_CLIENT_CONFIG)
     s3_counts = _count_s3_requests(s3)
     store = ObjectStore(s3, config.s3_bucket)
     rss_before = _peak_rss_kib()
-    with connect(ConnectionSettings(job.es_url), max_retries=config.source.max_retries) as reader:
+    limits = {"max_retries": config.source.max_retries, "max_in_flight": config.source.max_in_flight}
+    with connect(ConnectionSettings(job.es_url), **limits) as reader:
         cpu_before, started = _cpu_seconds(), time.perf_counter()
         results = [run_window(config, window, reader, store) for window in windows]
         seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before
@@ -233,7 +278,7 @@ def run_pipeline(job: Job) -> Result:
     if problems:
         raise RuntimeError(f"pipeline windows not written in full: {', '.join(problems)}")
     return Result(
-        role="pipeline",
+        role=role,
         messages=sum(r.messages for r in results),
         seconds=seconds,
         es_requests=dict(reader.requests),
@@ -243,14 +288,207 @@ def run_pipeline(job: Job) -> Result:
         rss_before_kib=rss_before,
         peak_rss_kib=_peak_rss_kib(),
         cpu_seconds=cpu,
-        notes={"windows": len(windows), "bytes": sum(r.bytes for r in results)},
+        notes={
+            "windows": len(windows),
+            "window": job.window,
+            "bytes": sum(r.bytes for r in results),
+            "peak_in_flight": reader.peak_in_flight,
+            "max_in_flight": reader.max_in_flight,
+        },
     )
+
+
+# --- contender: the ceiling --------------------------------------------------------------------
+
+
+class _OneConnection:
+    """Elasticsearch over ONE keep-alive HTTP connection: requests sent one at a time, counted by kind under
+    the pipeline reader's names, answers parsed with ``orjson.loads`` and nothing more."""
+
+    def __init__(self, url: str, timeout_s: float) -> None:
+        import urllib3
+
+        self.pool = urllib3.connection_from_url(url, maxsize=1, block=True, retries=False, timeout=timeout_s)
+        self.requests: Counter[str] = Counter()
+
+    def send(self, name: str, method: str, path: str, body: Any = None) -> Any:
+        import orjson
+
+        self.requests[name] += 1
+        payload = None if body is None else orjson.dumps(body)
+        response = self.pool.request(method, path, body=payload, headers={"Content-Type": "application/json"})
+        if response.status >= 300:
+            raise RuntimeError(f"{method} {path} answered HTTP {response.status}: {response.data[:500]!r}")
+        return orjson.loads(response.data)
+
+    def search(self, index: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """One search, sent as the pipeline's reader sends it: partial results refused."""
+        path = f"/{index}/_search" if index else "/_search"
+        return self.send("search", "POST", f"{path}?allow_partial_search_results=false", body)
+
+    @contextmanager
+    def point_in_time(self, index: str, keep_alive: str) -> Iterator[dict[str, str]]:
+        """``{"id", "keep_alive"}`` of a point in time on ``index``, closed on exit."""
+        opened = self.send("open_point_in_time", "POST", f"/{index}/_pit?keep_alive={keep_alive}")
+        pit = {"id": opened["id"], "keep_alive": keep_alive}
+        try:
+            yield pit
+        finally:
+            self.send("close_point_in_time", "DELETE", "/_pit", {"id": pit["id"]})
+
+    def pages(
+        self, pit: dict[str, str], query: dict[str, Any], sort: list[Any], size: int, source: Any = True
+    ) -> Iterator[list[dict[str, Any]]]:
+        """``search_after`` pages in ``pit``, sorted by ``sort`` + ``_shard_doc``, until a short one."""
+        search_after = None
+        while True:
+            body = {"query": query, "sort": [*sort, "_shard_doc"], "size": size, "_source": source}
+            body |= {"pit": pit, "track_total_hits": False}
+            if search_after is not None:
+                body["search_after"] = search_after
+            response = self.search(None, body)
+            pit["id"] = response.get("pit_id", pit["id"])
+            hits = response["hits"]["hits"]
+            if hits:
+                search_after = hits[-1]["sort"]
+                yield hits
+            if len(hits) < size:
+                return
+
+
+class _CeilingLookup:
+    """The requests of ``enrich.RelatedLookup`` for one window, one after the other: per related index one
+    ``terms`` search with ``_fetch_one``'s body; a batch that fills it is read again in pages of a point in
+    time of that index, opened on first need and closed on exit. Counts the hits, nothing more."""
+
+    def __init__(self, es: _OneConnection, related: Any, keep_alive: str, page_size: int) -> None:
+        self.es, self.related, self.keep_alive, self.page_size = es, related, keep_alive, page_size
+        self._stack = ExitStack()
+        self._pits: dict[str, dict[str, str]] = {}
+
+    def __enter__(self) -> _CeilingLookup:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stack.close()
+
+    def fetch(self, message_ids: list[str]) -> int:
+        found = 0
+        for spec in self.related if message_ids else ():
+            query = {"bool": {"filter": [{"terms": {spec.join_field: message_ids}}]}}
+            sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
+            body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
+            hits = len(self.es.search(spec.index, body)["hits"]["hits"])
+            if hits >= self.page_size:
+                if spec.name not in self._pits:
+                    self._pits[spec.name] = self._stack.enter_context(
+                        self.es.point_in_time(spec.index, self.keep_alive)
+                    )
+                hits = sum(len(page) for page in self.es.pages(self._pits[spec.name], query, sort, self.page_size))
+            found += hits
+        return found
+
+
+def run_ceiling(job: Job, role: str) -> Result:
+    """The pipeline's Elasticsearch requests for the same windows, back to back over one connection;
+    parsed only for ``search_after`` keys and message ids; nothing built, nothing written."""
+    from es_backfill.extract import message_query
+    from es_backfill.records import MessageIds
+
+    config, windows = _plan(job, prefix=role)
+    source = config.source
+    es = _OneConnection(job.es_url, source.request_timeout_s)
+    es.send("info", "GET", "/")  # as connect() does, before the clock starts
+    sort = [{source.timestamp_field: "asc"}, {source.id_field: "asc"}]
+    fields = list(source.source_fields) if source.source_fields is not None else True
+    messages = related_docs = 0
+    rss_before = _peak_rss_kib()
+    cpu_before, started = _cpu_seconds(), time.perf_counter()
+    for window in windows:
+        query = message_query(config, window)
+        es.send("count", "POST", f"/{source.messages_index}/_count", {"query": query})
+        # The pipeline's check for messages without an id (extract._refuse_messages_without_id).
+        without = {"bool": {"filter": [query], "must_not": [{"exists": {"field": source.id_field}}]}}
+        check = {"query": without, "size": MessageIds.EXAMPLES, "_source": False, "track_total_hits": True}
+        if es.search(source.messages_index, check)["hits"]["hits"]:
+            raise RuntimeError(f"window {window.label} has messages without {source.id_field!r}")
+        # As in run_window: the related points in time (if any) are closed before the messages' one.
+        with (
+            es.point_in_time(source.messages_index, source.pit_keep_alive) as pit,
+            _CeilingLookup(es, source.related, source.pit_keep_alive, source.related_page_size) as lookup,
+        ):
+            for page in es.pages(pit, query, sort, config.page_size, fields):
+                messages += len(page)
+                related_docs += lookup.fetch([str(hit["sort"][1]) for hit in page if hit["sort"][1] is not None])
+    seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before
+    return Result(
+        role=role,
+        messages=messages,
+        seconds=seconds,
+        es_requests=dict(es.requests),
+        s3_requests={},
+        related_docs=related_docs,
+        objects=0,
+        rss_before_kib=rss_before,
+        peak_rss_kib=_peak_rss_kib(),
+        cpu_seconds=cpu,
+        # One connection, one request at a time: never more than one in flight.
+        notes={"windows": len(windows), "connections": es.pool.num_connections, "peak_in_flight": 1},
+    )
+
+
+# --- contender: elasticdump --------------------------------------------------------------------
+
+
+def run_elasticdump(job: Job, role: str) -> Result:
+    """The four indices the pipeline reads, each dumped by elasticdump to a local file, one after the other,
+    timed as a whole. Its CPU and peak RSS are those of its ``node`` processes (``RUSAGE_CHILDREN``)."""
+    binary = Path(os.environ.get("ELASTICDUMP", ELASTICDUMP))
+    if not binary.is_file():
+        raise RuntimeError(f"{binary} is missing: `make bench` installs elasticdump {ELASTICDUMP_VERSION} there")
+    version = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    if version != ELASTICDUMP_VERSION:
+        log.warning("elasticdump %s, not the %s the figures are for", version, ELASTICDUMP_VERSION)
+    batches = 0
+    with tempfile.TemporaryDirectory(prefix="es-backfill-bench-dump-") as tmp:
+        outputs = {name: Path(tmp) / f"{name}.json" for name in job.indices}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        started = time.perf_counter()
+        for name, index in job.indices.items():
+            limit = f"--limit={job.page_size}"
+            cmd = [binary, f"--input={job.es_url}/{index}", f"--output={outputs[name]}", "--type=data", limit]
+            done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=CHILD_TIMEOUT_S)
+            if done.returncode != 0:
+                raise RuntimeError(f"elasticdump failed on {index} ({done.returncode}): {done.stderr or done.stdout}")
+            batches += len(re.findall(r"got [1-9]\d* objects from source", done.stdout))
+        seconds = time.perf_counter() - started
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        lines = {name: _count_lines(path) for name, path in outputs.items()}
+        size = sum(path.stat().st_size for path in outputs.values())
+    return Result(
+        role=role,
+        messages=lines["messages"],
+        seconds=seconds,
+        es_requests={},
+        s3_requests={},
+        related_docs=sum(n for name, n in lines.items() if name != "messages"),
+        objects=0,
+        rss_before_kib=None,
+        peak_rss_kib=int(after.ru_maxrss),  # the largest node process's
+        cpu_seconds=after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+        notes={"lines": lines, "batches": batches, "bytes": size, "version": version, "vm_hwm_kib": None},
+    )
+
+
+def _count_lines(path: Path) -> int:
+    with path.open("rb") as file:
+        return sum(block.count(b"\n") for block in iter(lambda: file.read(1 << 20), b""))
 
 
 # --- contender: the naive script ---------------------------------------------------------------
 
 
-def run_naive(job: Job) -> Result:
+def run_naive(job: Job, role: str) -> Result:
     """Scroll the messages; per message one search per related index and one put_object."""
     from elasticsearch import Elasticsearch
 
@@ -318,7 +556,7 @@ def run_naive(job: Job) -> Result:
     if done < job.naive_messages:
         log.warning("The range holds only %s messages; the naive script processed them all", done)
     return Result(
-        role="naive",
+        role=role,
         messages=done,
         seconds=seconds,
         es_requests=dict(es_counts),
@@ -328,7 +566,7 @@ def run_naive(job: Job) -> Result:
         rss_before_kib=rss_before,
         peak_rss_kib=_peak_rss_kib(),
         cpu_seconds=cpu,
-        notes={"related_indices": len(related), "scroll_size": NAIVE_SCROLL_SIZE},
+        notes={"related_indices": len(related), "scroll_size": NAIVE_SCROLL_SIZE, "peak_in_flight": 1},
     )
 
 
@@ -386,12 +624,18 @@ def cleanup(job: Job) -> dict[str, Any]:
 # --- child processes ---------------------------------------------------------------------------
 
 
+def _runner(role: str) -> Callable[[Job, str], Result]:
+    """What ``role`` runs: ``pipeline_big`` and ``*_latency`` are a contender on another job (see main_bench)."""
+    runners = {"pipeline": run_pipeline, "ceiling": run_ceiling, "elasticdump": run_elasticdump, "naive": run_naive}
+    return runners[role.split("_", 1)[0]]
+
+
 def child_main(role: str, job: Job, result_file: Path) -> None:
     """Entry point of a child process: run ``role``, write what it reports as JSON."""
-    if role in CONTENDERS:
+    if role in ROLES:
         log.info("Running the %s contender", role)
-        result = run_pipeline(job) if role == "pipeline" else run_naive(job)
-        result.notes["vm_hwm_kib"] = _vm_hwm_kib()
+        result = _runner(role)(job, role)
+        result.notes.setdefault("vm_hwm_kib", _vm_hwm_kib())
         log.info(
             "%s: %s messages in %.1fs, %s ES requests, ru_maxrss %s KiB, VmHWM %s KiB",
             role, result.messages, result.seconds, result.es_total, result.peak_rss_kib, result.notes["vm_hwm_kib"],
@@ -431,13 +675,20 @@ class Setup:
     es_started_here: bool
     s3_url: str
     s3_started_here: bool
-    messages: int
-    related_docs: int
+    counts: dict[str, int]  # seeded documents per datagen role
     seed_seconds: float
     start: datetime
     end: datetime
     page_size: int
     orchestrator_peak_rss_kib: int
+
+    @property
+    def messages(self) -> int:
+        return self.counts["messages"]
+
+    @property
+    def related_docs(self) -> int:
+        return sum(n for role, n in self.counts.items() if role != "messages")
 
 
 def _cpu_model() -> str:
@@ -458,20 +709,70 @@ def _by_kind(counts: Mapping[str, int]) -> str:
     return ", ".join(f"{name} {n:,}" for name, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "none"
 
 
+def _es_by_kind(result: Result) -> str:
+    if result.es_requests:
+        return _by_kind(result.es_requests)
+    return f"not counted ({_fmt(result.notes.get('batches', 0))} batches received, in its log)"
+
+
 def _rss_check(result: Result) -> str:
     hwm = result.notes.get("vm_hwm_kib")
+    peak = f"{result.role}: ru_maxrss {result.peak_rss_kib / 1024:,.1f} MiB"
     if hwm is None:
-        return f"{result.role}: VmHWM unavailable"
+        return f"{peak}, no VmHWM to compare"
     # ru_maxrss can only exceed VmHWM when it carries a parent's peak from before exec.
     verdict = "agree" if result.peak_rss_kib <= hwm else "DIFFER (ru_maxrss inherited a parent's peak)"
-    return f"{result.role}: ru_maxrss {result.peak_rss_kib / 1024:,.1f} MiB, VmHWM {hwm / 1024:,.1f} MiB, {verdict}"
+    return f"{peak}, VmHWM {hwm / 1024:,.1f} MiB, {verdict}"
 
 
-def report(setup: Setup, pipeline: Result, naive: Result) -> str:
+LATENCY_LABEL = f"+{LATENCY_S * 1000:g} ms"
+# The table's columns: role, header.
+COLUMNS = (
+    ("pipeline", "pipeline"),
+    ("ceiling", "ceiling"),
+    ("elasticdump", "elasticdump"),
+    ("naive", "naive"),
+    ("pipeline_latency", f"pipeline{LATENCY_LABEL.replace(' ', '')}"),
+    ("ceiling_latency", f"ceiling{LATENCY_LABEL.replace(' ', '')}"),
+    ("pipeline_big", f"pipeline {BIG_WINDOW}"),
+)
+# The table's rows: label, the figure (None: not measured), decimals.
+ROWS: tuple[tuple[str, Callable[[Result], float | None], int], ...] = (
+    ("messages processed", lambda r: r.messages, 0),
+    ("seconds", lambda r: r.seconds, 1),
+    ("records/s", lambda r: r.rate, 1),
+    ("CPU seconds in the contender", lambda r: r.cpu_seconds, 1),
+    ("ES requests", lambda r: r.es_total if r.es_requests else None, 0),
+    ("ES requests per 1,000 messages", lambda r: r.per_1000(r.es_total) if r.es_requests else None, 2),
+    ("ES requests in flight at most", lambda r: r.notes.get("peak_in_flight"), 0),
+    ("S3 requests", lambda r: r.s3_total, 0),
+    ("S3 requests per 1,000 messages", lambda r: r.per_1000(r.s3_total), 2),
+    ("S3 data objects written", lambda r: r.objects, 0),
+    ("related docs per message", lambda r: r.related_docs / max(r.messages, 1), 2),
+    ("peak RSS MiB", lambda r: r.peak_rss_kib / 1024, 1),
+    ("  peak before work MiB", lambda r: None if r.rss_before_kib is None else r.rss_before_kib / 1024, 1),
+)
+
+
+def _table(results: Mapping[str, Result]) -> list[str]:
+    width = max(len(label) for label, _, _ in ROWS)
+    cell = max(len(header) for _, header in COLUMNS) + 1
+    lines = [f"{'':<{width}}" + "".join(f"{header:>{cell}}" for _, header in COLUMNS)]
+    for label, figure, decimals in ROWS:
+        values = (figure(results[role]) for role, _ in COLUMNS)
+        cells = (NOT_MEASURED if value is None else _fmt(value, decimals) for value in values)
+        lines.append(f"{label:<{width}}" + "".join(f"{text:>{cell}}" for text in cells))
+    return lines
+
+
+def report(setup: Setup, results: Mapping[str, Result]) -> str:
+    pipeline, ceiling, dump, naive = (results[role] for role in ("pipeline", "ceiling", "elasticdump", "naive"))
+    slow_pipeline, slow_ceiling, big = (results[role] for role in (*LATENCY_CONTENDERS, "pipeline_big"))
     cores = os.cpu_count() or 0
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     es_where = "started here" if setup.es_started_here else "from ES_URL"
     s3_where = "moto, started here" if setup.s3_started_here else "from S3_ENDPOINT_URL"
+    windows = f"{pipeline.notes.get('windows', '?')} windows of {pipeline.notes.get('window', '?')}"
     lines = [
         "",
         "=== es-backfill benchmark ===",
@@ -481,67 +782,95 @@ def report(setup: Setup, pipeline: Result, naive: Result) -> str:
         f"Dataset: {_fmt(setup.messages)} messages over {DAYS} days "
         f"[{setup.start:%Y-%m-%d}, {setup.end:%Y-%m-%d}) + {_fmt(setup.related_docs)} related documents; "
         f"seeded in {setup.seed_seconds:.1f}s (not part of the figures)",
-        f"pipeline: run_window over all {pipeline.notes.get('windows', '?')} windows of 1d, one after the other; "
-        f"page_size {setup.page_size}, jsonl.gz parts, a manifest per window",
-        f"naive:    scroll (size {naive.notes.get('scroll_size', '?')}) + "
+        f"pipeline:    run_window over all {windows}, one after the other; page_size {setup.page_size}, "
+        f"max_in_flight {pipeline.notes.get('max_in_flight', '?')}, jsonl.gz parts, a manifest per window",
+        f"ceiling:     the pipeline's Elasticsearch requests for the same {windows}, back to back over "
+        f"{ceiling.notes.get('connections', '?')} keep-alive connection, parsed only for search_after keys "
+        "and message ids; nothing written",
+        f"elasticdump: {dump.notes.get('version', '?')}, the {len(dump.notes.get('lines', {}))} indices to local "
+        f"files one after the other, --type=data --limit={setup.page_size} (a scroll; "
+        f"{_fmt(dump.notes.get('batches', 0))} batches in its log); no join, no S3",
+        f"naive:       scroll (size {naive.notes.get('scroll_size', '?')}) + "
         f"{naive.notes.get('related_indices', '?')} term searches + 1 put_object per message, "
         f"run on the FIRST {_fmt(naive.messages)} MESSAGES ONLY (it is far slower): compare rates, not seconds",
+        f"{LATENCY_LABEL}:      pipeline and ceiling again through a fault proxy delaying every Elasticsearch "
+        "request by that much, then forwarding it",
+        f"pipeline {BIG_WINDOW}: the pipeline over ONE window of the whole range, "
+        f"{BIG_WINDOW_FACTOR}x the default window, for its peak RSS",
         "",
+        *_table(results),
     ]
-    rows: list[tuple[str, str, str]] = [
-        ("messages processed", _fmt(pipeline.messages), _fmt(naive.messages)),
-        ("seconds", _fmt(pipeline.seconds, 1), _fmt(naive.seconds, 1)),
-        ("records/s", _fmt(pipeline.rate, 1), _fmt(naive.rate, 1)),
-        ("CPU seconds in the contender", _fmt(pipeline.cpu_seconds, 1), _fmt(naive.cpu_seconds, 1)),
-        ("ES requests", _fmt(pipeline.es_total), _fmt(naive.es_total)),
-        (
-            "ES requests per 1,000 messages",
-            _fmt(pipeline.per_1000(pipeline.es_total), 2),
-            _fmt(naive.per_1000(naive.es_total), 2),
-        ),
-        ("S3 requests", _fmt(pipeline.s3_total), _fmt(naive.s3_total)),
-        (
-            "S3 requests per 1,000 messages",
-            _fmt(pipeline.per_1000(pipeline.s3_total), 2),
-            _fmt(naive.per_1000(naive.s3_total), 2),
-        ),
-        ("S3 data objects written", _fmt(pipeline.objects), _fmt(naive.objects)),
-        (
-            "related docs per message",
-            _fmt(pipeline.related_docs / max(pipeline.messages, 1), 2),
-            _fmt(naive.related_docs / max(naive.messages, 1), 2),
-        ),
-        ("peak RSS MiB", _fmt(pipeline.peak_rss_kib / 1024, 1), _fmt(naive.peak_rss_kib / 1024, 1)),
-        ("  peak before work MiB", _fmt(pipeline.rss_before_kib / 1024, 1), _fmt(naive.rss_before_kib / 1024, 1)),
-    ]
-    width = max(len(r[0]) for r in rows)
-    lines.append(f"{'':<{width}}  {'pipeline':>14}  {'naive':>14}")
-    lines += [f"{name:<{width}}  {p:>14}  {n:>14}" for name, p, n in rows]
     speedup = pipeline.rate / naive.rate if naive.rate else float("inf")
     pipe_per_1000 = pipeline.per_1000(pipeline.es_total)
-    naive_per_1000 = naive.per_1000(naive.es_total)
-    fewer = naive_per_1000 / pipe_per_1000 if pipe_per_1000 else float("inf")
-    speedup_met = "met" if speedup >= TARGET_SPEEDUP else "NOT met"
-    requests_met = "met" if pipe_per_1000 <= TARGET_REQUESTS_PER_1000 else "NOT met"
+    same = "yes" if pipeline.es_requests == ceiling.es_requests else "NO"
+    differ = "; ".join(slow_ceiling.notes.get("not_as_pipeline", [])[:3])
+    differ = differ and f"NO, e.g. {differ}"
     lines += [
         "",
-        f"{'pipeline/naive records/s:':<47}{speedup:,.1f}x  (target >= {TARGET_SPEEDUP:g}x: {speedup_met})",
-        f"{'naive/pipeline ES requests per 1,000 messages:':<47}{fewer:,.1f}x",
-        f"{'pipeline ES requests per 1,000 messages:':<47}{pipe_per_1000:.2f}  "
-        f"(target <= {TARGET_REQUESTS_PER_1000:g}: {requests_met})",
+        f"pipeline/ceiling: {ceiling.seconds / pipeline.seconds:.2f}",
+        f"pipeline/elasticdump: {dump.seconds / pipeline.seconds:.2f}",
+        f"pipeline/naive: {speedup:.2f}",
+        f"pipeline/ceiling at {LATENCY_LABEL}: {slow_ceiling.seconds / slow_pipeline.seconds:.2f}",
+        f"requests per 1,000 messages: pipeline {pipe_per_1000:.2f}, ceiling {ceiling.per_1000(ceiling.es_total):.2f}",
+        f"requests in flight at most: {pipeline.notes['peak_in_flight']} "
+        f"(max_in_flight {pipeline.notes['max_in_flight']})",
+        f"peak RSS default window: {pipeline.peak_rss_kib / 1024:.2f} MiB",
+        f"peak RSS {BIG_WINDOW_FACTOR}x window: {big.peak_rss_kib / 1024:.2f} MiB",
+        "",
+        "pipeline/X: the pipeline's speed over X's on the same messages (X's seconds / the pipeline's; for naive, "
+        "records/s over records/s).",
+        f"  elasticdump dumps the same {_fmt(dump.messages + dump.related_docs)} documents without joining them, "
+        f"to local files ({dump.notes.get('bytes', 0) / 2**20:,.0f} MiB), not S3.",
+        f"  The ceiling sent the same Elasticsearch requests as the pipeline, kind by kind: {same}; "
+        f"method, path and parameters, as the proxy saw them: {differ or 'yes'}.",
+        f"  Delayed by the proxy: {slow_pipeline.notes.get('delayed', '?')} requests of pipeline{LATENCY_LABEL}, "
+        f"{slow_ceiling.notes.get('delayed', '?')} of ceiling{LATENCY_LABEL}.",
+        f"Targets (information only): pipeline/naive >= {TARGET_SPEEDUP:g}: "
+        f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'}; pipeline ES requests per 1,000 messages <= "
+        f"{TARGET_REQUESTS_PER_1000:g}: {'met' if pipe_per_1000 <= TARGET_REQUESTS_PER_1000 else 'NOT met'}",
         "",
         "ES requests by kind:",
-        f"  pipeline: {_by_kind(pipeline.es_requests)}",
-        f"  naive:    {_by_kind(naive.es_requests)}",
+        *(f"  {role:<17} {_es_by_kind(results[role])}" for role, _ in COLUMNS),
         "S3 requests by operation:",
-        f"  pipeline: {_by_kind(pipeline.s3_requests)}",
-        f"  naive:    {_by_kind(naive.s3_requests)}",
-        "Peak RSS is getrusage(RUSAGE_SELF).ru_maxrss in each contender's own process; cross-check with /proc VmHWM:",
-        f"  {_rss_check(pipeline)}",
-        f"  {_rss_check(naive)}",
+        *(f"  {role:<17} {_by_kind(results[role].s3_requests)}" for role, _ in COLUMNS if results[role].s3_requests),
+        "Peak RSS is getrusage ru_maxrss in each contender's own process (elasticdump: its largest node "
+        "process); cross-check with /proc VmHWM:",
+        *(f"  {_rss_check(results[role])}" for role, _ in COLUMNS),
         f"  (orchestrator peak, a floor every child inherits: {setup.orchestrator_peak_rss_kib / 1024:,.1f} MiB)",
     ]
     return "\n".join(lines)
+
+
+def _count_problems(results: Mapping[str, Result], counts: Mapping[str, int]) -> list[str]:
+    """Every contender that reads the whole range read every seeded message; elasticdump wrote every document."""
+    problems = [
+        f"{role} read {result.messages:,} messages, not {counts['messages']:,}"
+        for role, result in results.items()
+        if role != "naive" and result.messages != counts["messages"]
+    ]
+    dumped = results["elasticdump"].notes["lines"]
+    if dumped != dict(counts):
+        problems.append(f"elasticdump wrote {dumped} lines, not the seeded {dict(counts)}")
+    return problems
+
+
+def _run_with_latency(job: Job) -> dict[str, Result]:
+    """The latency contenders, through a fault proxy (in this process) delaying every request by LATENCY_S.
+    The proxy's log also shows whether the ceiling sent the pipeline's requests: method, path and parameters."""
+    from include.devservers.faultproxy import FaultProxy, delay
+
+    results, seen = {}, {}
+    with FaultProxy(job.es_url) as proxy:
+        proxy.add_fault(".", delay(LATENCY_S), times=None)  # "." matches every request line
+        for role in LATENCY_CONTENDERS:
+            first = len(proxy.requests)
+            results[role] = Result(**run_child(role, replace(job, es_url=proxy.url)))
+            records = proxy.requests[first:]
+            results[role].notes["delayed"] = sum(1 for r in records if r.injected == "delay")
+            seen[role] = Counter(f"{r.method} {r.path} {sorted(parse_qsl(r.query))}" for r in records)
+    pipeline, ceiling = (seen[role] for role in LATENCY_CONTENDERS)
+    results["ceiling_latency"].notes["not_as_pipeline"] = sorted(((pipeline - ceiling) + (ceiling - pipeline)).keys())
+    return results
 
 
 def main_bench(messages: int, naive_messages: int, page_size: int) -> None:
@@ -564,11 +893,13 @@ def main_bench(messages: int, naive_messages: int, page_size: int) -> None:
             page_size=page_size,
             naive_messages=naive_messages,
         )
+        jobs = {role: replace(job, window=BIG_WINDOW) if role == "pipeline_big" else job for role in CONTENDERS}
         # Servers started here vanish with their data; from external ones we remove what we made.
         external = not (cluster.started_here and s3_server.started_here)
         try:
             seeded = run_child("seed", job)
-            results = {role: Result(**run_child(role, job)) for role in CONTENDERS}
+            results = {role: Result(**run_child(role, jobs[role])) for role in CONTENDERS}
+            results |= _run_with_latency(job)
         except BaseException:
             if external:
                 try:
@@ -578,22 +909,24 @@ def main_bench(messages: int, naive_messages: int, page_size: int) -> None:
             raise
         if external:
             run_child("cleanup", job)
-    counts = seeded["counts"]
     setup = Setup(
         es_url=cluster.url,
         es_version=seeded["es_version"],
         es_started_here=cluster.started_here,
         s3_url=s3_server.endpoint_url,
         s3_started_here=s3_server.started_here,
-        messages=counts["messages"],
-        related_docs=sum(n for role, n in counts.items() if role != "messages"),
+        counts=seeded["counts"],
         seed_seconds=seeded["seconds"],
         start=start,
         end=end,
         page_size=page_size,
         orchestrator_peak_rss_kib=_peak_rss_kib(),
     )
-    print(report(setup, results["pipeline"], results["naive"]), flush=True)
+    print(report(setup, results), flush=True)
+    problems = _count_problems(results, setup.counts)
+    print(f"Counts: {'; '.join(problems) or 'every contender read every message; elasticdump wrote them all'}")
+    if problems:
+        raise RuntimeError(f"the counts do not match: {'; '.join(problems)}")
 
 
 def _positive(text: str) -> int:
@@ -608,7 +941,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(
         prog="python -m include.bench",
-        description="Benchmark the es-backfill pipeline against a naive per-message script.",
+        description="Benchmark the es-backfill pipeline against a raw-HTTP ceiling, elasticdump and a naive script.",
     )
     parser.add_argument(
         "--messages", type=_positive, default=DEFAULT_MESSAGES, help=f"messages to seed (default {DEFAULT_MESSAGES})"
@@ -623,10 +956,11 @@ def main(argv: list[str] | None = None) -> int:
         "--page-size",
         type=_positive,
         default=DEFAULT_PAGE_SIZE,
-        help=f"the pipeline's page_size, {PAGE_SIZE_MIN}..{PAGE_SIZE_MAX} (default {DEFAULT_PAGE_SIZE})",
+        help=f"the pipeline's page_size (and elasticdump's --limit), {PAGE_SIZE_MIN}..{PAGE_SIZE_MAX} "
+        f"(default {DEFAULT_PAGE_SIZE})",
     )
     # Internal: how the benchmark runs seeding and each contender in a child process.
-    parser.add_argument("--role", choices=("seed", *CONTENDERS, "cleanup"), help=argparse.SUPPRESS)
+    parser.add_argument("--role", choices=("seed", *ROLES, "cleanup"), help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--result-file", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -637,7 +971,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tag = f"[{args.role}] " if args.role else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s")
-    for noisy in ("elastic_transport", "botocore", "boto3", "urllib3"):
+    for noisy in ("elastic_transport", "botocore", "boto3", "urllib3", "include.devservers.faultproxy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.role:

@@ -17,10 +17,11 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from itertools import pairwise
 from typing import Any
 
 from es_backfill.config import RelatedIndex
-from es_backfill.source import Reader, Snapshot, hits_of
+from es_backfill.source import Reader, Snapshot
 
 log = logging.getLogger(__name__)
 
@@ -68,21 +69,37 @@ class RelatedLookup:
         sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
         # Usually a page's related documents fit in one request, which needs no point in time.
         body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
-        found = hits_of(self.reader.search(spec.index, body, hits_only=True))
+        found = self.reader.search(spec.index, body)["hits"]["hits"]
         if len(found) >= self.page_size:
             found = self._snapshot(spec).collect(query, sort, self.page_size)
         wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for hit in sorted(found, key=lambda h: _order_key(h, len(sort))):
+        for hit in found:
             for message_id in _join_values(hit, spec.join_field, wanted):
-                grouped[message_id].append(hit["_source"])
-        return grouped
+                grouped[message_id].append(hit)
+        return {message_id: _ordered(hits, len(sort)) for message_id, hits in grouped.items()}
+
+
+def _ordered(hits: list[dict[str, Any]], sort_fields: int) -> list[dict[str, Any]]:
+    """The sources of one message's related documents, ordered by the sort fields' values, then by (index, id)
+    for ties: a tiebreaker such as _shard_doc differs between points in time and clusters. The engine's order
+    usually is that already (no ties, one join value each), which one pass proves; otherwise they are sorted."""
+    try:
+        in_order = all(a["sort"][1:sort_fields] < b["sort"][1:sort_fields] for a, b in pairwise(hits))
+    except TypeError:  # a missing value (None) or mixed types: let the sort key decide
+        in_order = False
+    if not in_order:
+        hits = sorted(hits, key=lambda h: _order_key(h, sort_fields))
+    return [hit["_source"] for hit in hits]
 
 
 def _join_values(hit: dict[str, Any], field: str, wanted: set[str]) -> list[str]:
     """The message ids of ``wanted`` a related document names: every value of its join field in ``_source``
     (the sort value is only the smallest), else, if none of those is a wanted id as written (a normaliser, a
     field missing from ``_source``), the value it was sorted by."""
+    value = hit["_source"].get(field)
+    if type(value) is str and value in wanted:  # the usual case: one keyword id, at the top level
+        return [value]
     found = [v for v in dict.fromkeys(map(str, _source_values(hit["_source"], field.split(".")))) if v in wanted]
     return found or [str(hit["sort"][0])]
 

@@ -131,12 +131,13 @@ def run_window(config: BackfillConfig, window: Window, reader: Reader, store: Ob
                 size=config.page_size,
                 source=list(config.source.source_fields) if config.source.source_fields is not None else True,
             )
+            window_key = window.key
             for page, docs in _read_ahead(throttled(pages, config.source.max_messages_per_second), lookup):
                 page_ids = [ids.add(hit["sort"][1], hit["_id"]) for hit in page]
                 for message_id, hit in zip(page_ids, page, strict=True):
                     if message_id is None:
                         continue  # the window fails below, naming it
-                    record = build_record(message_id, window.key, hit["_source"], config.source.related, docs)
+                    record = build_record(message_id, window_key, hit["_source"], config.source.related, docs)
                     related.update(related_counts(record, config.source.related))
                     writer.write(
                         message_id, dumps_document(record) if config.output_format == "json" else dumps_line(record)

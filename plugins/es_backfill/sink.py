@@ -37,6 +37,9 @@ S3_CLIENT_CONFIG = Config(
 )
 
 MULTIPART_CHUNK = 8 * 2**20  # S3 needs >= 5 MiB for every piece but the last
+# Lines are compressed in batches of this size: one zlib call (and one release of the GIL) per batch instead of
+# per line. The compressed bytes are the same however the input is split.
+COMPRESS_BATCH = 2**18
 MANIFEST_NAME = "_manifest.json"
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -133,6 +136,7 @@ class _Part:
         self.content_type = content_type
         # wbits=31: a gzip stream whose header has no timestamp or file name, so bytes are reproducible.
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
+        self._pending = bytearray()  # lines not yet compressed
         self._buffer = bytearray()
         self._sha = hashlib.sha256()
         self._size = 0
@@ -144,7 +148,13 @@ class _Part:
     def write(self, line: bytes) -> None:
         self.records += 1
         self.raw_bytes += len(line)
-        self._append(self._compressor.compress(line) if self._compressor else line)
+        if self._compressor is None:
+            self._append(line)
+        else:
+            self._pending += line
+            if len(self._pending) >= COMPRESS_BATCH:
+                self._append(self._compressor.compress(self._pending))
+                self._pending.clear()
         if len(self._buffer) >= MULTIPART_CHUNK:
             self._send_piece()
 
@@ -168,7 +178,7 @@ class _Part:
 
     def finish(self) -> ObjectInfo:
         if self._compressor:
-            self._append(self._compressor.flush())
+            self._append(self._compressor.compress(self._pending) + self._compressor.flush())
         if self._upload_id is None:
             self.store.put(self.key, bytes(self._buffer), self.content_type)
         else:

@@ -49,11 +49,6 @@ MAX_PIT_REOPENS = 5
 # equal sort values must fit in one page when there is no tiebreaker.
 MAX_PAGE = 10_000
 
-# What page searches keep of an answer (filter_path): the hits' identity, source and sort values, the snapshot
-# ids, and what the partial-results check reads; the rest is not sent, nor parsed.
-HIT_FIELDS = (
-    "hits.hits._id,hits.hits._index,hits.hits._source,hits.hits.sort,pit_id,_scroll_id,_shards.failed,timed_out"
-)
 SHARD_DOC = "point_in_time+_shard_doc"
 UNIQUE_SORT = "point_in_time+unique_sort"
 SCROLL = "scroll"
@@ -192,9 +187,7 @@ class Reader(ABC):
     def _count(self, index: str, query: dict[str, Any]) -> dict[str, Any]: ...
 
     @abstractmethod
-    def _search(
-        self, index: str | None, body: dict[str, Any], scroll: str | None, filter_path: str | None
-    ) -> dict[str, Any]:
+    def _search(self, index: str | None, body: dict[str, Any], scroll: str | None) -> dict[str, Any]:
         """One search that refuses partial results; ``index`` is ``None`` inside a point in time."""
 
     @abstractmethod
@@ -207,7 +200,7 @@ class Reader(ABC):
     def _close_pit(self, pit_id: str) -> None: ...
 
     @abstractmethod
-    def _scroll(self, scroll_id: str, keep_alive: str, filter_path: str) -> dict[str, Any]: ...
+    def _scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]: ...
 
     @abstractmethod
     def _clear_scroll(self, scroll_id: str) -> None: ...
@@ -270,14 +263,9 @@ class Reader(ABC):
         _require_all_shards("count", response)
         return int(response["count"])
 
-    def search(
-        self, index: str | None, body: dict[str, Any], *, scroll: str | None = None, hits_only: bool = False
-    ) -> dict[str, Any]:
-        """One search; ``hits_only`` leaves out of the answer all but :data:`HIT_FIELDS` (read it with
-        :func:`hits_of`: an answer without hits then has no ``hits`` at all)."""
+    def search(self, index: str | None, body: dict[str, Any], *, scroll: str | None = None) -> dict[str, Any]:
         # Partial results would silently drop documents: implementations ask for an error instead; check.
-        filter_path = HIT_FIELDS if hits_only else None
-        response = self.call("search", self._search, index=index, body=body, scroll=scroll, filter_path=filter_path)
+        response = self.call("search", self._search, index=index, body=body, scroll=scroll)
         _require_all_shards("search", response)
         return response
 
@@ -293,7 +281,7 @@ class Reader(ABC):
         self.call("close_point_in_time", self._close_pit, pit_id=pit_id)
 
     def scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]:
-        response = self.call("scroll", self._scroll, scroll_id=scroll_id, keep_alive=keep_alive, filter_path=HIT_FIELDS)
+        response = self.call("scroll", self._scroll, scroll_id=scroll_id, keep_alive=keep_alive)
         _require_all_shards("scroll", response)
         return response
 
@@ -306,11 +294,6 @@ class Reader(ABC):
         if strategy == SCROLL:
             return ScrollSnapshot(self, index, keep_alive)
         return PointInTime(self, index, keep_alive, tiebreaker="_shard_doc" if strategy == SHARD_DOC else None)
-
-
-def hits_of(response: dict[str, Any]) -> list[Hit]:
-    """The hits of a search answer, also of one filtered to :data:`HIT_FIELDS`."""
-    return response.get("hits", {}).get("hits", [])
 
 
 def throttled(pages: Iterator[list[Hit]], per_second: float | None) -> Iterator[list[Hit]]:
@@ -488,7 +471,7 @@ class PointInTime(Snapshot):
         is returned, so the caller asks again from a key valid in the new one."""
         pit = {"id": self.pit_id, "keep_alive": self.keep_alive}
         try:
-            response = self.reader.search(None, {**body, "pit": pit, "track_total_hits": False}, hits_only=True)
+            response = self.reader.search(None, {**body, "pit": pit, "track_total_hits": False})
         except SnapshotLost as err:
             # Only losses without progress in between count: a long window may outlive many keep-alives.
             if self._losses >= MAX_PIT_REOPENS:
@@ -500,7 +483,7 @@ class PointInTime(Snapshot):
             self.pit_id = self.reader.open_pit(self.index, self.keep_alive)
             return []
         self.pit_id = response.get("pit_id", self.pit_id)
-        return hits_of(response)
+        return response["hits"]["hits"]
 
 
 class ScrollSnapshot(Snapshot):
@@ -511,12 +494,12 @@ class ScrollSnapshot(Snapshot):
 
     def pages(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> Iterator[list[Hit]]:
         body = {"query": query, "sort": sort, "size": size, "_source": source}
-        response = self.reader.search(self.index, body, scroll=self.keep_alive, hits_only=True)
+        response = self.reader.search(self.index, body, scroll=self.keep_alive)
         scroll_id = response.get("_scroll_id")
         returned = 0
         try:
             while True:
-                page = hits_of(response)
+                page = response["hits"]["hits"]
                 if page:
                     returned += len(page)
                     yield page

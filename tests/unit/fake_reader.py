@@ -56,9 +56,7 @@ class FakeReader(Reader):
             key=lambda h: h["sort"],
         )
 
-    def _search(
-        self, index: str | None, body: dict[str, Any], scroll: str | None, filter_path: str | None
-    ) -> dict[str, Any]:
+    def _search(self, index: str | None, body: dict[str, Any], scroll: str | None) -> dict[str, Any]:
         self.searches += 1
         if self.searches in self.lose_on:
             raise LostContext()
@@ -73,7 +71,7 @@ class FakeReader(Reader):
             response["_scroll_id"] = "scroll-1"
         return response
 
-    def _scroll(self, scroll_id: str, keep_alive: str, filter_path: str) -> dict[str, Any]:
+    def _scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]:
         self.searches += 1
         if self.searches in self.lose_on:
             raise LostContext()

@@ -83,12 +83,8 @@ class ElasticsearchReader(Reader):
     def _count(self, index: str, query: dict[str, Any]) -> dict[str, Any]:
         return self.client.count(index=index, query=query).body
 
-    def _search(
-        self, index: str | None, body: dict[str, Any], scroll: str | None, filter_path: str | None
-    ) -> dict[str, Any]:
-        return self.client.search(
-            index=index, body=body, scroll=scroll, filter_path=filter_path, allow_partial_search_results=False
-        ).body
+    def _search(self, index: str | None, body: dict[str, Any], scroll: str | None) -> dict[str, Any]:
+        return self.client.search(index=index, body=body, scroll=scroll, allow_partial_search_results=False).body
 
     def _field_mapping(self, index: str, fields: list[str]) -> dict[str, Any]:
         return self.client.indices.get_field_mapping(index=index, fields=fields, allow_no_indices=False).body
@@ -99,8 +95,8 @@ class ElasticsearchReader(Reader):
     def _close_pit(self, pit_id: str) -> None:
         self.client.close_point_in_time(id=pit_id)
 
-    def _scroll(self, scroll_id: str, keep_alive: str, filter_path: str) -> dict[str, Any]:
-        return self.client.scroll(scroll_id=scroll_id, scroll=keep_alive, filter_path=filter_path).body
+    def _scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]:
+        return self.client.scroll(scroll_id=scroll_id, scroll=keep_alive).body
 
     def _clear_scroll(self, scroll_id: str) -> None:
         self.client.clear_scroll(scroll_id=scroll_id)

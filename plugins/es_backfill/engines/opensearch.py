@@ -71,14 +71,10 @@ class OpenSearchReader(Reader):
     def _count(self, index: str, query: dict[str, Any]) -> dict[str, Any]:
         return self.client.count(index=index, body={"query": query})
 
-    def _search(
-        self, index: str | None, body: dict[str, Any], scroll: str | None, filter_path: str | None
-    ) -> dict[str, Any]:
+    def _search(self, index: str | None, body: dict[str, Any], scroll: str | None) -> dict[str, Any]:
         params = {"allow_partial_search_results": "false"}
         if scroll:
             params["scroll"] = scroll
-        if filter_path:
-            params["filter_path"] = filter_path
         return self.client.search(index=index, body=body, params=params)
 
     def _field_mapping(self, index: str, fields: list[str]) -> dict[str, Any]:
@@ -92,10 +88,8 @@ class OpenSearchReader(Reader):
     def _close_pit(self, pit_id: str) -> None:
         self.client.delete_pit(body={"pit_id": [pit_id]})
 
-    def _scroll(self, scroll_id: str, keep_alive: str, filter_path: str) -> dict[str, Any]:
-        return self.client.scroll(
-            body={"scroll_id": scroll_id, "scroll": keep_alive}, params={"filter_path": filter_path}
-        )
+    def _scroll(self, scroll_id: str, keep_alive: str) -> dict[str, Any]:
+        return self.client.scroll(body={"scroll_id": scroll_id, "scroll": keep_alive})
 
     def _clear_scroll(self, scroll_id: str) -> None:
         self.client.clear_scroll(body={"scroll_id": [scroll_id]})
