@@ -1,6 +1,8 @@
 """One window, end to end: read its messages, enrich them, write them, then its manifest.
 
-``run_window`` serves the DAG's mapped task, the command line, tests and benchmarks.
+``run_window`` serves the DAG's mapped task, the command line, tests and benchmarks. The next
+page and its related documents are read in a worker thread while the current one is written
+(the reader's ``max_in_flight`` bounds the requests), and records keep their order.
 It is safe to run again on the same window: a complete window is skipped (unless
 ``force``); otherwise the old manifest goes first, unfinished multipart uploads of a
 failed attempt are aborted, parts are overwritten under the same keys, objects the

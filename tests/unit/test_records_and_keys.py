@@ -70,3 +70,35 @@ def test_parts_are_cut_by_record_count_and_are_reproducible():
     assert [i.records for i in infos] == [3, 3, 1]
     assert gzip.decompress(objects["p/part-00002.jsonl.gz"]) == b'{"i":6}\n'
     assert write()[0] == objects  # byte-identical on a second run
+
+
+def test_batched_compression_writes_the_bytes_of_compressing_line_by_line(monkeypatch):
+    import zlib
+
+    from es_backfill import sink
+
+    lines = [dumps_line({"i": i, "text": f"message {i} " * (i % 17)}) for i in range(3000)]
+    per_line = zlib.compressobj(6, zlib.DEFLATED, 31)
+    expected = b"".join(per_line.compress(line) for line in lines) + per_line.flush()
+    for batch in (1, 1000, sink.COMPRESS_BATCH):
+        monkeypatch.setattr(sink, "COMPRESS_BATCH", batch)
+        store = _MemoryStore()
+        writer = PartWriter(store, "p", "jsonl.gz", max_records=10**6, max_bytes=10**9)
+        for i, line in enumerate(lines):
+            writer.write(str(i), line)
+        (info,) = writer.close()
+        assert store.objects[info.key] == expected, batch
+
+
+def test_related_documents_keep_the_engines_order_only_when_it_is_final():
+    from es_backfill.enrich import _ordered
+
+    def hit(ts, doc_id):
+        return {"sort": ["m1", ts, 0], "_index": "h", "_id": doc_id, "_source": {"id": doc_id}}
+
+    increasing = [hit(1, "z"), hit(2, "a"), hit(3, "m")]
+    assert [d["id"] for d in _ordered(increasing, 2)] == ["z", "a", "m"]  # no ties: the engine's order
+    tied = [hit(1, "z"), hit(2, "b"), hit(2, "a")]
+    assert [d["id"] for d in _ordered(tied, 2)] == ["z", "a", "b"]  # a tie: by index and id
+    missing = [hit(None, "b"), hit(1, "a")]
+    assert [d["id"] for d in _ordered(missing, 2)] == ["a", "b"]  # a missing value sorts last
