@@ -22,7 +22,7 @@ $(VENV)/.synced: requirements-dev.lock | $(UV)
 
 # Debian packages some tests use (Maven, PostgreSQL, Chromium, docker-compose); installed if missing.
 system-deps:
-	bash include/ci/system-deps.sh
+	bash include/dev/system-deps.sh
 
 lint: venv
 	$(BIN)/ruff check .
@@ -33,9 +33,9 @@ test: lint system-deps
 
 # DEMO_ENGINE=opensearch:2.19.6 (or elasticsearch:7.10.2 ...) runs it against another engine.
 demo: venv
-	$(BIN)/python -m include.demo
+	$(BIN)/python -m include.dev.demo
 
-# elasticdump for the bench, from npm, into .tools/elasticdump (once per version); include/bench.py runs it there.
+# elasticdump for the bench, from npm, into .tools/elasticdump (once per version); include/dev/bench.py runs it there.
 ELASTICDUMP_VERSION := 6.125.1
 ELASTICDUMP_STAMP := .tools/elasticdump/.installed-$(ELASTICDUMP_VERSION)
 
@@ -46,7 +46,7 @@ $(ELASTICDUMP_STAMP):
 # A benchmark, not a test: the pipeline against a raw-HTTP ceiling, elasticdump and a naive script on a
 # seeded cluster, also at +20 ms latency and over one 10x window; prints figures and ratios.
 bench: venv $(ELASTICDUMP_STAMP)
-	$(BIN)/python -m include.bench $(BENCH_ARGS)
+	$(BIN)/python -m include.dev.bench $(BENCH_ARGS)
 
 # Check a finished backfill against its manifests and Elasticsearch: make verify CONF=conf.json
 verify: venv

@@ -13,7 +13,9 @@ says where the cluster is; the engine is detected.
   objects have fixed keys and its manifest is written last, so a failed window is retried
   by clearing its task, and a re-triggered run skips the windows already complete.
 * **summarise** writes the run manifest and fails if any window's written count differs
-  from Elasticsearch's.
+  from Elasticsearch's. When every window reconciles it emits an asset event for the output,
+  `s3://{s3_bucket}/{s3_prefix}/{backfill_name}` (through the `es_backfill_output` asset alias),
+  whose extra carries the run's figures.
 
 Output: `s3://{s3_bucket}/{s3_prefix}/{backfill_name}/dt=YYYY-MM-DD/{window}/part-NNNNN.jsonl.gz`.
 """
@@ -25,13 +27,16 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import pendulum
-from airflow.sdk import Param, dag, task
+from airflow.sdk import Asset, AssetAlias, Param, dag, task
 from airflow.sdk.exceptions import AirflowFailException
 
 from es_backfill.config import (
     OUTPUT_FORMATS,
     PAGE_SIZE_MAX,
     PAGE_SIZE_MIN,
+    POOL_SLOTS_MAX,
+    SOURCE_SCHEMA,
+    SSE_KINDS,
     BackfillConfig,
     ConfigError,
     defaults_path,
@@ -45,6 +50,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POOL = os.environ.get("ES_BACKFILL_POOL", "es_backfill")
+# The asset of a backfill's output is known only at run time: summarise emits it through this alias.
+OUTPUT_ALIAS = AssetAlias("es_backfill_output")
 # First retry after this long, then doubling (tests shorten it).
 RETRY_DELAY = pendulum.duration(seconds=int(os.environ.get("ES_BACKFILL_RETRY_DELAY_S", "30")))
 INSTANT_PATTERN = r"^\d{4}-\d{2}-\d{2}([T ]\d{2}:\d{2}(:\d{2}(\.\d+)?)?(Z|[+-]\d{2}:?\d{2})?)?$"
@@ -156,9 +163,37 @@ def _reader(config: BackfillConfig) -> Reader:
             title="Force",
             description="Rewrite windows even when their manifest says they are complete.",
         ),
+        "sse": Param(
+            None,
+            type=["null", "string"],
+            enum=[None, "", *SSE_KINDS],
+            title="Server-side encryption",
+            description="Encrypt every object written: AES256 (SSE-S3) or aws:kms (SSE-KMS). Empty: the bucket's "
+            "default encryption.",
+        ),
+        "kms_key_id": Param(
+            None,
+            type=["null", "string"],
+            title="KMS key",
+            description="With aws:kms: the key's ARN, id or alias. Empty: the account's AWS managed key (aws/s3).",
+        ),
+        "pool_slots": Param(
+            4,
+            type="integer",
+            minimum=1,
+            maximum=POOL_SLOTS_MAX,
+            title="Pool slots (dry run estimate)",
+            description=f"The size of the {POOL!r} pool, which the dry run's run-time estimate assumes.",
+        ),
+        "target_duration": Param(
+            None,
+            type=["null", "string"],
+            title="Target duration (dry run)",
+            description="e.g. 6h: the dry run suggests the pool size that finishes within it.",
+        ),
         "source": Param(
             {},
-            type="object",
+            **SOURCE_SCHEMA,
             title="Source overrides",
             description="Overrides of include/backfill_defaults.json for this run (index names, fields, "
             'related indices, connection ids), e.g. {"messages": {"index": "messages-2024", ...}}.',
@@ -178,11 +213,11 @@ def es_backfill():
         # Task code cannot see pools (Airflow 3 keeps tasks off the metadata database), so say which one matters.
         log.warning(
             "Extract tasks run in pool %r, which this task cannot check: if it does not exist they wait in "
-            "'scheduled' with no error. Create or resize it: python -m include.airflow_admin pool --slots N ..., "
-            "or on MWAA python -m include.mwaa_deploy ... --pool-slots N",
+            "'scheduled' with no error. Create or resize it: python -m include.ops.airflow_admin pool --slots N ..., "
+            "or on MWAA python -m include.ops.mwaa_deploy ... --pool-slots N",
             POOL,
         )
-        store = object_store(config.source.aws_conn_id, config.s3_bucket)
+        store = object_store(config)
         with _reader(config) as reader:
             try:
                 config = identify_cluster(config, reader)
@@ -212,7 +247,7 @@ def es_backfill():
 
         # A window planned before plans named their cluster has none: the saved plan then refuses it.
         config = _config(params).with_cluster(window.get("cluster_uuid", ""))
-        store = object_store(config.source.aws_conn_id, config.s3_bucket)
+        store = object_store(config)
         with _reader(config) as reader:
             try:
                 return run_window(config, Window.from_dict(window), reader, store).to_dict()
@@ -220,20 +255,27 @@ def es_backfill():
                 raise AirflowFailException(str(err)) from err  # retrying the same task cannot help
 
     # Runs once every window has finished, failed ones included, so the summary can name them.
-    @task(trigger_rule="all_done_min_one_success")
+    @task(trigger_rule="all_done_min_one_success", outlets=[OUTPUT_ALIAS])
     def summarise(
-        windows: list[dict[str, Any]], results: list[dict[str, Any] | None], params: dict[str, Any] | None = None
+        windows: list[dict[str, Any]],
+        results: list[dict[str, Any] | None],
+        params: dict[str, Any] | None = None,
+        outlet_events: Any = None,
     ) -> dict[str, Any] | None:
         from es_backfill.hooks import object_store
-        from es_backfill.summary import summarise
+        from es_backfill.summary import output_asset, summarise
 
         config = _config(params)
         if config.dry_run:
             log.info("Dry run: nothing was written; the plan task's log shows the windows and the estimate")
             return None
         config = config.with_cluster(windows[0]["cluster_uuid"])
-        done = [r for r in results if r is not None]
-        return summarise(config, windows, done, object_store(config.source.aws_conn_id, config.s3_bucket))
+        # One slice reads every mapped result at once (iterating asks offset by offset until one is missing).
+        done = [r for r in results[:] if r is not None]
+        run = summarise(config, windows, done, object_store(config))  # raises unless every window reconciled
+        uri, extra = output_asset(config, run)
+        outlet_events[OUTPUT_ALIAS].add(Asset(uri), extra=extra)
+        return run
 
     windows = plan()
     summarise(windows, extract.expand(window=windows))

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from include.devservers.airflow_env import local_airflow_env
+from include.dev.servers.airflow_env import local_airflow_env
 
 # Airflow reads its configuration on first import, so this happens before any test imports it.
 os.environ.update(
@@ -26,8 +26,8 @@ os.environ.update(
     }
 )
 
-from include.devservers.elasticsearch import RunningCluster, running_elasticsearch
-from include.devservers.s3 import RunningS3, aws_connection_uri, running_s3
+from include.dev.servers.elasticsearch import RunningCluster, running_elasticsearch
+from include.dev.servers.s3 import RunningS3, aws_connection_uri, running_s3
 
 
 def _announce(config: pytest.Config, line: str) -> None:

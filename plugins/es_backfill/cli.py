@@ -49,11 +49,11 @@ def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[Reader, 
         from es_backfill.sink import S3_CLIENT_CONFIG
 
         s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, config=S3_CLIENT_CONFIG)
-        store = ObjectStore(s3, config.s3_bucket)
+        store = ObjectStore(s3, config.s3_bucket, config.encryption)
     else:
         from es_backfill.hooks import object_store
 
-        store = object_store(config.source.aws_conn_id, config.s3_bucket)
+        store = object_store(config)
     return reader, store
 
 

@@ -18,6 +18,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from jsonschema import Draft202012Validator, ValidationError
+
+from es_backfill.sink import Encryption
 from es_backfill.windows import WindowError, iso, parse_duration, parse_instant
 
 OUTPUT_FORMATS = ("jsonl.gz", "jsonl", "json")
@@ -26,12 +29,96 @@ PAGE_SIZE_MIN, PAGE_SIZE_MAX = 100, 10_000
 # The highest `size` Elasticsearch allows per search by default (index.max_result_window).
 RELATED_PAGE_SIZE_MAX = 10_000
 MAX_IN_FLIGHT_MAX = 16
+POOL_SLOTS_MAX = 1024  # no more windows than [core] max_map_length can run at once
 CARDINALITIES = ("one", "many")
+SSE_KINDS = ("AES256", "aws:kms")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._=-]+$")
-_KEEP_ALIVE = re.compile(r"^\d+[smh]$")
+_IP_ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
+# Prefixes and suffixes S3 reserves for its own bucket names (access point aliases, Object Lambda, S3 Express).
+_RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
+_RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", "--x-s3", ".mrap")
+
+_NAME_TEXT = {"type": "string", "minLength": 1}
+_NAMES = {"type": "array", "items": _NAME_TEXT}
+
+# The shape of the conf and of the source settings (defaults file + overrides), as JSON Schema: the types at
+# every depth, bounds, and the known keys (an unknown key is a typo). Checked first, with the field named.
+MESSAGES_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["index", "id_field", "timestamp_field"],
+    "properties": {
+        "index": _NAME_TEXT,
+        "id_field": _NAME_TEXT,
+        "timestamp_field": _NAME_TEXT,
+        "source_fields": {"type": ["array", "null"], "items": _NAME_TEXT},
+    },
+}
+RELATED_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["name", "index", "join_field"],
+    "properties": {
+        "name": _NAME_TEXT,
+        "index": _NAME_TEXT,
+        "join_field": _NAME_TEXT,
+        "sort": _NAMES,
+        "cardinality": {"enum": list(CARDINALITIES)},
+    },
+}
+# As an override in the conf: any of these keys, each replacing the defaults file's.
+SOURCE_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "es_conn_id": _NAME_TEXT,
+        "aws_conn_id": _NAME_TEXT,
+        "messages": MESSAGES_SCHEMA,
+        "related": {"type": "array", "items": RELATED_SCHEMA},
+        "related_page_size": {"type": "integer", "minimum": 1, "maximum": RELATED_PAGE_SIZE_MAX},
+        "pit_keep_alive": {"type": "string", "pattern": r"^\d+[smh]$"},
+        "request_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        "max_retries": {"type": "integer", "minimum": 0},
+        "max_in_flight": {"type": "integer", "minimum": 1, "maximum": MAX_IN_FLIGHT_MAX},
+        "max_messages_per_second": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "part_max_records": {"type": "integer", "minimum": 1},
+        "part_max_bytes": {"type": "integer", "minimum": 1024},
+    },
+}
+CONF_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "start": {"type": "string"},
+        "end": {"type": "string"},
+        "window": {"type": "string"},
+        # "" is what the trigger form sends for an emptied field.
+        "query": {"type": ["object", "null", "string"], "minProperties": 1, "maxLength": 0},
+        "backfill_name": {"type": ["string", "null"]},
+        "s3_bucket": {"type": "string"},
+        "s3_prefix": {"type": "string"},
+        "output_format": {"enum": list(OUTPUT_FORMATS)},
+        "page_size": {"type": "integer", "minimum": PAGE_SIZE_MIN, "maximum": PAGE_SIZE_MAX},
+        "balance_windows": {"type": "boolean"},
+        "dry_run": {"type": "boolean"},
+        "force": {"type": "boolean"},
+        "sse": {"enum": [None, "", *SSE_KINDS]},
+        "kms_key_id": {"type": ["string", "null"]},
+        "pool_slots": {"type": "integer", "minimum": 1, "maximum": POOL_SLOTS_MAX},
+        "target_duration": {"type": ["string", "null"]},
+        "source": SOURCE_SCHEMA,
+    },
+}
+# How to fix a value of the right type that a pattern or length refuses, by field name.
+_FIXES = {
+    "query": 'must be an Elasticsearch query DSL object, e.g. {"term": {"channel": "email"}}',
+    "pit_keep_alive": "must look like 30s, 2m or 1h",
+}
+_TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+               "object": "an object", "array": "a list", "null": "null"}  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -90,6 +177,9 @@ class BackfillConfig:
     force: bool
     balance_windows: bool
     source: SourceConfig
+    encryption: Encryption | None = None  # server-side encryption of every object written; None: the bucket's
+    pool_slots: int = 4  # the pool's size, which the dry run's time estimate assumes
+    target_duration: timedelta | None = None  # the dry run suggests a pool size that finishes within it
     cluster_uuid: str = ""  # the source cluster, read by plan; see with_cluster()
 
     @property
@@ -156,16 +246,21 @@ def default_backfill_name(start: datetime, end: datetime, window_text: str) -> s
 
 
 def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> BackfillConfig:
-    """Validate the trigger conf on top of the defaults; raise :class:`ConfigError` listing every problem."""
-    problems: list[str] = []
+    """Validate the trigger conf on top of the defaults; raise :class:`ConfigError` listing every problem.
+
+    The shape comes first (:data:`CONF_SCHEMA`: types at every depth, bounds, known keys); the checks of
+    meaning then run on every field whose shape is right, so one call reports every problem."""
+    problems, misshapen = _shape_problems(params, CONF_SCHEMA)
 
     def instant(name: str) -> datetime | None:
         value = params.get(name)
+        if name in misshapen:
+            return None
         if not value:
             problems.append(f"{name} is required (a UTC date or date-time, e.g. 2024-03-01 or 2024-03-01T06:00:00Z)")
             return None
         try:
-            return parse_instant(str(value))
+            return parse_instant(value)
         except WindowError as err:
             problems.append(f"{name}: {err}")
             return None
@@ -174,143 +269,181 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
     if start and end and end <= start:
         problems.append(f"end ({iso(end)}) must be after start ({iso(start)}); the range is half-open [start, end)")
 
-    window_text = str(params.get("window") or "1d").strip()
+    window_text = "1d" if "window" in misshapen else (params.get("window") or "1d").strip()
     window = timedelta(days=1)
     try:
         window = parse_duration(window_text)
     except WindowError as err:
         problems.append(str(err))
 
-    query = params.get("query")
-    if query == "":  # an emptied field of the trigger form
-        query = None
-    if query is not None and (not isinstance(query, dict) or not query):
-        problems.append('query must be an Elasticsearch query DSL object, e.g. {"term": {"channel": "email"}}')
+    query = None if "query" in misshapen else params.get("query") or None  # "": an emptied form field
 
-    output_format = params.get("output_format") or "jsonl.gz"
-    if output_format not in OUTPUT_FORMATS:
-        problems.append(f"output_format {output_format!r} is not one of {', '.join(OUTPUT_FORMATS)}")
+    bucket = "" if "s3_bucket" in misshapen else params.get("s3_bucket") or ""
+    if "s3_bucket" not in misshapen:
+        problems += _bucket_problems(bucket)
 
-    page_size = _int(params.get("page_size", 1000), "page_size", problems)
-    if page_size is not None and not PAGE_SIZE_MIN <= page_size <= PAGE_SIZE_MAX:
-        problems.append(f"page_size {page_size} is out of bounds; use {PAGE_SIZE_MIN}..{PAGE_SIZE_MAX}")
-
-    bucket = str(params.get("s3_bucket") or "")
-    if not _BUCKET.match(bucket):
-        problems.append(f"s3_bucket {bucket!r} is not a valid bucket name (3-63 lowercase letters, digits, '.', '-')")
-
-    prefix = str(params.get("s3_prefix") or "").strip("/")
+    prefix = "" if "s3_prefix" in misshapen else (params.get("s3_prefix") or "").strip("/")
     if prefix and not all(_PREFIX_SEGMENT.match(seg) and seg not in {".", ".."} for seg in prefix.split("/")):
         problems.append(f"s3_prefix {prefix!r} may only hold letters, digits and . _ = - between slashes")
 
-    name = params.get("backfill_name") or (
-        default_backfill_name(start, end, window_text) if start and end else "backfill"
-    )
-    if not _NAME.match(str(name)):
+    name = None if "backfill_name" in misshapen else params.get("backfill_name")
+    name = name or (default_backfill_name(start, end, window_text) if start and end else "backfill")
+    if not _NAME.match(name):
         problems.append(f"backfill_name {name!r} may only hold letters, digits, '.', '_' and '-' (max 128)")
 
-    source = _source_config({**defaults, **(params.get("source") or {})}, problems)
+    encryption = None if {"sse", "kms_key_id"} & misshapen else _encryption(params, problems)
+
+    target_text = None if "target_duration" in misshapen else (params.get("target_duration") or "").strip()
+    target = None
+    if target_text:
+        try:
+            target = parse_duration(target_text)
+        except WindowError:
+            problems.append(f"target_duration {target_text!r} is not a positive duration like 6h, 90m or 2d")
+
+    source = None
+    if "source" not in misshapen:
+        merged = {**defaults, **(params.get("source") or {})}
+        source_problems, _ = _shape_problems(merged, {**SOURCE_SCHEMA, "required": ["messages"]}, "source")
+        problems += source_problems
+        source = None if source_problems else _source_config(merged, problems)
 
     if problems:
         raise ConfigError(problems)
-    assert start and end and page_size is not None and source is not None
+    assert start and end and source is not None
     return BackfillConfig(
         start=start,
         end=end,
         window=window,
         window_text=window_text,
         query=query,
-        backfill_name=str(name),
+        backfill_name=name,
         s3_bucket=bucket,
         s3_prefix=prefix,
-        output_format=output_format,
-        page_size=page_size,
-        dry_run=bool(params.get("dry_run", False)),
-        force=bool(params.get("force", False)),
-        balance_windows=bool(params.get("balance_windows", False)),
+        output_format=params.get("output_format") or "jsonl.gz",
+        page_size=int(params.get("page_size", 1000)),
+        dry_run=params.get("dry_run", False),
+        force=params.get("force", False),
+        balance_windows=params.get("balance_windows", False),
         source=source,
+        encryption=encryption,
+        pool_slots=int(params.get("pool_slots", 4)),
+        target_duration=target,
     )
 
 
-def _int(value: Any, name: str, problems: list[str]) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        problems.append(f"{name} must be an integer")
+def _shape_problems(instance: Any, schema: dict[str, Any], root: str = "") -> tuple[list[str], set[str]]:
+    """Every way ``instance`` departs from ``schema``, each naming the field and the fix, and the top-level
+    keys concerned."""
+    errors = sorted(Draft202012Validator(schema).iter_errors(instance), key=lambda e: [str(p) for p in e.path])
+    return [_describe(error, root) for error in errors], {str(e.path[0]) for e in errors if e.path}
+
+
+def _describe(error: ValidationError, root: str) -> str:
+    path = root
+    for part in error.path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}" if path else str(part)
+    value, schema, kind = error.instance, error.schema, error.validator
+    shown = json.dumps(value, default=str)
+    shown = shown if len(shown) <= 60 else shown[:57] + "..."
+    if kind == "additionalProperties":
+        known = schema.get("properties", {})
+        unknown = ", ".join(repr(k) for k in value if k not in known)
+        return f"unknown key {unknown} in {path or 'the conf'}; the known keys are {', '.join(known)}"
+    if kind == "required":
+        missing = [k for k in error.validator_value if k not in value]
+        return f"{f'{path}.' if path else ''}{missing[0]} is required"
+    if kind == "type":
+        types = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        hint = " (JSON true or false, not a string)" if types == ["boolean"] and isinstance(value, str) else ""
+        return f"{path} must be {' or '.join(_TYPE_WORDS[t] for t in types)}, not {shown}{hint}"
+    if kind == "enum":
+        allowed = ", ".join(json.dumps(v) for v in error.validator_value if v != "")
+        return f"{path} must be one of {allowed}, not {shown}"
+    if kind in {"minimum", "maximum", "exclusiveMinimum"}:
+        low, high = schema.get("minimum"), schema.get("maximum")
+        bound = f"within {low}..{high}" if low is not None and high is not None else f"at least {low}"
+        return f"{path} must be {'greater than 0' if kind == 'exclusiveMinimum' else bound}, not {shown}"
+    if kind == "minLength":
+        return f"{path} must not be empty"
+    last = path.rsplit(".", 1)[-1]
+    if last in _FIXES:
+        return f"{path} {_FIXES[last]}, not {shown}"
+    return f"{path}: {error.message}"
+
+
+def _bucket_problems(bucket: str) -> list[str]:
+    """Why S3 would refuse ``bucket`` as a bucket name (general purpose buckets' rules)."""
+    fix = "use 3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
+    if not _BUCKET.match(bucket):
+        return [f"s3_bucket {bucket!r} is not a valid bucket name: {fix}"]
+    problems = []
+    if _IP_ADDRESS.match(bucket):
+        problems.append(f"s3_bucket {bucket!r} looks like an IP address, which S3 refuses as a bucket name")
+    if ".." in bucket or ".-" in bucket or "-." in bucket:
+        problems.append(f"s3_bucket {bucket!r} has '..', '.-' or '-.', which S3 refuses in a bucket name")
+    for reserved in _RESERVED_BUCKET_PREFIXES:
+        if bucket.startswith(reserved):
+            problems.append(f"s3_bucket {bucket!r} starts with {reserved!r}, a prefix S3 reserves")
+    for reserved in _RESERVED_BUCKET_SUFFIXES:
+        if bucket.endswith(reserved):
+            problems.append(f"s3_bucket {bucket!r} ends with {reserved!r}, a suffix S3 reserves")
+    return problems
+
+
+def _encryption(params: Mapping[str, Any], problems: list[str]) -> Encryption | None:
+    """Server-side encryption of every object written: ``sse`` AES256 or aws:kms, with ``kms_key_id`` for the
+    latter (else the bucket's AWS managed key)."""
+    sse, key = params.get("sse") or None, params.get("kms_key_id") or None
+    if key and sse != "aws:kms":
+        problems.append('kms_key_id needs sse "aws:kms" (SSE-KMS); set sse, or drop kms_key_id')
         return None
-    try:
-        return int(value)
-    except ValueError:
-        problems.append(f"{name} must be an integer, not {value!r}")
-        return None
+    return Encryption(sse, key) if sse else None
 
 
 def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig | None:
+    """The source settings, whose shape :data:`SOURCE_SCHEMA` has checked; ``None`` if their meaning is wrong."""
     before = len(problems)
-    messages = raw.get("messages") or {}
-    for key in ("index", "id_field", "timestamp_field"):
-        if not messages.get(key):
-            problems.append(f"source.messages.{key} is required")
-    fields = messages.get("source_fields")
-    if fields is not None and not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
-        problems.append("source.messages.source_fields must be null (whole documents) or a list of field names")
-
+    messages = raw["messages"]
     related: list[RelatedIndex] = []
     names: set[str] = set()
-    for i, item in enumerate(raw.get("related") or []):
-        missing = [k for k in ("name", "index", "join_field") if not item.get(k)]
-        if missing:
-            problems.append(f"source.related[{i}] is missing {', '.join(missing)}")
-            continue
+    indices = {messages["index"]: "source.messages.index"}
+    for i, item in enumerate(raw.get("related", [])):
         if item["name"] in names or item["name"] in {"message", "message_id", "window"}:
             problems.append(f"source.related[{i}].name {item['name']!r} is used twice or is reserved")
         names.add(item["name"])
-        cardinality = item.get("cardinality", "many")
-        if cardinality not in CARDINALITIES:
-            problems.append(f"source.related[{i}].cardinality must be 'one' or 'many', not {cardinality!r}")
-        sort = item.get("sort") or []
-        if not isinstance(sort, list) or not all(isinstance(s, str) for s in sort):
-            problems.append(f"source.related[{i}].sort must be a list of field names")
-            sort = []
-        elif cardinality == "one" and not sort:
+        if item["index"] in indices:
+            problems.append(
+                f"source.related[{i}].index {item['index']!r} is already {indices[item['index']]}: "
+                "each index may be named once"
+            )
+        indices.setdefault(item["index"], f"source.related[{i}].index")
+        cardinality, sort = item.get("cardinality", "many"), item.get("sort", [])
+        if cardinality == "one" and not sort:
             problems.append(
                 f"source.related[{i}] ({item['name']}) has cardinality 'one' but no sort fields: name the fields "
                 "that order its documents so the last is the current one, ending in a unique field, "
                 'e.g. "sort": ["updated_at", "status_id"]'
             )
         related.append(RelatedIndex(item["name"], item["index"], item["join_field"], tuple(sort), cardinality))
-
-    related_page_size = _int(raw.get("related_page_size", RELATED_PAGE_SIZE_MAX), "related_page_size", problems)
-    if related_page_size is not None and not 1 <= related_page_size <= RELATED_PAGE_SIZE_MAX:
-        problems.append(f"source.related_page_size must be within 1..{RELATED_PAGE_SIZE_MAX}")
-    keep_alive = str(raw.get("pit_keep_alive", "2m"))
-    if not _KEEP_ALIVE.match(keep_alive):
-        problems.append(f"source.pit_keep_alive {keep_alive!r} must look like 30s, 2m or 1h")
-    part_max_records = _int(raw.get("part_max_records", 100_000), "part_max_records", problems)
-    part_max_bytes = _int(raw.get("part_max_bytes", 256 * 2**20), "part_max_bytes", problems)
-    max_retries = _int(raw.get("max_retries", 6), "max_retries", problems)
-    if (part_max_records or 0) < 1 or (part_max_bytes or 0) < 1024 or (max_retries or 0) < 0:
-        problems.append("source.part_max_records >= 1, part_max_bytes >= 1024 and max_retries >= 0 are required")
-    max_in_flight = _int(raw.get("max_in_flight", 3), "max_in_flight", problems)
-    if max_in_flight is not None and not 1 <= max_in_flight <= MAX_IN_FLIGHT_MAX:
-        problems.append(f"source.max_in_flight must be within 1..{MAX_IN_FLIGHT_MAX} (requests of one task at once)")
-    rate = raw.get("max_messages_per_second")
-    if rate is not None and (isinstance(rate, bool) or not isinstance(rate, int | float) or rate <= 0):
-        problems.append("source.max_messages_per_second must be a positive number, or null for no cap")
     if len(problems) > before:
         return None
+    fields = messages.get("source_fields")
+    rate = raw.get("max_messages_per_second")
     return SourceConfig(
-        es_conn_id=str(raw.get("es_conn_id", "elasticsearch_default")),
-        aws_conn_id=str(raw.get("aws_conn_id", "aws_default")),
+        es_conn_id=raw.get("es_conn_id", "elasticsearch_default"),
+        aws_conn_id=raw.get("aws_conn_id", "aws_default"),
         messages_index=messages["index"],
         id_field=messages["id_field"],
         timestamp_field=messages["timestamp_field"],
         source_fields=tuple(fields) if fields is not None else None,
         related=tuple(related),
-        related_page_size=related_page_size or RELATED_PAGE_SIZE_MAX,
-        pit_keep_alive=keep_alive,
+        related_page_size=int(raw.get("related_page_size", RELATED_PAGE_SIZE_MAX)),
+        pit_keep_alive=raw.get("pit_keep_alive", "2m"),
         request_timeout_s=float(raw.get("request_timeout_s", 60)),
-        max_retries=max_retries or 0,
-        part_max_records=part_max_records or 1,
-        part_max_bytes=part_max_bytes or 1024,
-        max_in_flight=max_in_flight or 1,
+        max_retries=int(raw.get("max_retries", 6)),
+        part_max_records=int(raw.get("part_max_records", 100_000)),
+        part_max_bytes=int(raw.get("part_max_bytes", 256 * 2**20)),
+        max_in_flight=int(raw.get("max_in_flight", 3)),
         max_messages_per_second=float(rate) if rate is not None else None,
     )

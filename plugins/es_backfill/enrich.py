@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from itertools import pairwise
@@ -59,10 +59,15 @@ class RelatedLookup:
 
     def fetch(self, message_ids: Sequence[str]) -> RelatedDocs:
         """Every related document of ``message_ids``, per related index, grouped and ordered."""
+        return self.start(message_ids)()
+
+    def start(self, message_ids: Sequence[str]) -> Callable[[], RelatedDocs]:
+        """Start the lookups of ``message_ids`` and return what waits for them: ``fetch`` in two steps, so that
+        the caller can read something else meanwhile."""
         if not message_ids:
-            return {}
+            return dict
         futures = {spec.name: self._pool.submit(self._fetch_one, spec, message_ids) for spec in self.related}
-        return {name: future.result() for name, future in futures.items()}
+        return lambda: {name: future.result() for name, future in futures.items()}
 
     def _fetch_one(self, spec: RelatedIndex, message_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
         query = {"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -194,21 +194,23 @@ def run_window(config: BackfillConfig, window: Window, reader: Reader, store: Ob
 
 
 def _read_ahead(pages: Iterator[list[Hit]], lookup: RelatedLookup) -> Iterator[tuple[list[Hit], RelatedDocs]]:
-    """Each page with its related documents, in order, while the next page and its lookups are read in a worker
-    thread: reading overlaps enriching, serialising, compressing and uploading. Two pages are in memory."""
+    """Each page with its related documents, in order, read ahead in a worker thread: while page N is
+    enriched, serialised, compressed and uploaded, the lookups of page N+1 and the search for page N+2 run
+    (the reader bounds the requests in flight). Three pages are in memory at most."""
 
-    def next_page() -> tuple[list[Hit], RelatedDocs] | None:
+    def next_page() -> tuple[list[Hit], Callable[[], RelatedDocs]] | None:
         page = next(pages, None)
         if page is None:
             return None
         # The ids as MessageIds reads them (a missing one fails the window, so it needs no lookup).
-        return page, lookup.fetch([str(hit["sort"][1]) for hit in page if hit["sort"][1] is not None])
+        return page, lookup.start([str(hit["sort"][1]) for hit in page if hit["sort"][1] is not None])
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-ahead") as pool:
         ahead = pool.submit(next_page)
         while (item := ahead.result()) is not None:
+            page, related = item
             ahead = pool.submit(next_page)
-            yield item
+            yield page, related()
 
 
 def _refuse_messages_without_id(config: BackfillConfig, window: Window, reader: Reader, query: dict[str, Any]) -> None:

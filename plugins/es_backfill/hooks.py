@@ -22,7 +22,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
-from es_backfill.config import ConfigError, SourceConfig
+from es_backfill.config import BackfillConfig, ConfigError, SourceConfig
 from es_backfill.engines import AwsAuth, ConnectionSettings, UnsupportedEngine, connect
 from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
 from es_backfill.source import AccessDenied, Reader
@@ -176,7 +176,9 @@ def search_reader(source: SourceConfig) -> Reader:
     return hook.get_conn()
 
 
-def object_store(aws_conn_id: str, bucket: str) -> ObjectStore:
+def object_store(config: BackfillConfig) -> ObjectStore:
+    """The run's bucket through ``S3Hook`` on its ``aws_conn_id``, writing with the run's encryption."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    return ObjectStore(S3Hook(aws_conn_id=aws_conn_id, config=S3_CLIENT_CONFIG).get_conn(), bucket)
+    client = S3Hook(aws_conn_id=config.source.aws_conn_id, config=S3_CLIENT_CONFIG).get_conn()
+    return ObjectStore(client, config.s3_bucket, config.encryption)

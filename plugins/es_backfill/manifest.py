@@ -103,6 +103,7 @@ def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window]
         "fingerprint": config.fingerprint(),
         "settings": config.shaping_settings(),
         "source": source,
+        "encryption": encryption_record(config),
         "windows": [w.to_dict() for w in windows],
     }
     store.put(plan_key(config), dumps(body))
@@ -161,7 +162,13 @@ def build_window_manifest(
         # Names relative to the window's folder: the manifest does not depend on where the backfill lives.
         "objects": [{**o.to_dict(), "key": o.key.rsplit(f"/{window.key}/", 1)[1]} for o in objects],
         "bytes": sum(o.bytes for o in objects),
+        "encryption": encryption_record(config),
     }
+
+
+def encryption_record(config: BackfillConfig) -> dict[str, Any] | None:
+    """How the run asked S3 to encrypt what it wrote (``None``: the bucket's default), for the manifests."""
+    return config.encryption.to_dict() if config.encryption else None
 
 
 def dumps(manifest: dict[str, Any]) -> bytes:

@@ -9,8 +9,11 @@ takes one ``range`` aggregation; balancing windows by document count takes one
 from __future__ import annotations
 
 import gzip
+import heapq
 import logging
 import math
+import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +28,6 @@ from es_backfill.windows import Window, WindowError, balance, iso, split
 
 log = logging.getLogger(__name__)
 
-SAMPLE_SIZE = 50
 HISTOGRAM_BUCKETS_PER_WINDOW = 32
 
 
@@ -181,19 +183,40 @@ def window_counts(config: BackfillConfig, reader: Reader, windows: list[Window])
     return [buckets[w.key]["doc_count"] for w in windows]
 
 
-def estimate_bytes_per_message(config: BackfillConfig, reader: Reader) -> float:
-    """Average output bytes per message over a small enriched sample (compressed if the format is)."""
+@dataclass(frozen=True)
+class Sample:
+    """One page of the range's first messages read, enriched and serialised as an extract task would."""
+
+    messages: int
+    seconds: float  # reading it (one search, one lookup per related index) and building its output
+    output_bytes: int  # compressed if the format is
+
+    @property
+    def bytes_per_message(self) -> float:
+        return self.output_bytes / self.messages if self.messages else 0.0
+
+    @property
+    def seconds_per_message(self) -> float:
+        return self.seconds / self.messages if self.messages else 0.0
+
+
+def read_sample(config: BackfillConfig, reader: Reader) -> Sample:
+    """Time one page (``page_size`` messages, the first of the range) through the extract path: one search, the
+    related lookups, records, serialisation and compression. Bounded and read-only: about ``1 + related``
+    requests. Requests are sent one after the other here, so an extract task, which overlaps them, is faster."""
+    started = time.perf_counter()
     response = reader.search(
         config.source.messages_index,
         {
-            "size": SAMPLE_SIZE,
+            "size": config.page_size,
             "query": message_query(config, Window(config.start, config.end)),
             "sort": [{config.source.timestamp_field: "asc"}],
+            "track_total_hits": False,
         },
     )
     hits = response["hits"]["hits"]
     if not hits:
-        return 0.0
+        return Sample(0, 0.0, 0)
     ids = [str(h["_source"].get(config.source.id_field, h["_id"])) for h in hits]
     with RelatedLookup(reader, config.source.related, "30s", config.source.related_page_size) as lookup:
         docs = lookup.fetch(ids)
@@ -202,19 +225,57 @@ def estimate_bytes_per_message(config: BackfillConfig, reader: Reader) -> float:
         for i, h in zip(ids, hits, strict=True)
     )
     size = len(gzip.compress(data, mtime=0)) if config.output_format == "jsonl.gz" else len(data)
-    return size / len(hits)
+    return Sample(len(hits), time.perf_counter() - started, size)
+
+
+def schedule_seconds(durations: list[float], slots: int) -> float:
+    """When the last of ``durations`` ends if they start in order, each on the first of ``slots`` to free up
+    (how the scheduler fills the pool with mapped tasks)."""
+    ends = [0.0] * min(slots, max(len(durations), 1))
+    for duration in durations:
+        heapq.heappush(ends, heapq.heappop(ends) + duration)
+    return max(ends)
+
+
+def suggest_pool_slots(durations: list[float], target_s: float) -> int | None:
+    """The fewest slots that finish ``durations`` within ``target_s``; None if even one slot per window cannot
+    (a window alone takes longer: use smaller windows)."""
+    if not durations or max(durations) > target_s:
+        return None
+    low, high = 1, len(durations)
+    while low < high:
+        middle = (low + high) // 2
+        if schedule_seconds(durations, middle) <= target_s:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 def dry_run_report(config: BackfillConfig, reader: Reader, windows: list[Window]) -> dict[str, Any]:
+    """Per-window counts, the output size and the run time, estimated from one sample page."""
     counts = window_counts(config, reader, windows)
-    per_message = estimate_bytes_per_message(config, reader)
+    sample = read_sample(config, reader)
     rows = [
-        {"window": w.label, "messages": c, "estimated_bytes": round(c * per_message)}
+        {
+            "window": w.label,
+            "messages": c,
+            "estimated_bytes": round(c * sample.bytes_per_message),
+            "estimated_seconds": round(c * sample.seconds_per_message, 1),
+        }
         for w, c in zip(windows, counts, strict=True)
     ]
+    durations = [c * sample.seconds_per_message for c in counts]
+    target_s = config.target_duration.total_seconds() if config.target_duration else None
     return {
         "windows": rows,
         "messages": sum(counts),
-        "estimated_bytes": round(sum(counts) * per_message),
-        "bytes_per_message": round(per_message, 1),
+        "estimated_bytes": round(sum(counts) * sample.bytes_per_message),
+        "bytes_per_message": round(sample.bytes_per_message, 1),
+        "sample": {"messages": sample.messages, "seconds": round(sample.seconds, 3)},
+        "pool_slots": config.pool_slots,
+        "estimated_seconds": round(schedule_seconds(durations, config.pool_slots), 1),
+        "target_seconds": target_s,
+        "suggested_pool_slots": suggest_pool_slots(durations, target_s) if target_s else None,
+        "max_concurrent_searches": min(config.pool_slots, len(windows)) * config.source.max_in_flight,
     }

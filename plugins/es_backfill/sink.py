@@ -19,8 +19,9 @@ import hashlib
 import logging
 import re
 import zlib
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -71,15 +72,74 @@ def safe_id(message_id: str) -> str:
     return f"{readable}.{hashlib.sha256(message_id.encode()).hexdigest()[:16]}"
 
 
-class ObjectStore:
-    """The S3 calls a window makes, on one bucket, through a boto3 client from ``S3Hook``."""
+@dataclass(frozen=True)
+class Encryption:
+    """Server-side encryption asked for every object written: ``AES256`` (SSE-S3) or ``aws:kms`` (SSE-KMS, with
+    ``kms_key_id`` or else the account's AWS managed key)."""
 
-    def __init__(self, client: Any, bucket: str) -> None:
+    sse: str
+    kms_key_id: str | None = None
+
+    def request_args(self) -> dict[str, str]:
+        """What PutObject and CreateMultipartUpload take (UploadPart needs nothing: the upload carries it)."""
+        args = {"ServerSideEncryption": self.sse}
+        if self.kms_key_id:
+            args["SSEKMSKeyId"] = self.kms_key_id
+        return args
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class PreconditionFailed(RuntimeError):
+    """A conditional write lost: the object exists (``If-None-Match: *``) or changed (``If-Match``)."""
+
+
+class ObjectStore:
+    """The S3 calls a window makes, on one bucket, through a boto3 client from ``S3Hook``; every object it
+    writes is encrypted as ``encryption`` says (``None``: as the bucket's default encryption does)."""
+
+    def __init__(self, client: Any, bucket: str, encryption: Encryption | None = None) -> None:
         self.client = client
         self.bucket = bucket
+        self.encryption = encryption
+        self.write_args = encryption.request_args() if encryption else {}
 
     def put(self, key: str, data: bytes, content_type: str = "application/json") -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type)
+        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **self.write_args)
+
+    def put_conditional(
+        self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
+    ) -> str:
+        """Write ``key`` only if it does not exist yet (``if_none_match``) or still has the ETag ``if_match``;
+        return the new ETag, or raise :class:`PreconditionFailed`."""
+        condition = {"IfNoneMatch": "*"} if if_none_match else {"IfMatch": if_match} if if_match else {}
+        try:
+            response = self.client.put_object(
+                Bucket=self.bucket, Key=key, Body=data, ContentType="application/json", **condition, **self.write_args
+            )
+        except self.client.exceptions.ClientError as err:
+            if _lost_condition(err):
+                raise PreconditionFailed(f"s3://{self.bucket}/{key} changed: {err}") from err
+            raise
+        return response["ETag"]
+
+    def get_with_etag(self, key: str) -> tuple[bytes, str] | None:
+        """The object's bytes and ETag, or None if it does not exist."""
+        try:
+            response = self.client.get_object(Bucket=self.bucket, Key=key)
+        except self.client.exceptions.NoSuchKey:
+            return None
+        return response["Body"].read(), response["ETag"]
+
+    def delete_conditional(self, key: str, *, if_match: str) -> None:
+        """Delete ``key`` only if it still has the ETag ``if_match``, else raise :class:`PreconditionFailed`."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=key, IfMatch=if_match)
+        except self.client.exceptions.ClientError as err:
+            if _lost_condition(err):
+                raise PreconditionFailed(f"s3://{self.bucket}/{key} changed: {err}") from err
+            raise
 
     def get(self, key: str) -> bytes | None:
         try:
@@ -127,16 +187,33 @@ class ObjectStore:
         return aborted
 
 
-class _Part:
-    """One object being written: compressed on the fly, uploaded in pieces once large."""
+def _lost_condition(err: Any) -> bool:
+    """412 Precondition Failed, or 409 ConditionalRequestConflict (S3's answer to a concurrent conditional
+    write on the same key)."""
+    code = err.response.get("Error", {}).get("Code")
+    return code in {"PreconditionFailed", "ConditionalRequestConflict"} or err.response.get("ResponseMetadata", {}).get(
+        "HTTPStatusCode"
+    ) in {409, 412}
 
-    def __init__(self, store: ObjectStore, key: str, gzip: bool, content_type: str) -> None:
+
+class _Part:
+    """One object being written: compressed on the fly, uploaded in pieces once large.
+
+    Lines are gathered in batches; compressing and uploading a batch runs on the writer's one worker thread,
+    in order, while the caller builds the next lines (zlib and the uploads release the GIL). At most
+    ``MAX_QUEUED`` batches wait for it."""
+
+    MAX_QUEUED = 16
+
+    def __init__(self, store: ObjectStore, key: str, gzip: bool, content_type: str, worker: ThreadPoolExecutor) -> None:
         self.store = store
         self.key = key
         self.content_type = content_type
         # wbits=31: a gzip stream whose header has no timestamp or file name, so bytes are reproducible.
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
-        self._pending = bytearray()  # lines not yet compressed
+        self._worker = worker
+        self._queued: deque[Future[None]] = deque()
+        self._pending = bytearray()  # lines not yet handed to the worker
         self._buffer = bytearray()
         self._sha = hashlib.sha256()
         self._size = 0
@@ -148,37 +225,44 @@ class _Part:
     def write(self, line: bytes) -> None:
         self.records += 1
         self.raw_bytes += len(line)
-        if self._compressor is None:
-            self._append(line)
-        else:
-            self._pending += line
-            if len(self._pending) >= COMPRESS_BATCH:
-                self._append(self._compressor.compress(self._pending))
-                self._pending.clear()
-        if len(self._buffer) >= MULTIPART_CHUNK:
-            self._send_piece()
+        self._pending += line
+        if len(self._pending) >= COMPRESS_BATCH:
+            self._hand_over(final=False)
 
-    def _append(self, data: bytes) -> None:
+    def _hand_over(self, final: bool) -> None:
+        self._queued.append(self._worker.submit(self._consume, bytes(self._pending), final))
+        self._pending.clear()
+        while len(self._queued) > self.MAX_QUEUED:
+            self._queued.popleft().result()  # re-raises the worker's error here
+
+    def _consume(self, data: bytes, final: bool) -> None:
+        """On the worker thread: compress ``data``, and send a piece once one is full."""
+        if self._compressor is not None:
+            data = self._compressor.compress(data) + (self._compressor.flush() if final else b"")
         self._buffer += data
         self._sha.update(data)
         self._size += len(data)
+        if len(self._buffer) >= MULTIPART_CHUNK:
+            self._send_piece()
 
     def _send_piece(self) -> None:
         client, bucket = self.store.client, self.store.bucket
         if self._upload_id is None:
             self._upload_id = client.create_multipart_upload(
-                Bucket=bucket, Key=self.key, ContentType=self.content_type
+                Bucket=bucket, Key=self.key, ContentType=self.content_type, **self.store.write_args
             )["UploadId"]
         number = len(self._pieces) + 1
+        # The buffer itself, not a copy of it: the call has returned before the buffer is reused.
         response = client.upload_part(
-            Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=bytes(self._buffer)
+            Bucket=bucket, Key=self.key, UploadId=self._upload_id, PartNumber=number, Body=self._buffer
         )
         self._pieces.append({"PartNumber": number, "ETag": response["ETag"]})
-        self._buffer.clear()
+        self._buffer = bytearray()
 
     def finish(self) -> ObjectInfo:
-        if self._compressor:
-            self._append(self._compressor.compress(self._pending) + self._compressor.flush())
+        self._hand_over(final=True)
+        while self._queued:
+            self._queued.popleft().result()
         if self._upload_id is None:
             self.store.put(self.key, bytes(self._buffer), self.content_type)
         else:
@@ -193,6 +277,8 @@ class _Part:
         return ObjectInfo(self.key, self.records, self._size, self._sha.hexdigest())
 
     def abort(self) -> None:
+        wait(self._queued)  # nothing may start an upload after it is aborted
+        self._queued.clear()
         if self._upload_id is not None:
             self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id)
             self._upload_id = None
@@ -210,11 +296,12 @@ class PartWriter:
         self.max_bytes = max_bytes
         self.objects: list[ObjectInfo] = []
         self._part: _Part | None = None
+        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="part-writer")
 
     def write(self, record_id: str, line: bytes) -> None:
         if self._part is None:
             key = f"{self.prefix}/part-{len(self.objects):05d}.{self.suffix}"
-            self._part = _Part(self.store, key, self.gzip, CONTENT_TYPES[self.suffix])
+            self._part = _Part(self.store, key, self.gzip, CONTENT_TYPES[self.suffix], self._worker)
         self._part.write(line)
         if self._part.records >= self.max_records or self._part.raw_bytes >= self.max_bytes:
             self._finish_part()
@@ -226,12 +313,14 @@ class PartWriter:
 
     def close(self) -> list[ObjectInfo]:
         self._finish_part()
+        self._worker.shutdown()
         return self.objects
 
     def abort(self) -> None:
         if self._part is not None:
             self._part.abort()
             self._part = None
+        self._worker.shutdown()
 
 
 class DocumentWriter:

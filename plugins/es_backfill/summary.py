@@ -68,6 +68,7 @@ def summarise(
         "objects": sum(r["objects"] for r in results),
         "bytes": sum(r["bytes"] for r in results),
         "failed_windows": [w["label"] for w in failed],
+        "encryption": manifest.encryption_record(config),
         "mismatched_windows": mismatched,
         "window_keys": [r["window"]["key"] for r in results],
     }
@@ -91,13 +92,45 @@ def summarise(
     return {key: value for key, value in run.items() if key != "window_keys"}  # XCom stays small
 
 
+def output_asset(config: BackfillConfig, run: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The asset of a reconciled backfill: its output folder's URI, and the event's extra (the run's figures
+    and where the run manifest is)."""
+    uri = f"s3://{config.s3_bucket}/{config.root_prefix}"  # Airflow would drop a trailing slash
+    return uri, {**run, "run_manifest": f"s3://{config.s3_bucket}/{manifest.run_manifest_key(config)}"}
+
+
 def log_dry_run(report: dict[str, Any]) -> dict[str, Any]:
-    """Log the plan of a dry run: per-window counts and estimated output size."""
-    lines = [f"{'window':<37} {'messages':>9} {'est. bytes':>12}"]
-    lines += [f"{r['window']:<37} {r['messages']:>9} {r['estimated_bytes']:>12}" for r in report["windows"]]
+    """Log the plan of a dry run: per-window counts, estimated output size and run time."""
+    lines = [f"{'window':<37} {'messages':>9} {'est. bytes':>12} {'est. time':>10}"]
+    lines += [
+        f"{r['window']:<37} {r['messages']:>9} {r['estimated_bytes']:>12} {format_seconds(r['estimated_seconds']):>10}"
+        for r in report["windows"]
+    ]
     log.info("Dry run, nothing written:\n%s", "\n".join(lines))
     log.info(
         "Dry run total: %s windows, %s messages, about %s bytes (%s bytes per message)",
         len(report["windows"]), report["messages"], report["estimated_bytes"], report["bytes_per_message"],
     )  # fmt: skip
+    log.info(
+        "Estimated run time with %s pool slots: %s (at most %s searches at once on the cluster), from one sample "
+        "page of %s messages read in %.2fs",
+        report["pool_slots"], format_seconds(report["estimated_seconds"]), report["max_concurrent_searches"],
+        report["sample"]["messages"], report["sample"]["seconds"],
+    )  # fmt: skip
+    if report["target_seconds"]:
+        target = format_seconds(report["target_seconds"])
+        if report["suggested_pool_slots"]:
+            log.info("To finish within %s: a pool of %s slot(s)", target, report["suggested_pool_slots"])
+        else:
+            log.info("To finish within %s: no pool size can, a window alone takes longer; use smaller windows", target)
     return report
+
+
+def format_seconds(seconds: float) -> str:
+    """``42s``, ``12m 05s`` or ``3h 07m``."""
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"

@@ -25,7 +25,7 @@ COMPOSE_FILE = ROOT / "docker-compose.yaml"
 ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
-INIT_SCRIPT = ROOT / "include" / "compose" / "init.sh"
+INIT_SCRIPT = ROOT / "include" / "ops" / "compose-init.sh"
 DEFAULTS = ROOT / "include" / "backfill_defaults.json"
 
 AIRFLOW_BASE_IMAGE = "apache/airflow:3.3.1-python3.12"
@@ -252,7 +252,7 @@ def test_files_the_containers_run_exist_in_the_repository(services):
                 if word.startswith(target.rstrip("/") + "/"):
                     host = ROOT / os.path.normpath(source) / word[len(target.rstrip("/")) + 1 :]
                     assert host.is_file(), f"{name} runs {word}, but {host.relative_to(ROOT)} does not exist"
-    assert "/opt/airflow/include/compose/init.sh" in services["airflow-init"]["command"]
+    assert "/opt/airflow/include/ops/compose-init.sh" in services["airflow-init"]["command"]
 
 
 def test_every_variable_without_a_default_is_defined_in_env_example(env_example):
@@ -342,8 +342,8 @@ def test_init_script_migrates_and_creates_pool_connections_and_bucket(init_scrip
 
 
 def test_init_script_seeds_demo_data_with_the_generator(init_script):
-    assert re.search(r"python -m include\.datagen --es-url \"\$\{ES_URL\}\" --messages", init_script)
-    assert (ROOT / "include" / "datagen.py").is_file()
+    assert re.search(r"python -m include\.dev\.datagen --es-url \"\$\{ES_URL\}\" --messages", init_script)
+    assert (ROOT / "include" / "dev" / "datagen.py").is_file()
 
 
 def test_init_service_points_the_script_at_the_compose_servers(services):

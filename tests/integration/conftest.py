@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from include.datagen import DatasetSpec, IndexNames, generate, load
-from include.devservers.elasticsearch import elasticsearch_connection_uri
+from include.dev.datagen import DatasetSpec, IndexNames, generate, load
+from include.dev.servers.elasticsearch import elasticsearch_connection_uri
 from tests.integration.support import unique_indices, utc
 
 
@@ -65,7 +65,7 @@ def run_backfill(airflow_db, es_connection, s3_server):
 def engine(request, pytestconfig):
     """A node of the engine ``request.param`` ((engine, version) from ``ENGINES``), started once per session
     when a test first asks for it; parametrize indirectly, and pytest runs each engine's tests together."""
-    from include.devservers.elasticsearch import running_engine
+    from include.dev.servers.elasticsearch import running_engine
     from tests.conftest import _announce
 
     with running_engine(*request.param) as cluster:

@@ -11,7 +11,7 @@ import orjson
 
 from es_backfill.engines import ConnectionSettings, connect
 from es_backfill.source import Reader
-from include.datagen import IndexNames
+from include.dev.datagen import IndexNames
 
 RELATED_SORT = {"history": ("@timestamp", "event_id"), "audit": ("@timestamp", "audit_id")}
 
@@ -109,3 +109,25 @@ def open_uploads(bucket: str) -> list[dict[str, Any]]:
 def reader_at(url: str, **retry: Any) -> Reader:
     """The reader for the cluster at ``url``, chosen by ``GET /`` as the DAG's hook chooses it."""
     return connect(ConnectionSettings(url, request_timeout_s=60), **retry)
+
+
+def asset_events(uri: str) -> list[dict[str, Any]]:
+    """The asset events the metadata database holds for ``uri``, oldest first: the run that emitted each, its
+    extra and the aliases it came through."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+    from sqlalchemy.orm import selectinload
+
+    with create_session() as session:
+        query = (
+            select(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .where(AssetModel.uri == uri)
+            .options(selectinload(AssetEvent.source_aliases))
+            .order_by(AssetEvent.id)
+        )
+        return [
+            {"run_id": e.source_run_id, "extra": e.extra, "aliases": [a.name for a in e.source_aliases]}
+            for e in session.scalars(query)
+        ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import logging
 from collections import Counter
 from datetime import datetime
 
@@ -45,11 +46,20 @@ def _assert_records_match(records, expected):
         assert record["audit"] == want["audit"]
 
 
-def test_several_windows_hold_every_message_in_range_exactly_once(seeded, run_backfill, s3_bucket):
+def test_several_windows_hold_every_message_in_range_exactly_once_and_log_no_error(
+    seeded, run_backfill, s3_bucket, capfd, caplog
+):
     boundary = [_message("on-boundary", "2024-03-02T00:00:00.000Z"), _message("at-end", "2024-03-04T00:00:00.000Z")]
     names, docs = seeded({"messages": 400, "start": utc(2024, 3, 1), "end": utc(2024, 3, 5), "seed": 11}, boundary)
+    capfd.readouterr()
     run = run_backfill(_conf(names, s3_bucket, start="2024-03-01T12:00:00Z", window="12h"))
     assert run.state == "success"
+    # A successful run logs no error-level line (summarise once read past the last mapped result: a 404 logged
+    # as "[error] XCom not found"), which a newcomer reads as a failure.
+    out, err = capfd.readouterr()
+    assert "end task task_id=summarise" in caplog.text  # the capture did see the run's log
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors + [line for line in (out + err).splitlines() if "[error" in line] == []
     objects = read_objects(s3_bucket, "out/")
     records = decode_records(objects)
     expected = {
@@ -123,10 +133,14 @@ def test_json_output_writes_one_object_per_message_under_safe_keys(seeded, run_b
 def test_dry_run_counts_and_estimates_but_writes_nothing(seeded, run_backfill, s3_bucket, caplog):
     names, _ = seeded({"messages": 90, "start": utc(2024, 3, 1), "end": utc(2024, 3, 4)})
     caplog.set_level("INFO")
-    run = run_backfill(_conf(names, s3_bucket, dry_run=True))
+    run = run_backfill(_conf(names, s3_bucket, dry_run=True, pool_slots=2, target_duration="1h"))
     assert run.state == "success"
     assert read_objects(s3_bucket, "") == {}
     assert "Dry run total: 3 windows, 90 messages" in caplog.text
+    # The time estimate from one sample page (100 messages: the page size, more than the range holds).
+    assert "Estimated run time with 2 pool slots:" in caplog.text
+    assert "(at most 6 searches at once on the cluster), from one sample page of 90 messages" in caplog.text
+    assert "To finish within 1h 00m: a pool of 1 slot(s)" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -24,9 +24,9 @@ from es_backfill.extract import run_window
 from es_backfill.sink import ObjectStore
 from es_backfill.source import SCROLL, SnapshotLost
 from es_backfill.windows import Window
-from include.datagen import DatasetSpec, IndexNames, generate, load
-from include.devservers.elasticsearch import ENGINES, ES_VERSION, elasticsearch_connection_uri
-from include.devservers.faultproxy import FaultProxy, es_pit_lost
+from include.dev.datagen import DatasetSpec, IndexNames, generate, load
+from include.dev.servers.elasticsearch import ENGINES, ES_VERSION, elasticsearch_connection_uri
+from include.dev.servers.faultproxy import FaultProxy, es_pit_lost
 from tests.integration.support import expected_records, read_objects, reader_at, s3_client, source_override, utc
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")

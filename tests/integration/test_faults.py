@@ -14,7 +14,7 @@ from es_backfill.extract import run_window
 from es_backfill.sink import ObjectStore
 from es_backfill.source import SourceError
 from es_backfill.windows import Window
-from include.devservers.faultproxy import FaultProxy, drop, es_429, es_503, es_pit_lost, gateway, s3_error, status
+from include.dev.servers.faultproxy import FaultProxy, drop, es_429, es_503, es_pit_lost, gateway, s3_error, status
 from tests.integration.support import (
     decode_records,
     expected_records,

@@ -17,7 +17,7 @@ from es_backfill.extract import run_window
 from es_backfill.sink import ObjectStore
 from es_backfill.source import MAX_PIT_REOPENS
 from es_backfill.windows import Window
-from include.devservers.faultproxy import FaultProxy, es_pit_lost
+from include.dev.servers.faultproxy import FaultProxy, es_pit_lost
 from tests.integration.support import (
     decode_records,
     expected_records,

@@ -26,8 +26,8 @@ import boto3
 import pytest
 from botocore.stub import Stubber
 
-from include import airflow_admin, mwaa_deploy
-from include.mwaa_deploy import CONSTRAINT_LINE, DeployError, build_plugins_zip, deploy
+from include.ops import airflow_admin, mwaa_deploy
+from include.ops.mwaa_deploy import CONSTRAINT_LINE, DeployError, build_plugins_zip, deploy
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_NAME = "es-backfill-test"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from include.mwaa_deploy import (
+from include.ops.mwaa_deploy import (
     AIRFLOW_VERSION,
     MWAA_PLUGINS_DIR,
     PYTHON_VERSION,

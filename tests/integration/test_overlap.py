@@ -11,7 +11,7 @@ from es_backfill.config import from_params, load_defaults
 from es_backfill.extract import run_window
 from es_backfill.sink import ObjectStore
 from es_backfill.windows import Window
-from include.devservers.faultproxy import FaultProxy, delay
+from include.dev.servers.faultproxy import FaultProxy, delay
 from tests.integration.support import read_objects, reader_at, s3_client, source_override, utc
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")

@@ -11,7 +11,7 @@ import pytest
 from es_backfill.cli import main as cli
 from es_backfill.config import from_params, load_defaults
 from es_backfill.plan import plan_windows, window_counts
-from include.devservers.faultproxy import FaultProxy, es_error
+from include.dev.servers.faultproxy import FaultProxy, es_error
 from tests.integration.support import read_objects, reader_at, source_override, utc
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")

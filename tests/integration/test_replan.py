@@ -19,8 +19,8 @@ from es_backfill.extract import run_window
 from es_backfill.manifest import StalePlanError, write_plan
 from es_backfill.sink import ObjectStore
 from es_backfill.windows import Window
-from include.devservers.elasticsearch import elasticsearch_connection_uri
-from include.devservers.faultproxy import FaultProxy, es_error, status
+from include.dev.servers.elasticsearch import elasticsearch_connection_uri
+from include.dev.servers.faultproxy import FaultProxy, es_error, status
 from tests.integration.support import (
     decode_records,
     expected_records,

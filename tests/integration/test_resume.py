@@ -6,9 +6,9 @@ import re
 
 import orjson
 
-from include.devservers.elasticsearch import elasticsearch_connection_uri
-from include.devservers.faultproxy import FaultProxy, es_error
-from include.devservers.s3 import aws_connection_uri
+from include.dev.servers.elasticsearch import elasticsearch_connection_uri
+from include.dev.servers.faultproxy import FaultProxy, es_error
+from include.dev.servers.s3 import aws_connection_uri
 from tests.integration.support import decode_records, expected_records, read_objects, source_override, utc
 
 FAILING_DAYS = ("2024-03-02", "2024-03-03")

@@ -1,5 +1,6 @@
 """The DAG under a real scheduler: the pool caps concurrent windows, clearing one map index recovers a run,
-and the UI names the mapped tasks after their windows.
+the UI names the mapped tasks after their windows, and only the run that reconciles announces its output as
+an asset event (REST API and the asset's page in the UI).
 
 Airflow (api-server, scheduler, dag-processor, LocalExecutor, PostgreSQL) runs as users run it; the test
 drives it only through the REST API and a headless browser.
@@ -19,11 +20,11 @@ from urllib.parse import quote
 
 import pytest
 
-from include.devservers.airflow_stack import running_airflow
-from include.devservers.elasticsearch import elasticsearch_connection_uri
-from include.devservers.faultproxy import FaultProxy, delay, es_error
-from include.devservers.postgres import running_postgres
-from include.devservers.s3 import aws_connection_uri
+from include.dev.servers.airflow_stack import running_airflow
+from include.dev.servers.elasticsearch import elasticsearch_connection_uri
+from include.dev.servers.faultproxy import FaultProxy, delay, es_error
+from include.dev.servers.postgres import running_postgres
+from include.dev.servers.s3 import aws_connection_uri
 from tests.integration.support import decode_records, expected_records, read_objects, source_override, utc
 
 POOL_SLOTS = 2
@@ -78,6 +79,8 @@ def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(s
     run_path = f"/dags/es_backfill/dagRuns/{quote(run_id)}"
     state = airflow.wait_for("the run to finish", lambda: _finished(airflow, run_path), timeout=600)
     assert state == "failed"
+    output_uri = f"s3://{s3_bucket}/sched/backfill-20240301T000000Z-20240303T000000Z-6h"
+    assert _assets(airflow, output_uri) == []  # a failed run announces no output
 
     extract = _extract_instances(airflow, run_path)
     assert len(extract) == 8
@@ -109,7 +112,21 @@ def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(s
     records = decode_records(read_objects(s3_bucket, "sched/"))
     assert sorted(r["message_id"] for r in records) == sorted(expected_records(docs))
 
-    _check_ui(airflow, run_id, [t["rendered_map_index"] for t in after])
+    (asset,) = _assets(airflow, output_uri)
+    events = airflow.api("GET", f"/assets/events?asset_id={asset['id']}")["asset_events"]
+    assert [(e["source_dag_id"], e["source_run_id"], e["source_task_id"]) for e in events] == [
+        ("es_backfill", run_id, "summarise")
+    ]
+    extra = events[0]["extra"]
+    assert (extra["windows"], extra["written"], extra["failed"], extra["messages"]) == (8, 8, 0, len(records))
+    assert extra["run_manifest"] == f"{output_uri}/_run_manifest.json"
+
+    labels = [t["rendered_map_index"] for t in after]
+    dom = _render(airflow, f"/dags/es_backfill/runs/{quote(run_id)}/tasks/extract/mapped", "ui-mapped-extract")
+    missing = [label for label in labels if label not in dom]
+    assert not missing, f"the UI does not show windows {missing}; see {ARTIFACTS}"
+    dom = _render(airflow, f"/assets/{asset['id']}", "ui-asset")
+    assert output_uri in dom, f"the asset's page does not show {output_uri}; see {ARTIFACTS}"
 
 
 def test_emptied_form_fields_reach_the_dag_as_not_set(stack, seeded, s3_bucket):
@@ -130,11 +147,11 @@ def test_emptied_form_fields_reach_the_dag_as_not_set(stack, seeded, s3_bucket):
 
 
 def _set_pool_with_the_admin_script(airflow, slots: int) -> None:
-    """The documented way: ``python -m include.airflow_admin pool --slots N --api-url URL``."""
+    """The documented way: ``python -m include.ops.airflow_admin pool --slots N --api-url URL``."""
     with urllib.request.urlopen(f"{airflow.url}/auth/token", timeout=10) as response:  # noqa: S310 - local http
         token = json.load(response)["access_token"]
     subprocess.run(
-        [sys.executable, "-m", "include.airflow_admin", "pool", "--slots", str(slots), "--api-url", airflow.url],
+        [sys.executable, "-m", "include.ops.airflow_admin", "pool", "--slots", str(slots), "--api-url", airflow.url],
         env={**os.environ, "AIRFLOW_API_TOKEN": token}, check=True, capture_output=True, timeout=60,
     )  # fmt: skip
 
@@ -156,10 +173,17 @@ def _extract_instances(airflow, run_path: str) -> list[dict]:
     return sorted(listing["task_instances"], key=lambda t: t["map_index"])
 
 
-def _check_ui(airflow, run_id: str, labels: list[str]) -> None:
-    """Headless Chromium renders the mapped task's page; it lists every window by name."""
+def _assets(airflow, uri: str) -> list[dict]:
+    return [
+        a
+        for a in airflow.api("GET", f"/assets?only_active=false&uri_pattern={quote(uri)}")["assets"]
+        if a["uri"] == uri
+    ]
+
+
+def _render(airflow, page: str, name: str) -> str:
+    """Headless Chromium renders ``page`` of the UI: its DOM and a screenshot go to ``artifacts/{name}.*``."""
     ARTIFACTS.mkdir(exist_ok=True)
-    page = f"/dags/es_backfill/runs/{quote(run_id)}/tasks/extract/mapped"
     url = f"{airflow.url}/auth/token/login?next={quote(page)}"
     flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -169,11 +193,9 @@ def _check_ui(airflow, run_id: str, labels: list[str]) -> None:
             ["chromium", *flags, f"--user-data-dir={profile}", "--dump-dom", url],
             capture_output=True, text=True, timeout=120, check=True,
         ).stdout  # fmt: skip
-        screenshot = f"--screenshot={ARTIFACTS / 'ui-mapped-extract.png'}"
         subprocess.run(
-            ["chromium", *flags, f"--user-data-dir={profile}", screenshot, url],
+            ["chromium", *flags, f"--user-data-dir={profile}", f"--screenshot={ARTIFACTS / f'{name}.png'}", url],
             capture_output=True, timeout=120, check=True,
         )  # fmt: skip
-    (ARTIFACTS / "ui-mapped-extract.html").write_text(dom)
-    missing = [label for label in labels if label not in dom]
-    assert not missing, f"the UI does not show windows {missing}; see {ARTIFACTS}"
+    (ARTIFACTS / f"{name}.html").write_text(dom)
+    return dom

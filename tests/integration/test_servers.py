@@ -3,8 +3,8 @@
 import urllib.request
 from datetime import UTC, datetime
 
-from include.datagen import DatasetSpec, IndexNames, load
-from include.devservers.elasticsearch import ES_VERSION, fetch_archive
+from include.dev.datagen import DatasetSpec, IndexNames, load
+from include.dev.servers.elasticsearch import ES_VERSION, fetch_archive
 
 
 def test_info_answers_from_a_real_elasticsearch(es_client, es_cluster):
@@ -44,7 +44,7 @@ def test_object_round_trips_through_s3hook_over_http(s3_bucket, s3_server):
 
 
 def test_archive_is_reused_from_the_cache(caplog):
-    caplog.set_level("INFO", logger="include.devservers.elasticsearch")
+    caplog.set_level("INFO", logger="include.dev.servers.elasticsearch")
     first = fetch_archive()
     mtime = first.stat().st_mtime_ns
     second = fetch_archive()

@@ -15,9 +15,9 @@ from es_backfill.extract import run_window
 from es_backfill.hooks import SearchReaderHook
 from es_backfill.sink import ObjectStore
 from es_backfill.windows import Window
-from include.datagen import DatasetSpec, load
-from include.devservers.faultproxy import FaultProxy
-from include.devservers.sigv4 import (
+from include.dev.datagen import DatasetSpec, load
+from include.dev.servers.faultproxy import FaultProxy
+from include.dev.servers.sigv4 import (
     KeyRing,
     SigV4Verifier,
     airflow_connection_json,

@@ -5,13 +5,14 @@ import pytest
 
 from es_backfill.config import ConfigError, from_params, load_defaults
 from tests.integration.support import utc
+from tests.unit.echo_server import running_echo_server
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 GOOD = {"start": "2024-03-01", "end": "2024-03-08", "window": "1d", "s3_bucket": "my-bucket", "s3_prefix": "exports/"}
 
 
 def test_defaults_file_matches_the_generator():
-    from include.datagen import IndexNames
+    from include.dev.datagen import IndexNames
 
     config = from_params(GOOD, DEFAULTS)
     names = IndexNames()
@@ -70,8 +71,8 @@ def test_every_problem_is_reported_at_once_with_its_fix():
         "start: 'yesterday' is not a date",
         "window '1w'",
         "s3_bucket 'Bad_Bucket'",
-        "output_format 'xml'",
-        "page_size 50 is out of bounds; use 100..10000",
+        'output_format must be one of "jsonl.gz", "jsonl", "json", not "xml"',
+        "page_size must be within 100..10000, not 50",
         "s3_prefix '../up'",
     ]
     for problem in expected:
@@ -81,7 +82,7 @@ def test_every_problem_is_reported_at_once_with_its_fix():
 
 def test_source_overrides_replace_defaults_and_are_checked():
     override = {"related": [{"name": "history", "index": "h2", "join_field": "mid", "cardinality": "several"}]}
-    with pytest.raises(ConfigError, match="cardinality must be 'one' or 'many'"):
+    with pytest.raises(ConfigError, match='cardinality must be one of "one", "many", not "several"'):
         from_params(GOOD | {"source": override}, DEFAULTS)
     override["related"][0]["cardinality"] = "many"
     config = from_params(GOOD | {"source": override}, DEFAULTS)
@@ -106,3 +107,86 @@ def test_unreadable_defaults_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read the defaults file"):
         load_defaults(bad)
     assert json.loads(json.dumps(DEFAULTS)) == DEFAULTS
+
+
+MESSAGES = DEFAULTS["messages"]
+RELATED = DEFAULTS["related"]
+# Each malformed conf (merged over GOOD) and what its error must say. Covers the trigger form's fields, the
+# command line's strict booleans, and source overrides at every depth.
+BAD_CONFS = [
+    ({"start": 20240301}, "start must be a string, not 20240301"),
+    ({"start": None}, "start must be a string, not null"),
+    ({"end": ["2024-03-08"]}, 'end must be a string, not ["2024-03-08"]'),
+    ({"start": "2024-03-01", "end": "2024-03-01"}, "must be after start"),
+    ({"window": 1}, "window must be a string, not 1"),
+    ({"window": "0d"}, "window '0d' is not a positive duration"),
+    ({"query": "channel:email"}, "query must be an Elasticsearch query DSL object"),
+    ({"query": {}}, "query must be an Elasticsearch query DSL object"),
+    ({"query": ["term"]}, "query must be an object or null or a string, not"),
+    ({"backfill_name": 7}, "backfill_name must be a string or null, not 7"),
+    ({"backfill_name": "../x"}, "backfill_name '../x' may only hold"),
+    ({"s3_bucket": None}, "s3_bucket must be a string, not null"),
+    ({"s3_bucket": "192.168.5.4"}, "looks like an IP address"),
+    ({"s3_bucket": "xn--bucket"}, "starts with 'xn--', a prefix S3 reserves"),
+    ({"s3_bucket": "my-bucket-s3alias"}, "ends with '-s3alias', a suffix S3 reserves"),
+    ({"s3_bucket": "my..bucket"}, "has '..', '.-' or '-.'"),
+    ({"s3_bucket": "ab"}, "s3_bucket 'ab' is not a valid bucket name"),
+    ({"s3_prefix": 5}, "s3_prefix must be a string, not 5"),
+    ({"output_format": "parquet"}, 'output_format must be one of "jsonl.gz", "jsonl", "json", not "parquet"'),
+    ({"page_size": "1000"}, 'page_size must be an integer, not "1000"'),
+    ({"page_size": True}, "page_size must be an integer, not true"),
+    ({"page_size": 10_001}, "page_size must be within 100..10000, not 10001"),
+    ({"dry_run": "false"}, 'dry_run must be true or false, not "false" (JSON true or false, not a string)'),
+    ({"force": "false"}, 'force must be true or false, not "false"'),
+    ({"force": 1}, "force must be true or false, not 1"),
+    ({"balance_windows": "yes"}, 'balance_windows must be true or false, not "yes"'),
+    ({"dryrun": True}, "unknown key 'dryrun' in the conf; the known keys are start, end, window"),
+    ({"sse": "aes256"}, 'sse must be one of null, "AES256", "aws:kms", not "aes256"'),
+    ({"kms_key_id": "alias/backfill"}, 'kms_key_id needs sse "aws:kms"'),
+    ({"sse": "AES256", "kms_key_id": "alias/backfill"}, 'kms_key_id needs sse "aws:kms"'),
+    ({"pool_slots": 0}, "pool_slots must be within 1..1024, not 0"),
+    ({"target_duration": "soon"}, "target_duration 'soon' is not a positive duration"),
+    ({"source": "x"}, 'source must be an object, not "x"'),
+    ({"source": {"related": "x"}}, 'source.related must be a list, not "x"'),
+    ({"source": {"related": [1]}}, "source.related[0] must be an object, not 1"),
+    ({"source": {"related": [{"name": "history"}]}}, "source.related[0].index is required"),
+    ({"source": {"related": [RELATED[0] | {"index": 5}]}}, "source.related[0].index must be a string, not 5"),
+    ({"source": {"related": [RELATED[0] | {"sort": "@timestamp"}]}}, "source.related[0].sort must be a list"),
+    ({"source": {"related": [RELATED[0] | {"sort": [1]}]}}, "source.related[0].sort[0] must be a string, not 1"),
+    ({"source": {"related": [RELATED[0] | {"joinfield": "x"}]}}, "unknown key 'joinfield' in source.related[0]"),
+    ({"source": {"related": [RELATED[0], RELATED[0]]}}, "source.related[1].name 'history' is used twice"),
+    ({"source": {"related": [RELATED[0], RELATED[2] | {"index": "history"}]}},
+     "source.related[1].index 'history' is already source.related[0].index: each index may be named once"),
+    ({"source": {"related": [RELATED[0] | {"index": "messages"}]}},
+     "source.related[0].index 'messages' is already source.messages.index"),
+    ({"source": {"related": [RELATED[0] | {"name": ""}]}}, "source.related[0].name must not be empty"),
+    ({"source": {"messages": "x"}}, 'source.messages must be an object, not "x"'),
+    ({"source": {"messages": {"index": "m"}}}, "source.messages.id_field is required"),
+    ({"source": {"messages": MESSAGES | {"source_fields": "body"}}}, "source.messages.source_fields must be a list"),
+    ({"source": {"messages": MESSAGES | {"idfield": "x"}}}, "unknown key 'idfield' in source.messages"),
+    ({"source": {"max_in_flight": 0}}, "source.max_in_flight must be within 1..16, not 0"),
+    ({"source": {"max_in_flight": "3"}}, 'source.max_in_flight must be an integer, not "3"'),
+    ({"source": {"max_messages_per_second": 0}}, "source.max_messages_per_second must be greater than 0, not 0"),
+    ({"source": {"max_retries": -1}}, "source.max_retries must be at least 0, not -1"),
+    ({"source": {"pit_keep_alive": "2 minutes"}}, "source.pit_keep_alive must look like 30s, 2m or 1h"),
+    ({"source": {"part_max_bytes": 10}}, "source.part_max_bytes must be at least 1024, not 10"),
+    ({"source": {"es_conn": "x"}}, "unknown key 'es_conn' in source; the known keys are es_conn_id, aws_conn_id"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("overrides", "message"), BAD_CONFS, ids=[str(i) for i in range(len(BAD_CONFS))])
+def test_every_malformed_conf_is_a_config_error_naming_the_field_and_the_cli_reads_and_writes_nothing(
+    overrides, message, capsys
+):
+    from es_backfill.cli import main as cli
+
+    with pytest.raises(ConfigError) as err:
+        from_params(GOOD | overrides, DEFAULTS)
+    assert message in str(err.value)
+    # The command line refuses it too, before any client exists: the echo server (standing in for the
+    # cluster and for S3) receives nothing.
+    with running_echo_server() as echo:
+        args = ["plan", "--conf", json.dumps(GOOD | overrides), "--es-url", echo.url, "--s3-endpoint-url", echo.url]
+        assert cli(args) == 2
+        assert echo.received == []
+    assert message in capsys.readouterr().err

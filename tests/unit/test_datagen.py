@@ -3,7 +3,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from include.datagen import DatasetSpec, generate
+from include.dev.datagen import DatasetSpec, generate
 
 START = datetime(2024, 3, 1, tzinfo=UTC)
 END = datetime(2024, 3, 4, tzinfo=UTC)

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from include.devservers import elasticsearch as devserver
-from include.devservers.elasticsearch import (
+from include.dev.servers import elasticsearch as devserver
+from include.dev.servers.elasticsearch import (
     ElasticsearchStartError,
     RunningCluster,
     fetch_archive,

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from include.devservers.faultproxy import (
+from include.dev.servers.faultproxy import (
     FaultProxy,
     ProxyRequest,
     RequestRecord,
@@ -27,7 +27,7 @@ from include.devservers.faultproxy import (
     s3_error,
     status,
 )
-from include.devservers.ports import free_port
+from include.dev.servers.ports import free_port
 from tests.unit.echo_server import EchoServer, running_echo_server
 
 # --------------------------------------------------------------------------- the fake upstream

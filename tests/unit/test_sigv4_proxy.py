@@ -25,8 +25,8 @@ from opensearchpy import (
 )
 from opensearchpy.exceptions import AuthorizationException
 
-from include.devservers.faultproxy import FaultProxy, es_429
-from include.devservers.sigv4 import (
+from include.dev.servers.faultproxy import FaultProxy, es_429
+from include.dev.servers.sigv4 import (
     PRUNE_AFTER_S,
     KeyRing,
     SigV4Verifier,

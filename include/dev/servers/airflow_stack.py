@@ -1,7 +1,7 @@
 """A real Airflow 3.3 on this machine: api-server, scheduler and dag-processor, no Docker.
 
 The scheduler runs tasks with the LocalExecutor and enforces pools, unlike ``dag.test()``.
-Metadata lives in PostgreSQL (``include.devservers.postgres``). The simple auth manager
+Metadata lives in PostgreSQL (``include.dev.servers.postgres``). The simple auth manager
 runs with every user an admin, which suits a throwaway local stack only. :class:`AirflowStack`
 talks to the REST API (``/api/v2``) the way an operator's script would.
 """
@@ -24,8 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from include.devservers.airflow_env import ROOT, local_airflow_env
-from include.devservers.ports import free_port
+from include.dev.servers.airflow_env import ROOT, local_airflow_env
+from include.dev.servers.ports import free_port
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ scripts and emoji. Everything is a pure function of the :class:`DatasetSpec`, so
 seed gives the same documents; :func:`load` bulk-loads them with the client's bulk
 helpers and returns how many documents each index received.
 
-Command line: ``python -m include.datagen --messages 10000 --start 2024-03-01 --end 2024-03-08``.
+Command line: ``python -m include.dev.datagen --messages 10000 --start 2024-03-01 --end 2024-03-08``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
-MAPPINGS_DIR = Path(__file__).resolve().parent / "mappings"
+MAPPINGS_DIR = Path(__file__).resolve().parents[1] / "mappings"
 ROLES = ("messages", "history", "status", "audit")
 
 _WORDS = (

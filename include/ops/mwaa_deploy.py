@@ -1,6 +1,6 @@
 """Deploy this project to an Amazon MWAA environment: DAGs, plugins.zip, requirements.txt, startup script.
 
-    python -m include.mwaa_deploy --environment NAME [--region R] [--dry-run] [--pool-slots N]
+    python -m include.ops.mwaa_deploy --environment NAME [--region R] [--dry-run] [--pool-slots N]
                                   [--private-network] [--startup-script PATH] [--delete-removed]
                                   [--project-root DIR]
 
@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
-from include import airflow_admin
+from include.ops import airflow_admin
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ _SKIPPED_NAMES = frozenset({"__pycache__", ".DS_Store"})
 _SKIPPED_SUFFIXES = (".pyc", ".pyo")
 _CONSTRAINT = re.compile(r"^\s*(-c|--constraint)(\s|=)")
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class DeployError(RuntimeError):
@@ -493,8 +493,9 @@ def prepare_airflow(
             print(f"connection {conn_id}: found", file=out)
         elif needed:
             problems.append(
-                f"connection {conn_id} is not among Airflow's connections: create it (python -m include.airflow_admin "
-                f"connection|secret --conn-id {conn_id} ...), unless a secrets backend such as Secrets Manager holds it"
+                f"connection {conn_id} is not among Airflow's connections: create it (python -m "
+                f"include.ops.airflow_admin connection|secret --conn-id {conn_id} ...), unless a secrets backend "
+                "such as Secrets Manager holds it"
             )
         else:
             print(f"connection {conn_id}: not set, so S3 is reached with the execution role", file=out)
@@ -542,7 +543,7 @@ def _positive(text: str) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.mwaa_deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m include.ops.mwaa_deploy", description=__doc__.splitlines()[0])
     parser.add_argument("--environment", required=True, help="the MWAA environment's name")
     parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; upload and update nothing")

@@ -2,7 +2,7 @@
 
 Amazon OpenSearch Service refuses any request that is not signed with AWS
 Signature Version 4 by a current key. :class:`SigV4Verifier` does the same as a
-:class:`~include.devservers.faultproxy.FaultProxy` gate in front of a local
+:class:`~include.dev.servers.faultproxy.FaultProxy` gate in front of a local
 OpenSearch node: it recomputes each request's signature with botocore, from the
 request exactly as it arrived, and refuses (403, ``{"message": reason}``) what
 the service would refuse. Keys live in a :class:`KeyRing`, a JSON file that
@@ -62,7 +62,7 @@ unknown rather than expired.
 
 Credential process::
 
-    python -m include.devservers.sigv4 issue --ring FILE --ttl-s SECONDS
+    python -m include.dev.servers.sigv4 issue --ring FILE --ttl-s SECONDS
 
 mints a random session key that expires ``SECONDS`` from now, records it in
 the ring and prints it as botocore's ``credential_process`` JSON. Its import
@@ -96,7 +96,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from include.devservers.faultproxy import ProxyRequest
+    from include.dev.servers.faultproxy import ProxyRequest
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,7 @@ def _read_ring(path: Path) -> dict[str, SigningKey]:
 
 
 class SigV4Verifier:
-    """A :class:`~include.devservers.faultproxy.FaultProxy` gate that accepts only valid SigV4 signatures.
+    """A :class:`~include.dev.servers.faultproxy.FaultProxy` gate that accepts only valid SigV4 signatures.
 
     Call it with a request: ``None`` means accepted, otherwise the reason for
     refusing it. ``clock`` (epoch seconds) judges ``X-Amz-Date`` and key
@@ -403,7 +403,7 @@ def airflow_connection_json(profile: str, region: str = "eu-west-1") -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m include.devservers.sigv4",
+        prog="python -m include.dev.servers.sigv4",
         description="Key ring for the SigV4-verifying proxy.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

@@ -10,7 +10,7 @@ in a temporary directory. Neither engine runs as root, so when we are root the n
 runs as ``nobody``.
 
 The integ-test archives of Elasticsearch 8.x and 9.x lack the ``rest-root`` module, so
-``GET /`` would answer 405 there; a tiny plugin built from include/elasticsearch/rest-root-plugin
+``GET /`` would answer 405 there; a tiny plugin built from include/dev/servers/rest-root-plugin
 (for exactly that server version) restores it. Elasticsearch 7.x and OpenSearch still serve
 ``GET /`` from the server itself.
 
@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from include.devservers.ports import free_port
+from include.dev.servers.ports import free_port
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ ENGINES: tuple[tuple[str, str], ...] = (
 )
 # A cache every user can traverse: the node runs as `nobody`, who cannot enter /root.
 CACHE_DIR = Path(os.environ.get("ES_BACKFILL_CACHE", "/var/tmp/es-backfill"))
-REST_ROOT_PLUGIN = Path(__file__).resolve().parents[1] / "elasticsearch" / "rest-root-plugin"
+REST_ROOT_PLUGIN = Path(__file__).resolve().parent / "rest-root-plugin"
 JVM_ROOT = Path("/usr/lib/jvm")
 STARTUP_TIMEOUT_S = int(os.environ.get("ES_BACKFILL_ES_STARTUP_TIMEOUT_S", "300"))
 HEAP = os.environ.get("ES_BACKFILL_ES_HEAP", "512m")

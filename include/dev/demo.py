@@ -5,7 +5,7 @@ messages with their history, status and audit documents, runs the ``es_backfill`
 DAG with ``dag.test()`` and a conf, then shows the run manifest, the objects
 written and a few records. Set ``ES_URL`` / ``S3_ENDPOINT_URL`` to use servers
 of your own instead, or ``DEMO_ENGINE`` (e.g. ``opensearch:2.19.6`` or
-``elasticsearch:7.10.2``, any pair of ``include/devservers/elasticsearch.ENGINES``)
+``elasticsearch:7.10.2``, any pair of ``include/dev/servers/elasticsearch.ENGINES``)
 to start another engine; nothing is left running afterwards.
 """
 
@@ -20,9 +20,9 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from include.devservers.airflow_env import local_airflow_env
+from include.dev.servers.airflow_env import local_airflow_env
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "es-backfill-demo"
 CONF = {"start": "2024-03-01", "end": "2024-03-08", "window": "1d", "s3_bucket": BUCKET, "s3_prefix": "demo"}
 MESSAGES = int(os.environ.get("DEMO_MESSAGES", "5000"))
@@ -48,9 +48,9 @@ def main() -> None:
 
     from opensearchpy import OpenSearch
 
-    from include.datagen import DatasetSpec, load
-    from include.devservers.elasticsearch import elasticsearch_connection_uri, running_elasticsearch, running_engine
-    from include.devservers.s3 import aws_connection_uri, running_s3
+    from include.dev.datagen import DatasetSpec, load
+    from include.dev.servers.elasticsearch import elasticsearch_connection_uri, running_elasticsearch, running_engine
+    from include.dev.servers.s3 import aws_connection_uri, running_s3
 
     engine = running_engine(*ENGINE.split(":", 1)) if ENGINE else running_elasticsearch()
     with engine as cluster, running_s3() as s3:

@@ -30,13 +30,13 @@ What it measures, in one run, on the same seeded data:
    of a JSON document. It is tens of times slower, so it runs on the first
    ``--naive-messages`` messages only; compare rates, not seconds.
 6. **latency**: the pipeline and the ceiling again (``pipeline_latency``, ``ceiling_latency``),
-   through ``include.devservers.faultproxy.FaultProxy`` (run by the orchestrating process)
+   through ``include.dev.servers.faultproxy.FaultProxy`` (run by the orchestrating process)
    delaying every Elasticsearch request by 20 ms before forwarding it. The proxy's log also
    shows whether the ceiling sent the pipeline's requests (method, path and parameters).
 7. **memory**: the pipeline over ONE window of the whole range, ``7d``, 10x the default window
    (``pipeline_big``): its peak RSS against the default window's.
 
-Each contender runs in its own child process (``python -m include.bench --role ...``)
+Each contender runs in its own child process (``python -m include.dev.bench --role ...``)
 so its peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``, read in the child) is its own;
 elasticdump's is that of its largest ``node`` process (``RUSAGE_CHILDREN``).
 Linux carries a parent's peak into ``ru_maxrss`` across fork + exec, so the orchestrating
@@ -51,9 +51,14 @@ line. Targets are printed as information only: the exit status is non-zero only 
 something fails: a contender, or a check of the counts (the contenders that read the whole
 range read every seeded message; elasticdump's lines equal the seeded counts), printed last.
 
+This machine is shared and a cold cluster is about twice as slow as a warm one, so one untimed
+pipeline pass warms the caches first; then ``--rounds`` rounds (default 3) each run every contender
+once, the order rotated by one each round. The table shows each contender's median run; each ratio
+is computed within each round and reported as its median with the min-max.
+
 Run it from the project root (``make bench`` installs elasticdump first)::
 
-    .venv/bin/python -m include.bench [--messages N] [--naive-messages M] [--page-size P]
+    .venv/bin/python -m include.dev.bench [--messages N] [--naive-messages M] [--page-size P] [--rounds R]
 
 The contenders share this machine with Elasticsearch and the S3 server, so the figures
 describe this machine; the ratios are what carries over.
@@ -67,6 +72,7 @@ import logging
 import os
 import re
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -81,7 +87,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # Airflow puts the plugins folder on sys.path for the DAG; a plain `python -m` run has to do it itself.
 if str(ROOT / "plugins") not in sys.path:
     sys.path.insert(0, str(ROOT / "plugins"))
@@ -101,6 +107,7 @@ LATENCY_S = 0.020  # what the fault proxy adds to every Elasticsearch request in
 DEFAULT_MESSAGES = 110_000
 DEFAULT_NAIVE_MESSAGES = 2_000
 DEFAULT_PAGE_SIZE = 5_000
+DEFAULT_ROUNDS = 3
 MAX_WINDOWS = 1024  # Airflow's default [core] max_map_length
 NAIVE_SCROLL_SIZE = 1_000  # helpers.scan's default page size
 NAIVE_RELATED_SIZE = 100  # "surely no message has more than 100 of those"
@@ -110,6 +117,7 @@ ELASTICDUMP_VERSION = "6.125.1"  # the one the Makefile's bench target installs
 ELASTICDUMP = ROOT / ".tools" / "elasticdump" / "node_modules" / ".bin" / "elasticdump"  # or $ELASTICDUMP
 TARGET_SPEEDUP = 20.0
 TARGET_REQUESTS_PER_1000 = 5.0
+TARGET_RSS_GROWTH = 1.1
 SEED_CHUNK_SIZE = 5_000
 CHILD_TIMEOUT_S = 6 * 3600
 MERGE_WAIT_S = 600
@@ -236,7 +244,7 @@ def _source_override(defaults: Mapping[str, Any], indices: Mapping[str, str]) ->
 
 def _plan(job: Job, prefix: str) -> tuple[Any, list[Any]]:
     """The run's configuration (the defaults file, pointed at the seeded indices) and its windows of
-    ``job.window``. Each role writes under its own ``prefix``: a window already written would be skipped."""
+    ``job.window``. Each pipeline run writes under its own ``prefix``: a window already written would be skipped."""
     from es_backfill.config import from_params, load_defaults
     from es_backfill.windows import split
 
@@ -262,15 +270,19 @@ def run_pipeline(job: Job, role: str) -> Result:
     """Every window of the range through ``run_window``, sequentially, as the DAG's tasks would."""
     from es_backfill.engines import ConnectionSettings, connect
     from es_backfill.extract import run_window
+    from es_backfill.plan import dry_run_report
     from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
 
-    config, windows = _plan(job, prefix=role)
+    config, windows = _plan(job, prefix=f"{role}-{uuid.uuid4().hex[:8]}")  # each run its own, as rounds repeat it
     s3 = _s3_client(job.s3_url, S3_CLIENT_CONFIG)
     s3_counts = _count_s3_requests(s3)
     store = ObjectStore(s3, config.s3_bucket)
     rss_before = _peak_rss_kib()
     limits = {"max_retries": config.source.max_retries, "max_in_flight": config.source.max_in_flight}
     with connect(ConnectionSettings(job.es_url), **limits) as reader:
+        # What the dry run would have predicted for this run (one slot: the windows run one after the other).
+        estimate = dry_run_report(replace(config, pool_slots=1), reader, windows)["estimated_seconds"]
+        reader.requests.clear()
         cpu_before, started = _cpu_seconds(), time.perf_counter()
         results = [run_window(config, window, reader, store) for window in windows]
         seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before
@@ -294,6 +306,7 @@ def run_pipeline(job: Job, role: str) -> Result:
             "bytes": sum(r.bytes for r in results),
             "peak_in_flight": reader.peak_in_flight,
             "max_in_flight": reader.max_in_flight,
+            "estimated_seconds": estimate,
         },
     )
 
@@ -577,7 +590,7 @@ def seed(job: Job) -> dict[str, Any]:
     """Create the bucket, load the dataset into fresh indices; report the ES version and counts."""
     from elasticsearch import Elasticsearch
 
-    from include.datagen import DatasetSpec, IndexNames, load
+    from include.dev.datagen import DatasetSpec, IndexNames, load
 
     names = IndexNames(**job.indices)
     _s3_client(job.s3_url).create_bucket(Bucket=job.bucket)
@@ -656,7 +669,7 @@ def run_child(role: str, job: Job) -> dict[str, Any]:
     """
     with tempfile.TemporaryDirectory(prefix="es-backfill-bench-") as tmp:
         result_file = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "include.bench", "--role", role, "--job", json.dumps(asdict(job))]
+        cmd = [sys.executable, "-m", "include.dev.bench", "--role", role, "--job", json.dumps(asdict(job))]
         cmd += ["--result-file", str(result_file)]
         log.info("Starting child process: %s", role)
         completed = subprocess.run(cmd, cwd=ROOT, check=False, timeout=CHILD_TIMEOUT_S)
@@ -765,7 +778,38 @@ def _table(results: Mapping[str, Result]) -> list[str]:
     return lines
 
 
-def report(setup: Setup, results: Mapping[str, Result]) -> str:
+def _median_run(runs: list[Result]) -> Result:
+    """The run of median seconds (the lower middle one for an even count)."""
+    return sorted(runs, key=lambda r: r.seconds)[(len(runs) - 1) // 2]
+
+
+# The ratios, each computed within a round (its contenders ran back to back): label, ratio, target.
+RATIOS: tuple[tuple[str, Callable[[Mapping[str, Result]], float], float], ...] = (
+    ("pipeline/ceiling", lambda r: r["ceiling"].seconds / r["pipeline"].seconds, 0.8),
+    ("pipeline/elasticdump", lambda r: r["elasticdump"].seconds / r["pipeline"].seconds, 1.25),
+    ("pipeline/naive", lambda r: r["pipeline"].rate / r["naive"].rate, TARGET_SPEEDUP),
+    (
+        f"pipeline/ceiling at {LATENCY_LABEL}",
+        lambda r: r["ceiling_latency"].seconds / r["pipeline_latency"].seconds,
+        0.8,
+    ),
+)
+
+
+def _ratio_lines(rounds: list[Mapping[str, Result]]) -> tuple[list[str], list[str]]:
+    """``label: median (min-max over N rounds)`` per ratio, and the target verdict of each median."""
+    lines, verdicts = [], []
+    for label, ratio, target in RATIOS:
+        values = sorted(ratio(results) for results in rounds)
+        median = statistics.median(values)
+        lines.append(f"{label}: {median:.2f} ({values[0]:.2f}–{values[-1]:.2f} over {len(values)} rounds)")
+        verdicts.append(f"{label} >= {target:g}: {'met' if median >= target else 'NOT met'}")
+    return lines, verdicts
+
+
+def report(setup: Setup, rounds: list[Mapping[str, Result]]) -> str:
+    """The table shows each contender's median run (by seconds); the ratios are medians of per-round ratios."""
+    results = {role: _median_run([r[role] for r in rounds]) for role in ROLES}
     pipeline, ceiling, dump, naive = (results[role] for role in ("pipeline", "ceiling", "elasticdump", "naive"))
     slow_pipeline, slow_ceiling, big = (results[role] for role in (*LATENCY_CONTENDERS, "pipeline_big"))
     cores = os.cpu_count() or 0
@@ -797,25 +841,28 @@ def report(setup: Setup, results: Mapping[str, Result]) -> str:
         "request by that much, then forwarding it",
         f"pipeline {BIG_WINDOW}: the pipeline over ONE window of the whole range, "
         f"{BIG_WINDOW_FACTOR}x the default window, for its peak RSS",
+        f"Rounds: one untimed pipeline pass to warm the caches, then {len(rounds)} rounds, each running every "
+        "contender once, the order rotated by one each round; the table shows each contender's median run "
+        "(by seconds), the ratios below are medians of the ratios within each round, with their min–max.",
         "",
         *_table(results),
     ]
-    speedup = pipeline.rate / naive.rate if naive.rate else float("inf")
+    ratio_lines, verdicts = _ratio_lines(rounds)
     pipe_per_1000 = pipeline.per_1000(pipeline.es_total)
+    in_flight = max(r[role].notes["peak_in_flight"] for r in rounds for role in ("pipeline", "pipeline_big"))
+    big_over_default = big.peak_rss_kib / pipeline.peak_rss_kib
     same = "yes" if pipeline.es_requests == ceiling.es_requests else "NO"
     differ = "; ".join(slow_ceiling.notes.get("not_as_pipeline", [])[:3])
     differ = differ and f"NO, e.g. {differ}"
     lines += [
         "",
-        f"pipeline/ceiling: {ceiling.seconds / pipeline.seconds:.2f}",
-        f"pipeline/elasticdump: {dump.seconds / pipeline.seconds:.2f}",
-        f"pipeline/naive: {speedup:.2f}",
-        f"pipeline/ceiling at {LATENCY_LABEL}: {slow_ceiling.seconds / slow_pipeline.seconds:.2f}",
+        *ratio_lines,
         f"requests per 1,000 messages: pipeline {pipe_per_1000:.2f}, ceiling {ceiling.per_1000(ceiling.es_total):.2f}",
-        f"requests in flight at most: {pipeline.notes['peak_in_flight']} "
-        f"(max_in_flight {pipeline.notes['max_in_flight']})",
+        f"requests in flight at most: {in_flight} (max_in_flight {pipeline.notes['max_in_flight']}, every round)",
         f"peak RSS default window: {pipeline.peak_rss_kib / 1024:.2f} MiB",
-        f"peak RSS {BIG_WINDOW_FACTOR}x window: {big.peak_rss_kib / 1024:.2f} MiB",
+        f"peak RSS {BIG_WINDOW_FACTOR}x window: {big.peak_rss_kib / 1024:.2f} MiB ({big_over_default:.2f}x)",
+        f"dry-run estimate of the pipeline's time: {pipeline.notes['estimated_seconds']:.1f}s for "
+        f"{pipeline.seconds:.1f}s measured ({pipeline.notes['estimated_seconds'] / pipeline.seconds:.2f}x)",
         "",
         "pipeline/X: the pipeline's speed over X's on the same messages (X's seconds / the pipeline's; for naive, "
         "records/s over records/s).",
@@ -825,9 +872,12 @@ def report(setup: Setup, results: Mapping[str, Result]) -> str:
         f"method, path and parameters, as the proxy saw them: {differ or 'yes'}.",
         f"  Delayed by the proxy: {slow_pipeline.notes.get('delayed', '?')} requests of pipeline{LATENCY_LABEL}, "
         f"{slow_ceiling.notes.get('delayed', '?')} of ceiling{LATENCY_LABEL}.",
-        f"Targets (information only): pipeline/naive >= {TARGET_SPEEDUP:g}: "
-        f"{'met' if speedup >= TARGET_SPEEDUP else 'NOT met'}; pipeline ES requests per 1,000 messages <= "
-        f"{TARGET_REQUESTS_PER_1000:g}: {'met' if pipe_per_1000 <= TARGET_REQUESTS_PER_1000 else 'NOT met'}",
+        "Targets (information only, on the medians): " + "; ".join(verdicts),
+        f"  ES requests per 1,000 messages <= {TARGET_REQUESTS_PER_1000:g}: "
+        f"{'met' if pipe_per_1000 <= TARGET_REQUESTS_PER_1000 else 'NOT met'}; "
+        f"in flight <= max_in_flight: {'met' if in_flight <= pipeline.notes['max_in_flight'] else 'NOT met'}; "
+        f"peak RSS {BIG_WINDOW_FACTOR}x window <= {TARGET_RSS_GROWTH:g}x default: "
+        f"{'met' if big_over_default <= TARGET_RSS_GROWTH else 'NOT met'}",
         "",
         "ES requests by kind:",
         *(f"  {role:<17} {_es_by_kind(results[role])}" for role, _ in COLUMNS),
@@ -841,23 +891,26 @@ def report(setup: Setup, results: Mapping[str, Result]) -> str:
     return "\n".join(lines)
 
 
-def _count_problems(results: Mapping[str, Result], counts: Mapping[str, int]) -> list[str]:
-    """Every contender that reads the whole range read every seeded message; elasticdump wrote every document."""
-    problems = [
-        f"{role} read {result.messages:,} messages, not {counts['messages']:,}"
-        for role, result in results.items()
-        if role != "naive" and result.messages != counts["messages"]
-    ]
-    dumped = results["elasticdump"].notes["lines"]
-    if dumped != dict(counts):
-        problems.append(f"elasticdump wrote {dumped} lines, not the seeded {dict(counts)}")
+def _count_problems(rounds: list[Mapping[str, Result]], counts: Mapping[str, int]) -> list[str]:
+    """In every round, every contender that reads the whole range read every seeded message, and elasticdump
+    wrote every document."""
+    problems = []
+    for number, results in enumerate(rounds, start=1):
+        problems += [
+            f"round {number}: {role} read {result.messages:,} messages, not {counts['messages']:,}"
+            for role, result in results.items()
+            if role != "naive" and result.messages != counts["messages"]
+        ]
+        dumped = results["elasticdump"].notes["lines"]
+        if dumped != dict(counts):
+            problems.append(f"round {number}: elasticdump wrote {dumped} lines, not the seeded {dict(counts)}")
     return problems
 
 
 def _run_with_latency(job: Job) -> dict[str, Result]:
     """The latency contenders, through a fault proxy (in this process) delaying every request by LATENCY_S.
     The proxy's log also shows whether the ceiling sent the pipeline's requests: method, path and parameters."""
-    from include.devservers.faultproxy import FaultProxy, delay
+    from include.dev.servers.faultproxy import FaultProxy, delay
 
     results, seen = {}, {}
     with FaultProxy(job.es_url) as proxy:
@@ -873,11 +926,19 @@ def _run_with_latency(job: Job) -> dict[str, Result]:
     return results
 
 
-def main_bench(messages: int, naive_messages: int, page_size: int) -> None:
+def _round(job: Job, jobs: Mapping[str, Job], number: int) -> dict[str, Result]:
+    """Every contender once, in the order of CONTENDERS rotated by ``number``; then the latency pair."""
+    order = CONTENDERS[number % len(CONTENDERS) :] + CONTENDERS[: number % len(CONTENDERS)]
+    log.info("Round %s: %s, then %s", number + 1, ", ".join(order), ", ".join(LATENCY_CONTENDERS))
+    results = {role: Result(**run_child(role, jobs[role])) for role in order}
+    return results | _run_with_latency(job)
+
+
+def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int) -> None:
     # Only light modules here: whatever this process holds, its children's ru_maxrss starts from.
-    from include.datagen import ROLES as DATAGEN_ROLES
-    from include.devservers.elasticsearch import running_elasticsearch
-    from include.devservers.s3 import running_s3
+    from include.dev.datagen import ROLES as DATAGEN_ROLES
+    from include.dev.servers.elasticsearch import running_elasticsearch
+    from include.dev.servers.s3 import running_s3
 
     tag = uuid.uuid4().hex[:8]
     start, end = START, START + timedelta(days=DAYS)
@@ -898,8 +959,9 @@ def main_bench(messages: int, naive_messages: int, page_size: int) -> None:
         external = not (cluster.started_here and s3_server.started_here)
         try:
             seeded = run_child("seed", job)
-            results = {role: Result(**run_child(role, jobs[role])) for role in CONTENDERS}
-            results |= _run_with_latency(job)
+            log.info("Warm-up: one untimed pipeline pass")
+            run_child("pipeline", job)
+            measured = [_round(job, jobs, number) for number in range(rounds)]
         except BaseException:
             if external:
                 try:
@@ -922,8 +984,8 @@ def main_bench(messages: int, naive_messages: int, page_size: int) -> None:
         page_size=page_size,
         orchestrator_peak_rss_kib=_peak_rss_kib(),
     )
-    print(report(setup, results), flush=True)
-    problems = _count_problems(results, setup.counts)
+    print(report(setup, measured), flush=True)
+    problems = _count_problems(measured, setup.counts)
     print(f"Counts: {'; '.join(problems) or 'every contender read every message; elasticdump wrote them all'}")
     if problems:
         raise RuntimeError(f"the counts do not match: {'; '.join(problems)}")
@@ -940,7 +1002,7 @@ def main(argv: list[str] | None = None) -> int:
     from es_backfill.config import PAGE_SIZE_MAX, PAGE_SIZE_MIN  # a light module: stdlib only
 
     parser = argparse.ArgumentParser(
-        prog="python -m include.bench",
+        prog="python -m include.dev.bench",
         description="Benchmark the es-backfill pipeline against a raw-HTTP ceiling, elasticdump and a naive script.",
     )
     parser.add_argument(
@@ -959,6 +1021,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the pipeline's page_size (and elasticdump's --limit), {PAGE_SIZE_MIN}..{PAGE_SIZE_MAX} "
         f"(default {DEFAULT_PAGE_SIZE})",
     )
+    parser.add_argument(
+        "--rounds",
+        type=_positive,
+        default=DEFAULT_ROUNDS,
+        help=f"rounds of every contender after the warm-up; medians are reported (default {DEFAULT_ROUNDS})",
+    )
     # Internal: how the benchmark runs seeding and each contender in a child process.
     parser.add_argument("--role", choices=("seed", *ROLES, "cleanup"), help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -971,13 +1039,13 @@ def main(argv: list[str] | None = None) -> int:
 
     tag = f"[{args.role}] " if args.role else ""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {tag}%(levelname)s %(name)s: %(message)s")
-    for noisy in ("elastic_transport", "botocore", "boto3", "urllib3", "include.devservers.faultproxy"):
+    for noisy in ("elastic_transport", "botocore", "boto3", "urllib3", "include.dev.servers.faultproxy"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         if args.role:
             child_main(args.role, Job(**json.loads(args.job)), args.result_file)
         else:
-            main_bench(args.messages, args.naive_messages, args.page_size)
+            main_bench(args.messages, args.naive_messages, args.page_size, args.rounds)
     except Exception:
         log.exception("Benchmark failed")
         return 1

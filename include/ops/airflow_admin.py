@@ -1,8 +1,8 @@
 """Create or resize the ``es_backfill`` pool and set connections, locally or on Amazon MWAA.
 
-    python -m include.airflow_admin pool --slots 4 TARGET
-    python -m include.airflow_admin connection --conn-id elasticsearch_default --file conn.json TARGET
-    python -m include.airflow_admin secret --conn-id elasticsearch_default --file conn.json [--region R]
+    python -m include.ops.airflow_admin pool --slots 4 TARGET
+    python -m include.ops.airflow_admin connection --conn-id elasticsearch_default --file conn.json TARGET
+    python -m include.ops.airflow_admin secret --conn-id elasticsearch_default --file conn.json [--region R]
 
 TARGET is one of:
 
@@ -331,7 +331,7 @@ def _api_token(http: Any, base_url: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m include.airflow_admin", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m include.ops.airflow_admin", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     pool_parser = sub.add_parser("pool", help="create or resize the pool")
     pool_parser.add_argument("--name", default=POOL_NAME)

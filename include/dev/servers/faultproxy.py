@@ -9,7 +9,7 @@ hangs up, exactly as a struggling cluster or load balancer would.
 
 Usage::
 
-    from include.devservers.faultproxy import FaultProxy, drop, es_429, es_pit_lost
+    from include.dev.servers.faultproxy import FaultProxy, drop, es_429, es_pit_lost
 
     with FaultProxy(es_cluster.url) as proxy:
         es = Elasticsearch(proxy.url, max_retries=0)
@@ -41,7 +41,7 @@ Gate
     before the fault rules do and returns ``None`` to let it through, or a reason
     to refuse it: the proxy then answers ``403`` with ``{"message": reason}``, as
     Amazon OpenSearch Service does, and the request neither reaches the upstream
-    nor counts for any fault rule. :class:`include.devservers.sigv4.SigV4Verifier`
+    nor counts for any fault rule. :class:`include.dev.servers.sigv4.SigV4Verifier`
     is such a gate: it checks AWS SigV4 signatures.
 
 Request log

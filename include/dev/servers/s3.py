@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from include.devservers.ports import free_port
+from include.dev.servers.ports import free_port
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from include.devservers.ports import free_port
+from include.dev.servers.ports import free_port
 
 log = logging.getLogger(__name__)
 

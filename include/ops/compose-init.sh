@@ -138,7 +138,7 @@ if [[ "${index_status}" == "200" && "${SEED_FORCE}" != "true" ]]; then
   # The generator drops and recreates the indices; keep what a previous start loaded.
   echo "Index '${MESSAGES_INDEX}' exists: not seeding again (set SEED_FORCE=true to reload it)"
 else
-  python -m include.datagen --es-url "${ES_URL}" --messages "${SEED_MESSAGES}" \
+  python -m include.dev.datagen --es-url "${ES_URL}" --messages "${SEED_MESSAGES}" \
     --start "${SEED_START}" --end "${SEED_END}"
 fi
 

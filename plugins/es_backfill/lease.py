@@ -1,0 +1,107 @@
+"""One run owns a backfill's output at a time: a lease object written with S3's conditional writes.
+
+``{s3_prefix}/{backfill_name}/_lease.json`` names the DAG run that owns the output, when that run
+started, its last heartbeat and until when the lease holds. ``plan`` takes it with
+``If-None-Match: *`` (S3 writes the object only if none exists, atomically), so of two runs of the
+same backfill only one gets it; the other is refused, naming the holder. Every change after that is
+an ``If-Match`` on the ETag read, so a lease that two runs try to take over at once goes to one of
+them. The holder's ``extract`` tasks renew it as they write (a cleared task of the holding run keeps
+working), ``summarise`` releases it, and a lease whose holder died expires ``LEASE_TTL`` after its last
+heartbeat; ``force_lease`` takes it over at once. Backfills with other names or prefixes have other
+leases and run side by side.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from es_backfill.config import BackfillConfig
+from es_backfill.sink import ObjectStore, PreconditionFailed
+from es_backfill.windows import iso
+
+log = logging.getLogger(__name__)
+
+LEASE_NAME = "_lease.json"
+LEASE_TTL = timedelta(hours=1)
+HEARTBEAT_EVERY = timedelta(minutes=5)  # how often a long window renews the lease
+MAX_RACES = 10  # conditional writes lost in a row to other writers (the run's own tasks renew it too)
+
+
+class LeaseHeld(RuntimeError):
+    """Another live run owns this backfill's output."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The DAG run that wants the lease."""
+
+    run_id: str
+    run_started: str  # ISO 8601, as the run reports it
+
+
+def lease_key(config: BackfillConfig) -> str:
+    return f"{config.root_prefix}/{LEASE_NAME}"
+
+
+def hold(store: ObjectStore, config: BackfillConfig, holder: Holder, *, force: bool = False) -> dict[str, Any]:
+    """Take the lease for ``holder``, or renew it if ``holder`` has it; raise :class:`LeaseHeld` if another
+    run has it and it has not expired (``force`` takes it over anyway). Returns the lease as written."""
+    key = lease_key(config)
+    for _ in range(MAX_RACES):
+        now = datetime.now(UTC)
+        body = {
+            "backfill_name": config.backfill_name,
+            "run_id": holder.run_id,
+            "run_started": holder.run_started,
+            "heartbeat": iso(now),
+            "expires": iso(now + LEASE_TTL),
+        }
+        current = store.get_with_etag(key)
+        try:
+            if current is None:
+                store.put_conditional(key, orjson.dumps(body), if_none_match=True)
+                log.info("Took the lease of %s for run %s", config.root_prefix, holder.run_id)
+                return body
+            data, etag = current
+            lease = orjson.loads(data)
+            if lease.get("run_id") != holder.run_id:
+                expired = datetime.fromisoformat(lease["expires"]) <= now
+                if not (expired or force):
+                    raise LeaseHeld(_held_message(config, lease))
+                log.warning(
+                    "Taking over the lease of %s from run %s (%s)",
+                    config.root_prefix, lease.get("run_id"), "expired" if expired else "force_lease",
+                )  # fmt: skip
+            store.put_conditional(key, orjson.dumps(body), if_match=etag)
+            return body
+        except PreconditionFailed:
+            continue  # another writer changed it between our read and our write: read it again
+    raise LeaseHeld(f"could not take the lease of {config.root_prefix}: it kept changing ({MAX_RACES} tries)")
+
+
+def release(store: ObjectStore, config: BackfillConfig, holder: Holder) -> bool:
+    """Drop the lease if ``holder`` has it (``If-Match``, so a lease taken over meanwhile stays)."""
+    current = store.get_with_etag(lease_key(config))
+    if current is None or orjson.loads(current[0]).get("run_id") != holder.run_id:
+        return False
+    try:
+        store.delete_conditional(lease_key(config), if_match=current[1])
+    except PreconditionFailed:
+        return False
+    log.info("Released the lease of %s", config.root_prefix)
+    return True
+
+
+def _held_message(config: BackfillConfig, lease: dict[str, Any]) -> str:
+    return (
+        f"another run owns the output of backfill {config.backfill_name!r} (s3://{config.s3_bucket}/"
+        f"{config.root_prefix}/): run {lease.get('run_id')!r}, started {lease.get('run_started')}, last heartbeat "
+        f"{lease.get('heartbeat')}, lease valid until {lease.get('expires')}. Wait for that run to finish (its "
+        "summarise task releases the lease), or, once you have checked it is dead, trigger again with "
+        '"force_lease": true. To run another backfill beside it, use another backfill_name or s3_prefix.'
+    )

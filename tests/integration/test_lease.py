@@ -1,0 +1,89 @@
+"""The lease on a backfill's output, against the real S3 server's conditional writes: one holder at a time,
+renewed by its holder, taken over only once expired or forced, released by its holder only."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import orjson
+import pytest
+
+from es_backfill.config import from_params, load_defaults
+from es_backfill.lease import Holder, LeaseHeld, hold, lease_key, release
+from es_backfill.sink import ObjectStore
+from tests.integration.support import s3_client
+
+DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
+FIRST = Holder("manual__2026-11-29T10:00:00+00:00", "2026-11-29T10:00:01Z")
+SECOND = Holder("manual__2026-11-29T10:00:05+00:00", "2026-11-29T10:00:06Z")
+
+
+@pytest.fixture
+def store(s3_server, s3_bucket):
+    return ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
+
+
+def _config(bucket: str, name: str = "lease-test"):
+    return from_params({"start": "2024-03-01", "end": "2024-03-02", "s3_bucket": bucket, "backfill_name": name,
+                        "s3_prefix": "leases"}, DEFAULTS)  # fmt: skip
+
+
+def test_a_second_run_is_refused_naming_the_holder_and_the_holder_renews_it(store, s3_bucket):
+    config = _config(s3_bucket)
+    taken = hold(store, config, FIRST)
+    with pytest.raises(LeaseHeld) as refused:
+        hold(store, config, SECOND)
+    message = str(refused.value)
+    assert f"run {FIRST.run_id!r}, started {FIRST.run_started}" in message
+    assert '"force_lease": true' in message and "another backfill_name" in message
+    renewed = hold(store, config, FIRST)  # a cleared task of the holding run
+    assert renewed["run_id"] == FIRST.run_id and renewed["expires"] >= taken["expires"]
+    # Another backfill has its own lease.
+    assert hold(store, _config(s3_bucket, "other-backfill"), SECOND)["run_id"] == SECOND.run_id
+
+
+def test_an_expired_lease_is_taken_over_and_force_takes_a_live_one(store, s3_bucket):
+    config = _config(s3_bucket)
+    hold(store, config, FIRST)
+    body, etag = store.get_with_etag(lease_key(config))
+    expired = orjson.loads(body) | {"expires": "2026-01-01T00:00:00Z"}  # its holder died long ago
+    store.put_conditional(lease_key(config), orjson.dumps(expired), if_match=etag)
+    assert hold(store, config, SECOND)["run_id"] == SECOND.run_id
+    with pytest.raises(LeaseHeld):
+        hold(store, config, FIRST)
+    assert hold(store, config, FIRST, force=True)["run_id"] == FIRST.run_id
+
+
+def test_only_the_holder_releases_it(store, s3_bucket):
+    config = _config(s3_bucket)
+    hold(store, config, FIRST)
+    assert release(store, config, SECOND) is False
+    assert store.get(lease_key(config)) is not None
+    assert release(store, config, FIRST) is True
+    assert store.get(lease_key(config)) is None
+    assert hold(store, config, SECOND)["run_id"] == SECOND.run_id
+
+
+def test_of_many_runs_racing_for_a_free_lease_exactly_one_gets_it(store, s3_bucket):
+    config = _config(s3_bucket)
+    holders = [Holder(f"run-{i}", "2026-11-29T10:00:00Z") for i in range(8)]
+    outcomes: dict[str, str] = {}
+    start = threading.Barrier(len(holders))
+
+    def race(holder: Holder) -> None:
+        start.wait()
+        try:
+            hold(store, config, holder)
+            outcomes[holder.run_id] = "held"
+        except LeaseHeld:
+            outcomes[holder.run_id] = "refused"
+
+    threads = [threading.Thread(target=race, args=(h,)) for h in holders]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert sorted(outcomes.values()) == ["held"] + ["refused"] * 7
+    winner = next(run for run, outcome in outcomes.items() if outcome == "held")
+    assert orjson.loads(store.get(lease_key(config)))["run_id"] == winner
