@@ -163,6 +163,13 @@ def _reader(config: BackfillConfig) -> Reader:
             title="Force",
             description="Rewrite windows even when their manifest says they are complete.",
         ),
+        "force_lease": Param(
+            False,
+            type="boolean",
+            title="Force lease",
+            description="Take over the output from another run of this backfill that still holds its lease. "
+            "Only after checking that run is dead: two live runs would overwrite each other's windows.",
+        ),
         "sse": Param(
             None,
             type=["null", "string"],
@@ -202,10 +209,11 @@ def _reader(config: BackfillConfig) -> Reader:
 )
 def es_backfill():
     @task
-    def plan(params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def plan(params: dict[str, Any] | None = None, dag_run: Any = None) -> list[dict[str, Any]]:
         from airflow.configuration import conf
 
         from es_backfill.hooks import object_store
+        from es_backfill.lease import Holder, LeaseHeld
         from es_backfill.plan import check_cluster, dry_run_report, identify_cluster, plan_or_resume
         from es_backfill.summary import log_dry_run
 
@@ -222,8 +230,9 @@ def es_backfill():
             try:
                 config = identify_cluster(config, reader)
                 check_cluster(config, reader)
-                windows = plan_or_resume(config, reader, store, conf.getint("core", "max_map_length"))
-            except ConfigError as err:
+                max_windows = conf.getint("core", "max_map_length")
+                windows = plan_or_resume(config, reader, store, max_windows, Holder.of(dag_run))
+            except (ConfigError, LeaseHeld) as err:
                 raise AirflowFailException(str(err)) from err
             if config.dry_run:
                 log_dry_run(dry_run_report(config, reader, windows))
@@ -238,9 +247,10 @@ def es_backfill():
         retry_exponential_backoff=True,
         max_retry_delay=pendulum.duration(minutes=10),
     )
-    def extract(window: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def extract(window: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None) -> dict[str, Any]:
         from es_backfill.extract import run_window
         from es_backfill.hooks import object_store
+        from es_backfill.lease import Holder, LeaseHeld
         from es_backfill.manifest import StalePlanError
         from es_backfill.records import MessageIdError
         from es_backfill.windows import Window
@@ -250,8 +260,8 @@ def es_backfill():
         store = object_store(config)
         with _reader(config) as reader:
             try:
-                return run_window(config, Window.from_dict(window), reader, store).to_dict()
-            except (MessageIdError, StalePlanError) as err:
+                return run_window(config, Window.from_dict(window), reader, store, Holder.of(dag_run)).to_dict()
+            except (MessageIdError, StalePlanError, LeaseHeld) as err:
                 raise AirflowFailException(str(err)) from err  # retrying the same task cannot help
 
     # Runs once every window has finished, failed ones included, so the summary can name them.
@@ -261,8 +271,10 @@ def es_backfill():
         results: list[dict[str, Any] | None],
         params: dict[str, Any] | None = None,
         outlet_events: Any = None,
+        dag_run: Any = None,
     ) -> dict[str, Any] | None:
         from es_backfill.hooks import object_store
+        from es_backfill.lease import Holder
         from es_backfill.summary import output_asset, summarise
 
         config = _config(params)
@@ -272,7 +284,8 @@ def es_backfill():
         config = config.with_cluster(windows[0]["cluster_uuid"])
         # One slice reads every mapped result at once (iterating asks offset by offset until one is missing).
         done = [r for r in results[:] if r is not None]
-        run = summarise(config, windows, done, object_store(config))  # raises unless every window reconciled
+        # Releases the lease, then raises unless every window reconciled.
+        run = summarise(config, windows, done, object_store(config), Holder.of(dag_run))
         uri, extra = output_asset(config, run)
         outlet_events[OUTPUT_ALIAS].add(Asset(uri), extra=extra)
         return run

@@ -270,6 +270,7 @@ def run_pipeline(job: Job, role: str) -> Result:
     """Every window of the range through ``run_window``, sequentially, as the DAG's tasks would."""
     from es_backfill.engines import ConnectionSettings, connect
     from es_backfill.extract import run_window
+    from es_backfill.lease import Holder
     from es_backfill.plan import dry_run_report
     from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
 
@@ -284,7 +285,8 @@ def run_pipeline(job: Job, role: str) -> Result:
         estimate = dry_run_report(replace(config, pool_slots=1), reader, windows)["estimated_seconds"]
         reader.requests.clear()
         cpu_before, started = _cpu_seconds(), time.perf_counter()
-        results = [run_window(config, window, reader, store) for window in windows]
+        holder = Holder(f"bench-{role}", "")  # as a DAG run's tasks do, each window renews the lease
+        results = [run_window(config, window, reader, store, holder) for window in windows]
         seconds, cpu = time.perf_counter() - started, _cpu_seconds() - cpu_before
     problems = [r.window["label"] for r in results if r.status != "written" or r.messages != r.es_count]
     if problems:

@@ -105,6 +105,7 @@ CONF_SCHEMA: dict[str, Any] = {
         "balance_windows": {"type": "boolean"},
         "dry_run": {"type": "boolean"},
         "force": {"type": "boolean"},
+        "force_lease": {"type": "boolean"},
         "sse": {"enum": [None, "", *SSE_KINDS]},
         "kms_key_id": {"type": ["string", "null"]},
         "pool_slots": {"type": "integer", "minimum": 1, "maximum": POOL_SLOTS_MAX},
@@ -177,6 +178,7 @@ class BackfillConfig:
     force: bool
     balance_windows: bool
     source: SourceConfig
+    force_lease: bool = False  # take the backfill's lease from another run (see es_backfill.lease)
     encryption: Encryption | None = None  # server-side encryption of every object written; None: the bucket's
     pool_slots: int = 4  # the pool's size, which the dry run's time estimate assumes
     target_duration: timedelta | None = None  # the dry run suggests a pool size that finishes within it
@@ -324,6 +326,7 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
         page_size=int(params.get("page_size", 1000)),
         dry_run=params.get("dry_run", False),
         force=params.get("force", False),
+        force_lease=params.get("force_lease", False),
         balance_windows=params.get("balance_windows", False),
         source=source,
         encryption=encryption,

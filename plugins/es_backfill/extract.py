@@ -27,6 +27,7 @@ from typing import Any
 from es_backfill import manifest
 from es_backfill.config import BackfillConfig
 from es_backfill.enrich import RelatedDocs, RelatedLookup
+from es_backfill.lease import Heartbeat, Holder
 from es_backfill.records import (
     MessageIds,
     build_record,
@@ -79,8 +80,14 @@ def message_query(config: BackfillConfig, window: Window) -> dict[str, Any]:
     return {"bool": {"filter": filters}}
 
 
-def run_window(config: BackfillConfig, window: Window, reader: Reader, store: ObjectStore) -> WindowResult:
+def run_window(
+    config: BackfillConfig, window: Window, reader: Reader, store: ObjectStore, holder: Holder | None = None
+) -> WindowResult:
+    """Copy ``window``, or skip it if its manifest says it is complete. With a ``holder`` (the DAG run), the
+    window holds the backfill's lease whenever it writes: it renews it before writing anything, while reading
+    and before its manifest, and fails with :class:`LeaseHeld` if another run took it over."""
     started = time.monotonic()
+    heartbeat = Heartbeat(store, config, holder)
     manifest_key = manifest.window_manifest_key(config, window)
     if not config.force:
         existing = manifest.read(store, manifest_key)
@@ -98,6 +105,7 @@ def run_window(config: BackfillConfig, window: Window, reader: Reader, store: Ob
             )
 
     manifest.require_in_plan(store, config, window)
+    heartbeat.now()
     prefix = window_prefix(config.root_prefix, window.day, window.key)
     # No manifest may exist while the window's objects are being replaced.
     store.delete([manifest_key])
@@ -146,6 +154,7 @@ def run_window(config: BackfillConfig, window: Window, reader: Reader, store: Ob
                     )
                 messages += len(page)
                 progress.update(messages)
+                heartbeat.beat()
         ids.check(f"Window {window.label}")
         objects = writer.close()
     except BaseException:
@@ -172,6 +181,7 @@ def run_window(config: BackfillConfig, window: Window, reader: Reader, store: Ob
         objects=objects,
         message_ids=ids.summary(),
     )
+    heartbeat.now()
     store.put(manifest_key, manifest.dumps(body))
     seconds = time.monotonic() - started
     log.info(

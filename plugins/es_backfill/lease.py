@@ -14,6 +14,7 @@ leases and run side by side.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,12 +22,12 @@ from typing import Any
 import orjson
 
 from es_backfill.config import BackfillConfig
+from es_backfill.manifest import lease_key
 from es_backfill.sink import ObjectStore, PreconditionFailed
 from es_backfill.windows import iso
 
 log = logging.getLogger(__name__)
 
-LEASE_NAME = "_lease.json"
 LEASE_TTL = timedelta(hours=1)
 HEARTBEAT_EVERY = timedelta(minutes=5)  # how often a long window renews the lease
 MAX_RACES = 10  # conditional writes lost in a row to other writers (the run's own tasks renew it too)
@@ -43,9 +44,28 @@ class Holder:
     run_id: str
     run_started: str  # ISO 8601, as the run reports it
 
+    @classmethod
+    def of(cls, dag_run: Any) -> Holder:
+        """The holder for an Airflow DAG run (a task's ``dag_run``)."""
+        return cls(dag_run.run_id, iso(dag_run.start_date) if dag_run.start_date else "")
 
-def lease_key(config: BackfillConfig) -> str:
-    return f"{config.root_prefix}/{LEASE_NAME}"
+
+class Heartbeat:
+    """Renews ``holder``'s lease at most every ``HEARTBEAT_EVERY`` while a window runs (``beat``), and at once
+    with ``now``: a window renews it before it writes anything and before it commits its manifest."""
+
+    def __init__(self, store: ObjectStore, config: BackfillConfig, holder: Holder | None) -> None:
+        self.store, self.config, self.holder = store, config, holder
+        self._next = 0.0
+
+    def now(self) -> None:
+        if self.holder is not None:
+            hold(self.store, self.config, self.holder)
+            self._next = time.monotonic() + HEARTBEAT_EVERY.total_seconds()
+
+    def beat(self) -> None:
+        if self.holder is not None and time.monotonic() >= self._next:
+            self.now()
 
 
 def hold(store: ObjectStore, config: BackfillConfig, holder: Holder, *, force: bool = False) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from es_backfill.windows import Window
 VERSION = 2  # 2: fingerprints cover the source cluster; window manifests prove their message ids
 RUN_MANIFEST_NAME = "_run_manifest.json"
 PLAN_NAME = "_plan.json"
+LEASE_NAME = "_lease.json"  # see es_backfill.lease
 # A window's folder, relative to the backfill's root: dt=YYYY-MM-DD/{start}_{end}/
 WINDOW_FOLDER = re.compile(r"^dt=\d{4}-\d{2}-\d{2}/\d{8}T\d{6}Z_\d{8}T\d{6}Z/")
 
@@ -70,6 +71,10 @@ def plan_key(config: BackfillConfig) -> str:
     return f"{config.root_prefix}/{PLAN_NAME}"
 
 
+def lease_key(config: BackfillConfig) -> str:
+    return f"{config.root_prefix}/{LEASE_NAME}"
+
+
 def read_plan(store: ObjectStore, config: BackfillConfig) -> SavedPlan | None:
     """The plan saved under this backfill's root, whatever settings made it; None if there is none."""
     saved = read(store, plan_key(config))
@@ -111,12 +116,12 @@ def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window]
 
 def foreign_objects(store: ObjectStore, config: BackfillConfig, windows: list[Window]) -> list[str]:
     """Keys under the backfill's root that ``windows`` do not account for: everything but their folders,
-    the plan and the run manifest. Lists folder by folder, so the windows' own objects are never listed."""
+    the plan, the run manifest and the lease. Lists folder by folder, so the windows' own objects are never listed."""
     root = f"{config.root_prefix}/"
     own = {window_folder(config, w) for w in windows}
     days = {folder.rsplit("/", 2)[0] + "/" for folder in own}
     folders, keys = store.children(root)
-    foreign = [key for key in keys if key not in {plan_key(config), run_manifest_key(config)}]
+    foreign = [key for key in keys if key not in {plan_key(config), run_manifest_key(config), lease_key(config)}]
     for folder in folders:
         if folder not in days:
             foreign += [o["Key"] for o in store.list(folder)]

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from es_backfill import manifest
+from es_backfill import lease, manifest
 from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.enrich import RelatedLookup
 from es_backfill.extract import message_query
+from es_backfill.lease import Holder
 from es_backfill.records import build_record, dumps_line
 from es_backfill.sink import ObjectStore
 from es_backfill.source import AccessDenied, BadRequest, NotFound, Reader
@@ -91,13 +92,28 @@ def plan_windows(config: BackfillConfig, reader: Reader, max_windows: int) -> li
     return windows
 
 
-def plan_or_resume(config: BackfillConfig, reader: Reader, store: ObjectStore, max_windows: int) -> list[Window]:
+def plan_or_resume(
+    config: BackfillConfig, reader: Reader, store: ObjectStore, max_windows: int, holder: Holder | None = None
+) -> list[Window]:
     """The windows of an earlier run of the same backfill, or a new plan (saved unless a dry run).
 
-    The backfill's root only ever holds the current plan's windows: a saved plan made with other settings
-    (or from another cluster) is refused unless ``force``, which replaces it; and before any window is
-    written, objects of window folders the plan does not have are deleted.
+    ``holder`` (the DAG run) takes the backfill's lease first, unless a dry run: of two runs of the same
+    backfill, the second stops here (:class:`LeaseHeld`) before anything is written. The backfill's root only
+    ever holds the current plan's windows: a saved plan made with other settings (or from another cluster) is
+    refused unless ``force``, which replaces it; and before any window is written, objects of window folders
+    the plan does not have are deleted.
     """
+    if holder is None or config.dry_run:
+        return _plan_or_resume(config, reader, store, max_windows)
+    lease.hold(store, config, holder, force=config.force_lease)
+    try:
+        return _plan_or_resume(config, reader, store, max_windows)
+    except BaseException:
+        lease.release(store, config, holder)  # a run that cannot start must not keep others out
+        raise
+
+
+def _plan_or_resume(config: BackfillConfig, reader: Reader, store: ObjectStore, max_windows: int) -> list[Window]:
     saved = manifest.read_plan(store, config)
     if saved is not None and saved.fingerprint == config.fingerprint() and not config.force:
         log.info("Resuming backfill %s with its %s planned windows", config.backfill_name, len(saved.windows))

@@ -12,8 +12,9 @@ import logging
 from collections import Counter
 from typing import Any
 
-from es_backfill import manifest
+from es_backfill import lease, manifest
 from es_backfill.config import BackfillConfig
+from es_backfill.lease import Holder
 from es_backfill.sink import ObjectStore
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,14 @@ def table(results: list[dict[str, Any]]) -> str:
 
 
 def summarise(
-    config: BackfillConfig, planned: list[dict[str, Any]], results: list[dict[str, Any]], store: ObjectStore
+    config: BackfillConfig,
+    planned: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    store: ObjectStore,
+    holder: Holder | None = None,
 ) -> dict[str, Any]:
-    """Write the run manifest, log the table, and raise if a window failed or does not reconcile.
+    """Write the run manifest, release ``holder``'s lease (every window of the run has finished), log the
+    table, and raise if a window failed or does not reconcile.
 
     ``planned`` are the plan's windows; a planned window without a result failed.
     """
@@ -73,6 +79,8 @@ def summarise(
         "window_keys": [r["window"]["key"] for r in results],
     }
     store.put(manifest.run_manifest_key(config), manifest.dumps(run))
+    if holder is not None:
+        lease.release(store, config, holder)  # a retrigger, or a cleared window of this run, takes it again
     log.info("Backfill %s:\n%s", config.backfill_name, table(results))
     log.info(
         "%s windows (%s written, %s skipped, %s failed), %s messages, %s related documents, %s objects, %s bytes",

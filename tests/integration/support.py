@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import re
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -131,3 +132,28 @@ def asset_events(uri: str) -> list[dict[str, Any]]:
             {"run_id": e.source_run_id, "extra": e.extra, "aliases": [a.name for a in e.source_aliases]}
             for e in session.scalars(query)
         ]
+
+
+# Every request the DAG, a resume, a dry run and `verify` may send to the cluster: reads only, on any engine.
+# (method, path) as the cluster sees them; an index name never starts with "_".
+READ_ONLY_REQUESTS = (
+    ("GET", r"/"),
+    ("GET|POST", r"/[^/_][^/]*/_(search|count)"),  # searches (a scroll opens with ?scroll=), counts
+    ("GET|POST", r"/_search"),  # a search in an Elasticsearch point in time names no index
+    ("GET|POST|DELETE", r"/_search/scroll"),  # scroll pages, clear_scroll
+    ("POST", r"/[^/_][^/]*/_pit"),  # Elasticsearch: open a point in time
+    ("DELETE", r"/_pit"),
+    ("POST", r"/[^/_][^/]*/_search/point_in_time"),  # OpenSearch: create a point in time
+    ("DELETE", r"/_search/point_in_time"),
+    ("GET", r"/[^/_][^/]*/_mapping/field/[^/]+"),  # field mappings
+)
+
+
+def not_read_only(requests: list[Any]) -> list[str]:
+    """The requests (``method path``) that ``READ_ONLY_REQUESTS`` does not allow."""
+    allowed = [(re.compile(rf"^(?:{method})$"), re.compile(rf"^{path}$")) for method, path in READ_ONLY_REQUESTS]
+    return [
+        f"{r.method} {r.path}"
+        for r in requests
+        if not any(method.match(r.method) and path.match(r.path) for method, path in allowed)
+    ]

@@ -6,7 +6,8 @@ reference's byte for byte. Related batches are larger than a request (``related_
 engine pages through snapshots, including a group of audit documents with equal sort values. Then each
 engine loses its snapshot for real (the fault proxy releases it on the cluster just before a page is asked
 for): a point in time is reopened and the window completes; a scroll cannot be resumed, so the window fails
-and its retry gives the same output.
+and its retry gives the same output. And on every engine, the reference included, a full run, a resume, a
+dry run and ``verify`` send the cluster nothing but the reads of ``READ_ONLY_REQUESTS``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,15 @@ from es_backfill.windows import Window
 from include.dev.datagen import DatasetSpec, IndexNames, generate, load
 from include.dev.servers.elasticsearch import ENGINES, ES_VERSION, elasticsearch_connection_uri
 from include.dev.servers.faultproxy import FaultProxy, es_pit_lost
-from tests.integration.support import expected_records, read_objects, reader_at, s3_client, source_override, utc
+from tests.integration.support import (
+    expected_records,
+    not_read_only,
+    read_objects,
+    reader_at,
+    s3_client,
+    source_override,
+    utc,
+)
 
 DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
 NAMES = IndexNames(messages="eng_messages", history="eng_history", status="eng_status", audit="eng_audit")
@@ -164,3 +173,53 @@ def test_a_snapshot_lost_mid_window_is_reopened_or_the_window_is_read_again(
     assert result.messages == result.es_count > 100  # more than one page
     window_parts = {k: v for k, v in reference.items() if "/dt=2024-03-01/" in k}
     assert window_parts and _parts(s3_bucket) == window_parts
+
+
+def _only_reads(url: str, bucket: str, run_backfill, s3_server, monkeypatch) -> None:
+    """A full run, a resume, a dry run and ``verify`` through a recording proxy: every request is a read."""
+    from es_backfill.cli import main as cli
+
+    with FaultProxy(url) as proxy:
+        monkeypatch.setenv("AIRFLOW_CONN_ENGINE_UNDER_TEST", elasticsearch_connection_uri(proxy.url))
+        conf = _conf(bucket, "engine_under_test")
+        assert run_backfill(conf).state == "success"
+        assert run_backfill(conf).state == "success"  # a resume: every window skipped
+        assert run_backfill(conf | {"dry_run": True}).state == "success"
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+        verify = [
+            "verify",
+            "--conf",
+            json.dumps(conf),
+            "--es-url",
+            proxy.url,
+            "--s3-endpoint-url",
+            s3_server.endpoint_url,
+        ]
+        assert cli(verify) == 0
+        sent = list(proxy.requests)
+    assert not_read_only(sent) == []
+    assert {r.path.rsplit("/", 1)[-1] for r in sent} >= {"_search", "_count"}  # the proxy did see the reads
+
+
+@pytest.mark.parametrize("engine", OTHER_ENGINES, indirect=True)
+def test_only_reads_reach_the_cluster(seeded_engine, reference, run_backfill, s3_server, s3_bucket, monkeypatch):
+    _only_reads(seeded_engine.url, s3_bucket, run_backfill, s3_server, monkeypatch)
+
+
+def test_only_reads_reach_the_reference_elasticsearch(es_cluster, reference, run_backfill, s3_server, s3_bucket,
+                                                      monkeypatch):  # fmt: skip
+    _only_reads(es_cluster.url, s3_bucket, run_backfill, s3_server, monkeypatch)
+
+
+def test_the_read_only_allowlist_refuses_writes_and_admin_calls():
+    from types import SimpleNamespace as Request
+
+    writes = [("PUT", "/m/_doc/1"), ("POST", "/_bulk"), ("DELETE", "/m"), ("POST", "/m/_update_by_query"),
+              ("POST", "/m/_delete_by_query"), ("PUT", "/m/_settings"), ("POST", "/_cluster/reroute"),
+              ("POST", "/m/_search/template"), ("DELETE", "/m/_doc/1"), ("POST", "/m/_refresh")]  # fmt: skip
+    reads = [("GET", "/"), ("POST", "/m/_search"), ("POST", "/_search"), ("POST", "/m/_count"), ("POST", "/m/_pit"),
+             ("DELETE", "/_pit"), ("POST", "/m/_search/point_in_time"), ("DELETE", "/_search/point_in_time"),
+             ("POST", "/_search/scroll"), ("DELETE", "/_search/scroll"), ("GET", "/m/_mapping/field/a,b")]  # fmt: skip
+    requests = [Request(method=m, path=p) for m, p in writes + reads]
+    assert not_read_only(requests) == [f"{m} {p}" for m, p in writes]

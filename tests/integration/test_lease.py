@@ -10,7 +10,8 @@ import orjson
 import pytest
 
 from es_backfill.config import from_params, load_defaults
-from es_backfill.lease import Holder, LeaseHeld, hold, lease_key, release
+from es_backfill.lease import Holder, LeaseHeld, hold, release
+from es_backfill.manifest import lease_key
 from es_backfill.sink import ObjectStore
 from tests.integration.support import s3_client
 

@@ -1,6 +1,6 @@
 """The DAG under a real scheduler: the pool caps concurrent windows, clearing one map index recovers a run,
-the UI names the mapped tasks after their windows, and only the run that reconciles announces its output as
-an asset event (REST API and the asset's page in the UI).
+the UI names the mapped tasks after their windows, only the run that reconciles announces its output as
+an asset event (REST API and the asset's page in the UI), and of two runs of one backfill only one writes.
 
 Airflow (api-server, scheduler, dag-processor, LocalExecutor, PostgreSQL) runs as users run it; the test
 drives it only through the REST API and a headless browser.
@@ -25,7 +25,14 @@ from include.dev.servers.elasticsearch import elasticsearch_connection_uri
 from include.dev.servers.faultproxy import FaultProxy, delay, es_error
 from include.dev.servers.postgres import running_postgres
 from include.dev.servers.s3 import aws_connection_uri
-from tests.integration.support import decode_records, expected_records, read_objects, source_override, utc
+from tests.integration.support import (
+    decode_records,
+    expected_records,
+    read_objects,
+    source_override,
+    utc,
+    window_objects,
+)
 
 POOL_SLOTS = 2
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
@@ -144,6 +151,53 @@ def test_emptied_form_fields_reach_the_dag_as_not_set(stack, seeded, s3_bucket):
     objects = read_objects(s3_bucket, "form/")
     assert objects and all(k.startswith("form/backfill-20240301T000000Z-20240302T000000Z-1d/") for k in objects)
     assert sorted(r["message_id"] for r in decode_records(objects)) == sorted(expected_records(docs))  # no filter
+
+
+def test_of_two_runs_of_one_backfill_the_second_is_refused_and_two_backfills_run_side_by_side(stack, seeded, s3_bucket):
+    airflow, es_proxy = stack
+    names, docs = seeded({"messages": 160, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
+    _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
+    airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
+    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
+    es_proxy.clear_faults()
+    es_proxy.add_fault(r"^POST /m_[^/]+/_pit", delay(1.0), times=None)  # runs last long enough to overlap
+    conf = {"start": "2024-03-01", "end": "2024-03-03", "window": "12h", "s3_bucket": s3_bucket,
+            "page_size": 100, "source": source_override(names)}  # fmt: skip
+
+    def trigger(**overrides) -> str:
+        body = {"logical_date": None, "conf": conf | overrides}
+        return airflow.api("POST", "/dags/es_backfill/dagRuns", body)["dag_run_id"]
+
+    def states(run_ids: list[str]) -> dict[str, str]:
+        paths = {run_id: f"/dags/es_backfill/dagRuns/{quote(run_id)}" for run_id in run_ids}
+        return {run_id: airflow.wait_for(f"run {run_id}", lambda p=p: _finished(airflow, p), timeout=300)
+                for run_id, p in paths.items()}  # fmt: skip
+
+    # The same backfill twice at once: one run takes the lease in plan, the other is refused there.
+    same = states([trigger(s3_prefix="twice"), trigger(s3_prefix="twice")])
+    assert sorted(same.values()) == ["failed", "success"]
+    refused = next(run_id for run_id, state in same.items() if state == "failed")
+    winner = next(run_id for run_id, state in same.items() if state == "success")
+    run_path = f"/dags/es_backfill/dagRuns/{quote(refused)}"
+    plan_ti = airflow.api("GET", f"{run_path}/taskInstances/plan")
+    assert (plan_ti["state"], plan_ti["try_number"]) == ("failed", 1)  # refused at once, not retried
+    log = json.dumps(airflow.api("GET", f"{run_path}/taskInstances/plan/logs/1?full_content=true"))
+    assert f"run '{winner}'" in log and "another run owns the output of backfill" in log
+    assert all(t["state"] == "upstream_failed" for t in _extract_instances(airflow, run_path))
+
+    # What the winner wrote is what one run alone writes; the lease is gone with the run.
+    assert list(states([trigger(s3_prefix="once")]).values()) == ["success"]
+    assert window_objects(s3_bucket, "twice/") == window_objects(s3_bucket, "once/")
+    assert not any(key.endswith("/_lease.json") for key in read_objects(s3_bucket, "twice/"))
+
+    # Two different backfills at once: both complete.
+    side = states(
+        [trigger(s3_prefix="side", backfill_name="side-a"), trigger(s3_prefix="side", backfill_name="side-b")]
+    )
+    assert list(side.values()) == ["success", "success"]
+    for name in ("side-a", "side-b"):
+        records = decode_records(read_objects(s3_bucket, f"side/{name}/"))
+        assert sorted(r["message_id"] for r in records) == sorted(expected_records(docs))
 
 
 def _set_pool_with_the_admin_script(airflow, slots: int) -> None:
