@@ -6,13 +6,14 @@ Amazon OpenSearch Service with IAM SigV4), joins each message with its history, 
 audit documents, and writes the records as JSON to S3. The `elasticsearch_default` connection
 says where the cluster is; the engine is detected.
 
-* **plan** checks the conf and the cluster (engine, version and read strategy in its log), and
-  splits `[start, end)` into windows.
+* **plan** checks the conf and the cluster (engine, version and read strategy in its log), takes
+  the backfill's lease (a second run of the same backfill is refused here, naming the holder; see
+  `force_lease`), and splits `[start, end)` into windows.
 * **extract** runs once per window (a mapped task named after its window), inside the
   `es_backfill` pool, which caps how many windows read Elasticsearch at once. A window's
   objects have fixed keys and its manifest is written last, so a failed window is retried
   by clearing its task, and a re-triggered run skips the windows already complete.
-* **summarise** writes the run manifest and fails if any window's written count differs
+* **summarise** writes the run manifest, releases the lease, and fails if any window's written count differs
   from Elasticsearch's. When every window reconciles it emits an asset event for the output,
   `s3://{s3_bucket}/{s3_prefix}/{backfill_name}` (through the `es_backfill_output` asset alias),
   whose extra carries the run's figures.
