@@ -79,11 +79,11 @@ SOURCE_SCHEMA: dict[str, Any] = {
         "messages": MESSAGES_SCHEMA,
         "related": {"type": "array", "items": RELATED_SCHEMA},
         "related_page_size": {"type": "integer", "minimum": 1, "maximum": RELATED_PAGE_SIZE_MAX},
-        "pit_keep_alive": {"type": "string", "pattern": r"^\d+[smh]$"},
-        "request_timeout_s": {"type": "number", "exclusiveMinimum": 0},
+        "pit_keep_alive": {"type": "string", "pattern": r"^\d{1,6}[smh]$"},
+        "request_timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
         "max_retries": {"type": "integer", "minimum": 0},
         "max_in_flight": {"type": "integer", "minimum": 1, "maximum": MAX_IN_FLIGHT_MAX},
-        "max_messages_per_second": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        "max_messages_per_second": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10**9},
         "part_max_records": {"type": "integer", "minimum": 1},
         "part_max_bytes": {"type": "integer", "minimum": 1024},
     },
@@ -285,12 +285,12 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
         problems += _bucket_problems(bucket)
 
     prefix = "" if "s3_prefix" in misshapen else (params.get("s3_prefix") or "").strip("/")
-    if prefix and not all(_PREFIX_SEGMENT.match(seg) and seg not in {".", ".."} for seg in prefix.split("/")):
+    if prefix and not all(_PREFIX_SEGMENT.fullmatch(seg) and seg not in {".", ".."} for seg in prefix.split("/")):
         problems.append(f"s3_prefix {prefix!r} may only hold letters, digits and . _ = - between slashes")
 
     name = None if "backfill_name" in misshapen else params.get("backfill_name")
     name = name or (default_backfill_name(start, end, window_text) if start and end else "backfill")
-    if not _NAME.match(name):
+    if not _NAME.fullmatch(name):
         problems.append(f"backfill_name {name!r} may only hold letters, digits, '.', '_' and '-' (max 128)")
 
     encryption = None if {"sse", "kms_key_id"} & misshapen else _encryption(params, problems)
@@ -364,9 +364,12 @@ def _describe(error: ValidationError, root: str) -> str:
         allowed = ", ".join(json.dumps(v) for v in error.validator_value if v != "")
         return f"{path} must be one of {allowed}, not {shown}"
     if kind in {"minimum", "maximum", "exclusiveMinimum"}:
-        low, high = schema.get("minimum"), schema.get("maximum")
-        bound = f"within {low}..{high}" if low is not None and high is not None else f"at least {low}"
-        return f"{path} must be {'greater than 0' if kind == 'exclusiveMinimum' else bound}, not {shown}"
+        if "minimum" in schema and "maximum" in schema:
+            bound = f"within {schema['minimum']}..{schema['maximum']}"
+        else:
+            words = {"minimum": "at least", "exclusiveMinimum": "greater than", "maximum": "at most"}
+            bound = " and ".join(f"{word} {schema[key]}" for key, word in words.items() if key in schema)
+        return f"{path} must be {bound}, not {shown}"
     if kind == "minLength":
         return f"{path} must not be empty"
     last = path.rsplit(".", 1)[-1]
@@ -378,10 +381,10 @@ def _describe(error: ValidationError, root: str) -> str:
 def _bucket_problems(bucket: str) -> list[str]:
     """Why S3 would refuse ``bucket`` as a bucket name (general purpose buckets' rules)."""
     fix = "use 3-63 lowercase letters, digits, '.' and '-', starting and ending with a letter or digit"
-    if not _BUCKET.match(bucket):
+    if not _BUCKET.fullmatch(bucket):
         return [f"s3_bucket {bucket!r} is not a valid bucket name: {fix}"]
     problems = []
-    if _IP_ADDRESS.match(bucket):
+    if _IP_ADDRESS.fullmatch(bucket):
         problems.append(f"s3_bucket {bucket!r} looks like an IP address, which S3 refuses as a bucket name")
     if ".." in bucket or ".-" in bucket or "-." in bucket:
         problems.append(f"s3_bucket {bucket!r} has '..', '.-' or '-.', which S3 refuses in a bucket name")

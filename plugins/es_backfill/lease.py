@@ -14,6 +14,7 @@ leases and run side by side.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 LEASE_TTL = timedelta(hours=1)
 HEARTBEAT_EVERY = timedelta(minutes=5)  # how often a long window renews the lease
-MAX_RACES = 10  # conditional writes lost in a row to other writers (the run's own tasks renew it too)
+MAX_RACES = 20  # conditional writes lost in a row to other writers (the run's own tasks renew it too)
 
 
 class LeaseHeld(RuntimeError):
@@ -70,9 +71,12 @@ class Heartbeat:
 
 def hold(store: ObjectStore, config: BackfillConfig, holder: Holder, *, force: bool = False) -> dict[str, Any]:
     """Take the lease for ``holder``, or renew it if ``holder`` has it; raise :class:`LeaseHeld` if another
-    run has it and it has not expired (``force`` takes it over anyway). Returns the lease as written."""
+    run has it and it has not expired (``force`` takes it over anyway). Returns the lease as it stands.
+
+    A lease ``holder`` renewed less than ``HEARTBEAT_EVERY`` ago is left as it is: the many tasks of one run
+    that start together read it, and only one of them writes."""
     key = lease_key(config)
-    for _ in range(MAX_RACES):
+    for attempt in range(MAX_RACES):
         now = datetime.now(UTC)
         body = {
             "backfill_name": config.backfill_name,
@@ -88,26 +92,43 @@ def hold(store: ObjectStore, config: BackfillConfig, holder: Holder, *, force: b
                 log.info("Took the lease of %s for run %s", config.root_prefix, holder.run_id)
                 return body
             data, etag = current
-            lease = orjson.loads(data)
-            if lease.get("run_id") != holder.run_id:
-                expired = datetime.fromisoformat(lease["expires"]) <= now
-                if not (expired or force):
-                    raise LeaseHeld(_held_message(config, lease))
+            lease, expires = _parse(data)
+            if lease.get("run_id") == holder.run_id:
+                if expires - now > LEASE_TTL - HEARTBEAT_EVERY:
+                    return lease  # fresh: renewed by this run a moment ago
+            elif expires > now and not force:
+                raise LeaseHeld(_held_message(config, lease))
+            else:
                 log.warning(
                     "Taking over the lease of %s from run %s (%s)",
-                    config.root_prefix, lease.get("run_id"), "expired" if expired else "force_lease",
+                    config.root_prefix, lease.get("run_id"), "force_lease" if expires > now else "expired",
                 )  # fmt: skip
             store.put_conditional(key, orjson.dumps(body), if_match=etag)
             return body
         except PreconditionFailed:
-            continue  # another writer changed it between our read and our write: read it again
+            # Another writer changed it between our read and our write (often a task of this very run):
+            # read it again, after a short random pause so that racing writers spread out.
+            time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
     raise LeaseHeld(f"could not take the lease of {config.root_prefix}: it kept changing ({MAX_RACES} tries)")
+
+
+def _parse(data: bytes) -> tuple[dict[str, Any], datetime]:
+    """The lease and its expiry; one that cannot be read (emptied or edited by hand) counts as expired."""
+    try:
+        lease = orjson.loads(data)
+        expires = datetime.fromisoformat(lease["expires"])
+        if expires.tzinfo is None:
+            raise ValueError("no time zone")
+        return lease, expires
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        log.warning("The lease cannot be read (%s): taking it as expired", err)
+        return {}, datetime.min.replace(tzinfo=UTC)
 
 
 def release(store: ObjectStore, config: BackfillConfig, holder: Holder) -> bool:
     """Drop the lease if ``holder`` has it (``If-Match``, so a lease taken over meanwhile stays)."""
     current = store.get_with_etag(lease_key(config))
-    if current is None or orjson.loads(current[0]).get("run_id") != holder.run_id:
+    if current is None or _parse(current[0])[0].get("run_id") != holder.run_id:
         return False
     try:
         store.delete_conditional(lease_key(config), if_match=current[1])

@@ -21,7 +21,7 @@ import re
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -188,12 +188,11 @@ class ObjectStore:
 
 
 def _lost_condition(err: Any) -> bool:
-    """412 Precondition Failed, or 409 ConditionalRequestConflict (S3's answer to a concurrent conditional
-    write on the same key)."""
+    """412 Precondition Failed, 409 ConditionalRequestConflict (S3's answer to a concurrent conditional write
+    on the same key), or 404 (an ``If-Match`` on a key deleted meanwhile)."""
     code = err.response.get("Error", {}).get("Code")
-    return code in {"PreconditionFailed", "ConditionalRequestConflict"} or err.response.get("ResponseMetadata", {}).get(
-        "HTTPStatusCode"
-    ) in {409, 412}
+    status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+    return code in {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"} or status in {404, 409, 412}
 
 
 class _Part:
@@ -213,6 +212,7 @@ class _Part:
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
         self._worker = worker
         self._queued: deque[Future[None]] = deque()
+        self._failed = False
         self._pending = bytearray()  # lines not yet handed to the worker
         self._buffer = bytearray()
         self._sha = hashlib.sha256()
@@ -236,7 +236,17 @@ class _Part:
             self._queued.popleft().result()  # re-raises the worker's error here
 
     def _consume(self, data: bytes, final: bool) -> None:
-        """On the worker thread: compress ``data``, and send a piece once one is full."""
+        """On the worker thread: compress ``data``, and send a piece once one is full. After a batch failed,
+        the ones queued behind it do nothing: the part is lost, and the caller sees the first error."""
+        if self._failed:
+            return
+        try:
+            self._consume_batch(data, final)
+        except BaseException:
+            self._failed = True
+            raise
+
+    def _consume_batch(self, data: bytes, final: bool) -> None:
         if self._compressor is not None:
             data = self._compressor.compress(data) + (self._compressor.flush() if final else b"")
         self._buffer += data
@@ -277,7 +287,8 @@ class _Part:
         return ObjectInfo(self.key, self.records, self._size, self._sha.hexdigest())
 
     def abort(self) -> None:
-        wait(self._queued)  # nothing may start an upload after it is aborted
+        """Drop the part; the writer's worker has stopped (see :meth:`PartWriter.abort`), so nothing can start
+        an upload after this."""
         self._queued.clear()
         if self._upload_id is not None:
             self.store.client.abort_multipart_upload(Bucket=self.store.bucket, Key=self.key, UploadId=self._upload_id)
@@ -317,10 +328,11 @@ class PartWriter:
         return self.objects
 
     def abort(self) -> None:
+        # First stop the worker, queued batches cancelled: no upload may start after the part is aborted.
+        self._worker.shutdown(wait=True, cancel_futures=True)
         if self._part is not None:
-            self._part.abort()
-            self._part = None
-        self._worker.shutdown()
+            part, self._part = self._part, None
+            part.abort()
 
 
 class DocumentWriter:

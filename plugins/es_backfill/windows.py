@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhd])\s*$")
+_DURATION = re.compile(r"\s*(\d{1,9})\s*([smhd])\s*")  # whole-string (fullmatch); 9 digits: no overflow
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
@@ -60,17 +60,20 @@ def parse_instant(text: str) -> datetime:
     """A date or date-time, read as UTC when it has no offset, returned in UTC."""
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except (ValueError, AttributeError) as err:
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except (ValueError, AttributeError, OverflowError) as err:  # OverflowError: an offset past year 1 or 9999
         raise WindowError(f"{text!r} is not a date or date-time; use e.g. 2024-03-01 or 2024-03-01T06:00:00Z") from err
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def parse_duration(text: str) -> timedelta:
     """``30s``, ``15m``, ``6h`` or ``1d`` as a timedelta."""
-    match = _DURATION.match(text or "")
+    match = _DURATION.fullmatch(text or "")
     if not match or int(match.group(1)) == 0:
         raise WindowError(f"window {text!r} is not a positive duration like 1d, 6h, 15m or 30s")
-    return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    try:
+        return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
+    except OverflowError as err:  # more days than a timedelta holds
+        raise WindowError(f"window {text!r} is longer than any range") from err
 
 
 def format_duration(seconds: int) -> str:

@@ -67,10 +67,8 @@ def _max_overlap(intervals) -> int:
 def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(stack, seeded, s3_bucket):
     airflow, es_proxy = stack
     names, docs = seeded({"messages": 480, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
-    _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
+    _ready(airflow)
     assert airflow.api("GET", "/pools/es_backfill")["slots"] == POOL_SLOTS
-    airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
-    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
 
     # Each window holds its point in time open a while, so concurrent windows overlap measurably;
     # one window's count keeps failing until we clear it.
@@ -139,9 +137,7 @@ def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(s
 def test_emptied_form_fields_reach_the_dag_as_not_set(stack, seeded, s3_bucket):
     airflow, _ = stack
     names, docs = seeded({"messages": 40, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
-    _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
-    airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
-    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
+    _ready(airflow)
     # What the trigger form sends for a name and a filter left empty: "" (the REST API the form posts to).
     conf = {"start": "2024-03-01", "end": "2024-03-02", "s3_bucket": s3_bucket, "s3_prefix": "form",
             "backfill_name": "", "query": "", "source": source_override(names)}  # fmt: skip
@@ -156,9 +152,7 @@ def test_emptied_form_fields_reach_the_dag_as_not_set(stack, seeded, s3_bucket):
 def test_of_two_runs_of_one_backfill_the_second_is_refused_and_two_backfills_run_side_by_side(stack, seeded, s3_bucket):
     airflow, es_proxy = stack
     names, docs = seeded({"messages": 160, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
-    _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
-    airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
-    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
+    _ready(airflow)
     es_proxy.clear_faults()
     es_proxy.add_fault(r"^POST /m_[^/]+/_pit", delay(1.0), times=None)  # runs last long enough to overlap
     conf = {"start": "2024-03-01", "end": "2024-03-03", "window": "12h", "s3_bucket": s3_bucket,
@@ -198,6 +192,13 @@ def test_of_two_runs_of_one_backfill_the_second_is_refused_and_two_backfills_run
     for name in ("side-a", "side-b"):
         records = decode_records(read_objects(s3_bucket, f"side/{name}/"))
         assert sorted(r["message_id"] for r in records) == sorted(expected_records(docs))
+
+
+def _ready(airflow) -> None:
+    """The pool set as the README says, the DAG parsed and unpaused."""
+    _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
+    airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
+    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
 
 
 def _set_pool_with_the_admin_script(airflow, slots: int) -> None:
