@@ -4,6 +4,7 @@ renewed by its holder, taken over only once expired or forced, released by its h
 from __future__ import annotations
 
 import threading
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
@@ -88,3 +89,29 @@ def test_of_many_runs_racing_for_a_free_lease_exactly_one_gets_it(store, s3_buck
     assert sorted(outcomes.values()) == ["held"] + ["refused"] * 7
     winner = next(run for run, outcome in outcomes.items() if outcome == "held")
     assert orjson.loads(store.get(lease_key(config)))["run_id"] == winner
+
+
+def test_many_tasks_of_the_holding_run_renewing_at_once_all_keep_it(store, s3_bucket):
+    config = _config(s3_bucket)
+    hold(store, config, FIRST)
+    body, etag = store.get_with_etag(lease_key(config))
+    stale = orjson.loads(body) | {"expires": "2026-01-01T00:00:00Z"}  # due for renewal by every task at once
+    store.put_conditional(lease_key(config), orjson.dumps(stale), if_match=etag)
+    failures: list[Exception] = []
+    start = threading.Barrier(8)
+
+    def renew() -> None:
+        start.wait()
+        try:
+            hold(store, config, FIRST)
+        except LeaseHeld as err:
+            failures.append(err)
+
+    threads = [threading.Thread(target=renew) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert failures == []
+    renewed = datetime.fromisoformat(orjson.loads(store.get(lease_key(config)))["expires"])
+    assert renewed > datetime.now(UTC)

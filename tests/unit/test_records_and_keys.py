@@ -1,6 +1,7 @@
 import gzip
 
 import orjson
+import pytest
 
 from es_backfill.config import RelatedIndex
 from es_backfill.enrich import _order_key
@@ -102,3 +103,37 @@ def test_related_documents_keep_the_engines_order_only_when_it_is_final():
     assert [d["id"] for d in _ordered(tied, 2)] == ["z", "a", "b"]  # a tie: by index and id
     missing = [hit(None, "b"), hit(1, "a")]
     assert [d["id"] for d in _ordered(missing, 2)] == ["a", "b"]  # a missing value sorts last
+
+
+class _FailingUploads:
+    """An S3 client whose every UploadPart fails, counting what is asked of it."""
+
+    def __init__(self):
+        self.calls = []
+
+    def create_multipart_upload(self, **kwargs):
+        self.calls.append("create")
+        return {"UploadId": "u1"}
+
+    def upload_part(self, **kwargs):
+        self.calls.append("upload_part")
+        raise ConnectionError("S3 is down")
+
+    def abort_multipart_upload(self, **kwargs):
+        self.calls.append("abort")
+
+
+def test_a_failed_piece_stops_the_part_and_abort_leaves_no_upload_behind(monkeypatch):
+    from es_backfill import sink
+
+    monkeypatch.setattr(sink, "MULTIPART_CHUNK", 1000)  # a piece every few batches
+    monkeypatch.setattr(sink, "COMPRESS_BATCH", 500)
+    client = _FailingUploads()
+    store = sink.ObjectStore(client, "b")
+    writer = PartWriter(store, "p", "jsonl", max_records=10**6, max_bytes=10**9)
+    with pytest.raises(ConnectionError, match="S3 is down"):
+        for i in range(10_000):  # far more batches than MAX_QUEUED: the error surfaces while writing
+            writer.write(str(i), dumps_line({"i": i, "pad": "x" * 100}))
+    writer.abort()
+    # One piece was tried; the batches queued behind it did nothing, and the upload was aborted last.
+    assert client.calls == ["create", "upload_part", "abort"]
