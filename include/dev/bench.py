@@ -280,10 +280,11 @@ def run_pipeline(job: Job, role: str) -> Result:
     store = ObjectStore(s3, config.s3_bucket)
     rss_before = _peak_rss_kib()
     limits = {"max_retries": config.source.max_retries, "max_in_flight": config.source.max_in_flight}
+    estimate = None
+    if role == "pipeline":  # what the dry run predicts for this run (one slot: windows one after the other)
+        with connect(ConnectionSettings(job.es_url), **limits) as sampler:
+            estimate = dry_run_report(replace(config, pool_slots=1), sampler, windows)["estimated_seconds"]
     with connect(ConnectionSettings(job.es_url), **limits) as reader:
-        # What the dry run would have predicted for this run (one slot: the windows run one after the other).
-        estimate = dry_run_report(replace(config, pool_slots=1), reader, windows)["estimated_seconds"]
-        reader.requests.clear()
         cpu_before, started = _cpu_seconds(), time.perf_counter()
         holder = Holder(f"bench-{role}", "")  # as a DAG run's tasks do, each window renews the lease
         results = [run_window(config, window, reader, store, holder) for window in windows]
