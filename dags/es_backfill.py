@@ -213,9 +213,9 @@ def es_backfill():
     def plan(params: dict[str, Any] | None = None, dag_run: Any = None) -> list[dict[str, Any]]:
         from airflow.configuration import conf
 
-        from es_backfill.hooks import object_store
+        from es_backfill.hooks import object_store, redaction_key
         from es_backfill.lease import Holder, LeaseHeld
-        from es_backfill.plan import check_cluster, dry_run_report, identify_cluster, plan_or_resume
+        from es_backfill.plan import check_cluster, check_shaping, dry_run_report, identify_cluster, plan_or_resume
         from es_backfill.summary import log_dry_run
 
         config = _config(params)
@@ -231,6 +231,7 @@ def es_backfill():
             try:
                 config = identify_cluster(config, reader)
                 check_cluster(config, reader)
+                check_shaping(config, redaction_key(config.source))
                 max_windows = conf.getint("core", "max_map_length")
                 windows = plan_or_resume(config, reader, store, max_windows, Holder.of(dag_run))
             except (ConfigError, LeaseHeld) as err:
@@ -250,10 +251,11 @@ def es_backfill():
     )
     def extract(window: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None) -> dict[str, Any]:
         from es_backfill.extract import run_window
-        from es_backfill.hooks import object_store
+        from es_backfill.hooks import object_store, redaction_key
         from es_backfill.lease import Holder, LeaseHeld
         from es_backfill.manifest import StalePlanError
         from es_backfill.records import MessageIdError
+        from es_backfill.shape import TransformError
         from es_backfill.windows import Window
 
         # A window planned before plans named their cluster has none: the saved plan then refuses it.
@@ -261,8 +263,9 @@ def es_backfill():
         store = object_store(config)
         with _reader(config) as reader:
             try:
-                return run_window(config, Window.from_dict(window), reader, store, Holder.of(dag_run)).to_dict()
-            except (MessageIdError, StalePlanError, LeaseHeld) as err:
+                key = redaction_key(config.source)
+                return run_window(config, Window.from_dict(window), reader, store, Holder.of(dag_run), key).to_dict()
+            except (MessageIdError, StalePlanError, LeaseHeld, ConfigError, TransformError) as err:
                 raise AirflowFailException(str(err)) from err  # retrying the same task cannot help
 
     # Runs once every window has finished, failed ones included, so the summary can name them.

@@ -31,6 +31,7 @@ RELATED_PAGE_SIZE_MAX = 10_000
 MAX_IN_FLIGHT_MAX = 16
 POOL_SLOTS_MAX = 1024  # no more windows than [core] max_map_length can run at once
 CARDINALITIES = ("one", "many")
+REDACT_ACTIONS = ("drop", "hash", "mask")
 SSE_KINDS = ("AES256", "aws:kms")
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
@@ -55,6 +56,7 @@ MESSAGES_SCHEMA: dict[str, Any] = {
         "id_field": _NAME_TEXT,
         "timestamp_field": _NAME_TEXT,
         "source_fields": {"type": ["array", "null"], "items": _NAME_TEXT},
+        "source_excludes": _NAMES,
     },
 }
 RELATED_SCHEMA: dict[str, Any] = {
@@ -67,6 +69,19 @@ RELATED_SCHEMA: dict[str, Any] = {
         "join_field": _NAME_TEXT,
         "sort": _NAMES,
         "cardinality": {"enum": list(CARDINALITIES)},
+        "source_fields": {"type": ["array", "null"], "items": _NAME_TEXT},
+        "source_excludes": _NAMES,
+    },
+}
+REDACT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["field", "action"],
+    "properties": {
+        "field": _NAME_TEXT,
+        "action": {"enum": list(REDACT_ACTIONS)},
+        "keep_start": {"type": "integer", "minimum": 0, "maximum": 64},
+        "keep_end": {"type": "integer", "minimum": 0, "maximum": 64},
     },
 }
 # As an override in the conf: any of these keys, each replacing the defaults file's.
@@ -86,6 +101,9 @@ SOURCE_SCHEMA: dict[str, Any] = {
         "max_messages_per_second": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 10**9},
         "part_max_records": {"type": "integer", "minimum": 1},
         "part_max_bytes": {"type": "integer", "minimum": 1024},
+        "redact": {"type": "array", "items": REDACT_SCHEMA},
+        "redaction_key_conn_id": {"type": ["string", "null"], "minLength": 1},
+        "transform": {"type": ["string", "null"], "pattern": r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$"},
     },
 }
 CONF_SCHEMA: dict[str, Any] = {
@@ -117,6 +135,7 @@ CONF_SCHEMA: dict[str, Any] = {
 _FIXES = {
     "query": 'must be an Elasticsearch query DSL object, e.g. {"term": {"channel": "email"}}',
     "pit_keep_alive": "must look like 30s, 2m or 1h",
+    "transform": "must be the dotted path of a function in plugins/, e.g. my_transforms.shape_record",
 }
 _TYPE_WORDS = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
                "object": "an object", "array": "a list", "null": "null"}  # fmt: skip
@@ -139,6 +158,45 @@ class RelatedIndex:
     join_field: str
     sort: tuple[str, ...]
     cardinality: str  # "one": a single document (or null), "many": a list
+    source_fields: tuple[str, ...] | None = None  # _source includes; None: whole documents
+    source_excludes: tuple[str, ...] = ()
+
+    def source_filter(self) -> Any:
+        return source_filter(self.source_fields, self.source_excludes)
+
+    def shaping(self) -> dict[str, Any]:
+        """What of this index's settings shapes the output (the field selection only once set)."""
+        settings = asdict(self)
+        for key in ("source_fields", "source_excludes"):
+            if settings[key] in (None, ()):
+                del settings[key]
+        return settings
+
+
+def source_filter(includes: tuple[str, ...] | None, excludes: tuple[str, ...]) -> Any:
+    """A search's ``_source``: ``True`` (whole documents), the includes as a list, or includes and excludes."""
+    if not excludes:
+        return list(includes) if includes else True
+    return {**({"includes": list(includes)} if includes else {}), "excludes": list(excludes)}
+
+
+@dataclass(frozen=True)
+class RedactRule:
+    """``field`` is ``message.<path>`` or ``<related name>.<path>``: what happens to that value in every record."""
+
+    field: str
+    action: str  # drop, hash (HMAC-SHA-256, hex) or mask (keep_start and keep_end characters, the rest '*')
+    keep_start: int = 0
+    keep_end: int = 0
+
+    @property
+    def section(self) -> str:
+        return self.field.split(".", 1)[0]
+
+    @property
+    def path(self) -> str:
+        """The field within the section's documents."""
+        return self.field.split(".", 1)[1]
 
 
 @dataclass(frozen=True)
@@ -160,6 +218,13 @@ class SourceConfig:
     part_max_bytes: int
     max_in_flight: int = 3  # requests one extract task may have in flight at once
     max_messages_per_second: float | None = None  # a cap on one task's read rate
+    source_excludes: tuple[str, ...] = ()  # the messages' _source excludes
+    redact: tuple[RedactRule, ...] = ()
+    redaction_key_conn_id: str | None = None  # the connection whose password is the HMAC key of "hash" rules
+    transform: str | None = None  # dotted path of a function record -> record | None
+
+    def messages_source(self) -> Any:
+        return source_filter(self.source_fields, self.source_excludes)
 
 
 @dataclass(frozen=True)
@@ -213,10 +278,16 @@ class BackfillConfig:
                 "id_field": source.id_field,
                 "timestamp_field": source.timestamp_field,
                 "source_fields": source.source_fields,
+                **({"source_excludes": source.source_excludes} if source.source_excludes else {}),
             },
-            "related": [asdict(spec) for spec in source.related],
+            "related": [spec.shaping() for spec in source.related],
             "parts": {"max_records": source.part_max_records, "max_bytes": source.part_max_bytes},
         }
+        # Only once set, so that backfills planned before these options existed keep their fingerprint.
+        if source.redact:
+            settings["redact"] = [asdict(rule) for rule in source.redact]
+        if source.transform:
+            settings["transform"] = source.transform
         return json.loads(json.dumps(settings, default=str))  # as a saved plan reads back: lists, not tuples
 
     def fingerprint(self) -> str:
@@ -431,7 +502,15 @@ def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig 
                 "that order its documents so the last is the current one, ending in a unique field, "
                 'e.g. "sort": ["updated_at", "status_id"]'
             )
-        related.append(RelatedIndex(item["name"], item["index"], item["join_field"], tuple(sort), cardinality))
+        fields = item.get("source_fields")
+        related.append(
+            RelatedIndex(
+                item["name"], item["index"], item["join_field"], tuple(sort), cardinality,
+                source_fields=tuple(fields) if fields else None,
+                source_excludes=tuple(item.get("source_excludes", [])),
+            )
+        )  # fmt: skip
+    redact = _redact_rules(raw, [spec.name for spec in related], problems)
     if len(problems) > before:
         return None
     fields = messages.get("source_fields")
@@ -442,8 +521,12 @@ def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig 
         messages_index=messages["index"],
         id_field=messages["id_field"],
         timestamp_field=messages["timestamp_field"],
-        source_fields=tuple(fields) if fields is not None else None,
+        source_fields=tuple(fields) if fields else None,
+        source_excludes=tuple(messages.get("source_excludes", [])),
         related=tuple(related),
+        redact=redact,
+        redaction_key_conn_id=raw.get("redaction_key_conn_id"),
+        transform=raw.get("transform"),
         related_page_size=int(raw.get("related_page_size", RELATED_PAGE_SIZE_MAX)),
         pit_keep_alive=raw.get("pit_keep_alive", "2m"),
         request_timeout_s=float(raw.get("request_timeout_s", 60)),
@@ -453,3 +536,29 @@ def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig 
         max_in_flight=int(raw.get("max_in_flight", 3)),
         max_messages_per_second=float(rate) if rate is not None else None,
     )
+
+
+def _redact_rules(raw: Mapping[str, Any], related_names: list[str], problems: list[str]) -> tuple[RedactRule, ...]:
+    """The ``redact`` rules, each on ``message.<path>`` or ``<related name>.<path>``, once per field; ``hash``
+    rules need ``redaction_key_conn_id`` (the key never comes from the conf)."""
+    sections = ["message", *related_names]
+    rules: list[RedactRule] = []
+    for i, item in enumerate(raw.get("redact", [])):
+        rule = RedactRule(item["field"], item["action"], item.get("keep_start", 0), item.get("keep_end", 0))
+        where = f"source.redact[{i}]"
+        if "." not in rule.field or rule.section not in sections or not rule.path:
+            problems.append(
+                f"{where}.field {rule.field!r} must be a section and a field path: "
+                f"one of {', '.join(f'{s}.<field>' for s in sections)}"
+            )
+        elif any(r.field == rule.field for r in rules):
+            problems.append(f"{where}.field {rule.field!r} has a rule already: one rule per field")
+        if rule.action == "hash" and not raw.get("redaction_key_conn_id"):
+            problems.append(
+                f"{where} hashes {rule.field!r}, which needs source.redaction_key_conn_id: an Airflow connection "
+                "(or a Secrets Manager secret behind one) whose password is the HMAC key"
+            )
+        if rule.action != "mask" and (rule.keep_start or rule.keep_end):
+            problems.append(f"{where}: keep_start and keep_end apply to mask rules only")
+        rules.append(rule)
+    return tuple(rules)

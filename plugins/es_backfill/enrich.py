@@ -74,9 +74,12 @@ class RelatedLookup:
         sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
         # Usually a page's related documents fit in one request, which needs no point in time.
         body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
+        source = spec.source_filter()
+        if source is not True:
+            body["_source"] = source  # only the fields asked for are read
         found = self.reader.search(spec.index, body)["hits"]["hits"]
         if len(found) >= self.page_size:
-            found = self._snapshot(spec).collect(query, sort, self.page_size)
+            found = self._snapshot(spec).collect(query, sort, self.page_size, source)
         wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for hit in found:

@@ -36,6 +36,7 @@ from es_backfill.records import (
     message_id_error,
     related_counts,
 )
+from es_backfill.shape import Shaper
 from es_backfill.sink import DocumentWriter, ObjectStore, PartWriter, window_prefix
 from es_backfill.source import Hit, Reader, throttled
 from es_backfill.windows import Window, iso
@@ -52,8 +53,9 @@ class WindowResult:
     window: dict[str, Any]
     status: str  # "written" or "skipped"
     es_count: int
-    messages: int
+    messages: int  # written
     related: dict[str, int] = field(default_factory=dict)
+    dropped: int = 0  # by the transform: messages + dropped == es_count when the window reconciles
     objects: int = 0
     bytes: int = 0
     seconds: float = 0.0
@@ -81,11 +83,17 @@ def message_query(config: BackfillConfig, window: Window) -> dict[str, Any]:
 
 
 def run_window(
-    config: BackfillConfig, window: Window, reader: Reader, store: ObjectStore, holder: Holder | None = None
+    config: BackfillConfig,
+    window: Window,
+    reader: Reader,
+    store: ObjectStore,
+    holder: Holder | None = None,
+    redaction_key: bytes | None = None,
 ) -> WindowResult:
     """Copy ``window``, or skip it if its manifest says it is complete. With a ``holder`` (the DAG run), the
     window holds the backfill's lease whenever it writes: it renews it before writing anything, while reading
-    and before its manifest, and fails with :class:`LeaseHeld` if another run took it over."""
+    and before its manifest, and fails with :class:`LeaseHeld` if another run took it over. Records go through
+    the run's redaction rules (``hash`` ones keyed by ``redaction_key``) and transform before they are written."""
     started = time.monotonic()
     heartbeat = Heartbeat(store, config, holder)
     manifest_key = manifest.window_manifest_key(config, window)
@@ -100,6 +108,7 @@ def run_window(
                 es_count=existing["es_count"],
                 messages=existing["messages"],
                 related=existing["related"],
+                dropped=existing.get("dropped", 0),
                 objects=len(existing["objects"]),
                 bytes=existing["bytes"],
             )
@@ -125,7 +134,8 @@ def run_window(
             store, prefix, config.output_format, config.source.part_max_records, config.source.part_max_bytes
         )
     )
-    messages, related = 0, Counter({spec.name: 0 for spec in config.source.related})
+    shaper = Shaper.for_config(config, redaction_key)
+    read, dropped, related = 0, 0, Counter({spec.name: 0 for spec in config.source.related})
     ids = MessageIds(config.source.id_field)
     progress = _Progress(window.label, es_count)
     try:
@@ -139,7 +149,7 @@ def run_window(
                 query=query,
                 sort=[{config.source.timestamp_field: "asc"}, {config.source.id_field: "asc"}],
                 size=config.page_size,
-                source=list(config.source.source_fields) if config.source.source_fields is not None else True,
+                source=config.source.messages_source(),
             )
             window_key = window.key
             for page, docs in _read_ahead(throttled(pages, config.source.max_messages_per_second), lookup):
@@ -148,15 +158,20 @@ def run_window(
                     if message_id is None:
                         continue  # the window fails below, naming it
                     record = build_record(message_id, window_key, hit["_source"], config.source.related, docs)
+                    if shaper is not None and (record := shaper.apply(record)) is None:
+                        dropped += 1
+                        continue
                     related.update(related_counts(record, config.source.related))
                     writer.write(
                         message_id, dumps_document(record) if config.output_format == "json" else dumps_line(record)
                     )
-                messages += len(page)
-                progress.update(messages)
+                    ids.wrote(message_id)
+                read += len(page)
+                progress.update(read)
                 heartbeat.beat()
         ids.check(f"Window {window.label}")
         objects = writer.close()
+        messages = ids.written
     except BaseException:
         writer.abort()
         raise
@@ -177,6 +192,7 @@ def run_window(
         window,
         es_count=es_count,
         messages=messages,
+        dropped=dropped,
         related=dict(related),
         objects=objects,
         message_ids=ids.summary(),
@@ -185,16 +201,21 @@ def run_window(
     store.put(manifest_key, manifest.dumps(body))
     seconds = time.monotonic() - started
     log.info(
-        "Window %s done: %s messages (Elasticsearch counted %s), %s objects, %s bytes, %.1fs, %s ES requests",
-        window.label, messages, es_count, len(objects), body["bytes"], seconds, reader.total_requests,
+        "Window %s done: %s messages written, %s dropped by the transform (Elasticsearch counted %s), %s objects, "
+        "%s bytes, %.1fs, %s ES requests",
+        window.label, messages, dropped, es_count, len(objects), body["bytes"], seconds, reader.total_requests,
     )  # fmt: skip
-    if messages != es_count:
-        log.warning("Window %s wrote %s messages but Elasticsearch counts %s", window.label, messages, es_count)
+    if messages + dropped != es_count:
+        log.warning(
+            "Window %s wrote %s messages (%s dropped) but Elasticsearch counts %s", window.label, messages, dropped,
+            es_count,
+        )  # fmt: skip
     return WindowResult(
         window=window.to_dict(),
         status="written",
         es_count=es_count,
         messages=messages,
+        dropped=dropped,
         related=dict(related),
         objects=len(objects),
         bytes=body["bytes"],

@@ -182,3 +182,20 @@ def object_store(config: BackfillConfig) -> ObjectStore:
 
     client = S3Hook(aws_conn_id=config.source.aws_conn_id, config=S3_CLIENT_CONFIG).get_conn()
     return ObjectStore(client, config.s3_bucket, config.encryption)
+
+
+def redaction_key(source: SourceConfig) -> bytes | None:
+    """The HMAC key of the ``hash`` redaction rules: the password of ``source.redaction_key_conn_id`` (an
+    Airflow connection, or a Secrets Manager secret behind one); never from the conf. None without such rules."""
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    if not any(rule.action == "hash" for rule in source.redact):
+        return None
+    conn_id = source.redaction_key_conn_id
+    try:
+        password = BaseHook.get_connection(conn_id).password
+    except AirflowNotFoundException as err:
+        raise ConfigError([f"source.redaction_key_conn_id: no connection {conn_id!r} holds the HMAC key"]) from err
+    if not password:
+        raise ConfigError([f"source.redaction_key_conn_id: connection {conn_id!r} has no password (the HMAC key)"])
+    return password.encode()

@@ -147,6 +147,7 @@ def build_window_manifest(
     *,
     es_count: int,
     messages: int,
+    dropped: int = 0,
     related: dict[str, int],
     objects: list[ObjectInfo],
     message_ids: dict[str, Any],
@@ -162,6 +163,7 @@ def build_window_manifest(
         "query": config.query,
         "es_count": es_count,
         "messages": messages,
+        **({"dropped": dropped} if dropped else {}),  # by the transform
         "related": related,
         "message_ids": message_ids,
         # Names relative to the window's folder: the manifest does not depend on where the backfill lives.
@@ -203,6 +205,15 @@ def completeness_problem(manifest: dict[str, Any] | None, config: BackfillConfig
         return "manifest belongs to another window"
     if (manifest.get("message_ids") or {}).get("distinct") != manifest.get("messages"):
         return "manifest does not prove its message ids distinct"
-    if manifest.get("messages") != manifest.get("es_count"):
-        return f"manifest counts differ: wrote {manifest.get('messages')}, Elasticsearch had {manifest.get('es_count')}"
+    if written_and_dropped(manifest) != manifest.get("es_count"):
+        return (
+            f"manifest counts differ: wrote {manifest.get('messages')} (dropped {manifest.get('dropped', 0)}), "
+            f"Elasticsearch had {manifest.get('es_count')}"
+        )
     return None
+
+
+def written_and_dropped(counts: dict[str, Any]) -> int | None:
+    """A window's messages written plus those the transform dropped: what reconciles with Elasticsearch's count."""
+    messages = counts.get("messages")
+    return messages + counts.get("dropped", 0) if isinstance(messages, int) else None

@@ -8,6 +8,7 @@ takes one ``range`` aggregation; balancing windows by document count takes one
 
 from __future__ import annotations
 
+import fnmatch
 import gzip
 import heapq
 import logging
@@ -23,6 +24,7 @@ from es_backfill.enrich import RelatedLookup
 from es_backfill.extract import message_query
 from es_backfill.lease import Holder
 from es_backfill.records import build_record, dumps_line
+from es_backfill.shape import Shaper
 from es_backfill.sink import ObjectStore
 from es_backfill.source import AccessDenied, BadRequest, NotFound, Reader
 from es_backfill.windows import Window, WindowError, balance, iso, split
@@ -50,6 +52,14 @@ def check_cluster(config: BackfillConfig, reader: Reader) -> None:
     for spec in source.related:
         needed.setdefault(spec.index, []).extend([spec.join_field, *spec.sort])
     problems = [problem for index, fields in needed.items() for problem in _check_fields(reader, index, fields)]
+    # Fields named for selection or redaction may be objects (their fields are mapped) or patterns.
+    shaped = {source.messages_index: [*(source.source_fields or ()), *source.source_excludes]}
+    for spec in source.related:
+        shaped.setdefault(spec.index, []).extend([*(spec.source_fields or ()), *spec.source_excludes])
+    sections = {"message": source.messages_index, **{spec.name: spec.index for spec in source.related}}
+    for rule in source.redact:
+        shaped[sections[rule.section]].append(rule.path)
+    problems += [p for index, fields in shaped.items() if fields for p in _check_paths(reader, index, fields)]
     if problems:
         raise ConfigError(problems)
     try:
@@ -71,6 +81,26 @@ def _check_fields(reader: Reader, index: str, fields: list[str]) -> list[str]:
         f"field {field!r} is not mapped in index {index!r}; check the source settings"
         for field in dict.fromkeys(fields)
         if field not in mapped
+    ]
+
+
+def check_shaping(config: BackfillConfig, redaction_key: bytes | None) -> None:
+    """The transform imports and takes a record, and hash rules have their key: ConfigError otherwise, so a
+    bad transform fails the plan, not every window."""
+    Shaper.for_config(config, redaction_key)
+
+
+def _check_paths(reader: Reader, index: str, paths: list[str]) -> list[str]:
+    """Each of ``paths`` (a field, an object holding fields, or a pattern) matches a mapped field of ``index``."""
+    try:
+        mapped = reader.field_mappings(index, [*paths, *(f"{path}.*" for path in paths)])
+    except (NotFound, AccessDenied):
+        return []  # _check_fields has said so already
+    return [
+        f"field {path!r} (in _source selection or a redaction rule) is not mapped in index {index!r}: a typo "
+        "would silently select or redact nothing"
+        for path in dict.fromkeys(paths)
+        if not any(fnmatch.fnmatchcase(field, path) or field.startswith(f"{path}.") for field in mapped)
     ]
 
 

@@ -72,6 +72,7 @@ class MessageIds:
         self._missing = self._duplicated = 0
         self._seen: set[bytes] = set()
         self._sha = hashlib.sha256()
+        self.written = 0
 
     def add(self, message_id: Any, where: str) -> str | None:
         """Record one message's id (e.g. a sort value of the id field); return it as a string, or None if it
@@ -88,16 +89,21 @@ class MessageIds:
             if len(self.duplicates) < self.EXAMPLES:
                 self.duplicates.append(text)
         self._seen.add(digest)
-        self._sha.update(text.encode() + b"\n")
         return text
+
+    def wrote(self, message_id: str) -> None:
+        """Digest an id whose record was written (a record the transform dropped is checked, not digested)."""
+        self._sha.update(message_id.encode() + b"\n")
+        self.written += 1
 
     @property
     def distinct(self) -> int:
         return len(self._seen)
 
     def summary(self) -> dict[str, Any]:
-        """What a manifest records: the number of distinct ids and the SHA-256 of the ids in order."""
-        return {"distinct": self.distinct, "sha256": self._sha.hexdigest()}
+        """What a manifest records: the number of distinct ids written and the SHA-256 of those ids in order
+        (ids are unique, or the window fails)."""
+        return {"distinct": self.written, "sha256": self._sha.hexdigest()}
 
     def problems(self) -> list[str]:
         """Each kind of offence, with how many and some examples."""

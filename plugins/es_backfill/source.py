@@ -341,13 +341,13 @@ class Snapshot(ABC):
         """Pages of at most ``size`` hits (a longer one only where equal sort values need it) in ``sort``
         order; each hit's ``sort`` starts with its values for ``sort``."""
 
-    def collect(self, query: dict[str, Any], sort: list[Any], size: int) -> list[Hit]:
+    def collect(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> list[Hit]:
         """Every hit of a query whose result is bounded (a batch), read again whole after a loss; ties may
         come in any order."""
         for _ in range(MAX_PIT_REOPENS + 1):
             reopened_before = self.reopened
             try:
-                hits = [hit for page in self.pages(query, sort, size) for hit in page]
+                hits = [hit for page in self.pages(query, sort, size, source) for hit in page]
             except SnapshotLost:
                 continue
             # A point in time reopened mid-batch may order ties differently: read the batch again.

@@ -54,7 +54,11 @@ def summarise(
                       "bytes": 0} for w in failed)],
         key=lambda r: r["window"]["start"],
     )  # fmt: skip
-    mismatched = [r["window"]["label"] for r in results if r["status"] != "failed" and r["messages"] != r["es_count"]]
+    mismatched = [
+        r["window"]["label"]
+        for r in results
+        if r["status"] != "failed" and manifest.written_and_dropped(r) != r["es_count"]
+    ]
     related: Counter[str] = Counter()
     for r in results:
         related.update(r["related"])
@@ -69,6 +73,7 @@ def summarise(
         "skipped": status["skipped"],
         "failed": status["failed"],
         "messages": sum(r["messages"] for r in results),
+        "dropped": sum(r.get("dropped", 0) for r in results),
         "es_count": sum(r["es_count"] for r in results),
         "related": dict(sorted(related.items())),
         "objects": sum(r["objects"] for r in results),

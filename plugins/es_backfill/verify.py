@@ -124,10 +124,11 @@ def _verify_window(
         findings.append(("record count", f"objects hold {tally.records} records, manifest says {body['messages']}"))
     if tally.ids_sha256() != (body.get("message_ids") or {}).get("sha256"):
         findings.append(("message ids", "the records' message ids are not those the manifest recorded"))
-    if live_count != body["messages"]:
+    if live_count != manifest.written_and_dropped(body):
         findings.append(
-            ("count mismatch", f"Elasticsearch counts {live_count} messages, output has {body['messages']}")
-        )
+            ("count mismatch", f"Elasticsearch counts {live_count} messages, output has {body['messages']}"
+             f" ({body.get('dropped', 0)} dropped by the transform)")
+        )  # fmt: skip
     for spec in config.source.related:
         written = tally.related[spec.name]
         if written != body["related"].get(spec.name):
