@@ -121,10 +121,18 @@ TARGET_RSS_GROWTH = 1.1
 SEED_CHUNK_SIZE = 5_000
 CHILD_TIMEOUT_S = 6 * 3600
 MERGE_WAIT_S = 600
+# What a narrow _source selection keeps per index (ceiling_narrow): ids, times and one field each.
+NARROW_FIELDS = {
+    "messages": ["message_id", "@timestamp", "channel"],
+    "history": ["message_id", "@timestamp", "event_id", "event"],
+    "status": ["message_id", "updated_at", "status"],
+    "audit": ["message_id", "@timestamp", "audit_id", "action"],
+}
+NARROW_ROLE = "ceiling_narrow"
 # Run in this order, each in its own child process; the latency ones through the fault proxy.
 CONTENDERS = ("pipeline", "ceiling", "elasticdump", "naive", "pipeline_big")
 LATENCY_CONTENDERS = ("pipeline_latency", "ceiling_latency")
-ROLES = (*CONTENDERS, *LATENCY_CONTENDERS)
+ROLES = (*CONTENDERS, *LATENCY_CONTENDERS, NARROW_ROLE)
 NOT_MEASURED = "—"
 
 
@@ -142,6 +150,7 @@ class Job:
     page_size: int
     naive_messages: int
     window: str = WINDOW
+    narrow: bool = False  # read only the fields NARROW_FIELDS names (the _source selection's effect)
 
     @property
     def start_dt(self) -> datetime:
@@ -232,14 +241,19 @@ def _count_s3_requests(client: Any) -> Counter[str]:
     return counts
 
 
-def _source_override(defaults: Mapping[str, Any], indices: Mapping[str, str]) -> dict[str, Any]:
-    """The defaults file's ``messages`` and ``related`` settings, pointed at the seeded indices."""
+def _source_override(defaults: Mapping[str, Any], indices: Mapping[str, str], narrow: bool = False) -> dict[str, Any]:
+    """The defaults file's ``messages`` and ``related`` settings, pointed at the seeded indices; with ``narrow``,
+    a ``_source`` selection of NARROW_FIELDS per index."""
     related = []
     for item in defaults["related"]:
         if item["name"] not in indices:
             raise ValueError(f"related index {item['name']!r} of {DEFAULTS_FILE} is not one the generator seeds")
-        related.append({**item, "index": indices[item["name"]]})
-    return {"messages": {**defaults["messages"], "index": indices["messages"]}, "related": related}
+        selection = {"source_fields": NARROW_FIELDS[item["name"]]} if narrow else {}
+        related.append({**item, "index": indices[item["name"]], **selection})
+    messages = {**defaults["messages"], "index": indices["messages"]}
+    if narrow:
+        messages["source_fields"] = NARROW_FIELDS["messages"]
+    return {"messages": messages, "related": related}
 
 
 def _plan(job: Job, prefix: str) -> tuple[Any, list[Any]]:
@@ -257,7 +271,7 @@ def _plan(job: Job, prefix: str) -> tuple[Any, list[Any]]:
         "s3_prefix": prefix,
         "page_size": job.page_size,
         "output_format": "jsonl.gz",
-        "source": _source_override(defaults, job.indices),
+        "source": _source_override(defaults, job.indices, narrow=job.narrow),
     }
     config = from_params(params, defaults)
     return config, split(config.start, config.end, config.window, max_windows=MAX_WINDOWS)
@@ -326,6 +340,7 @@ class _OneConnection:
 
         self.pool = urllib3.connection_from_url(url, maxsize=1, block=True, retries=False, timeout=timeout_s)
         self.requests: Counter[str] = Counter()
+        self.bytes_read = 0  # response bodies, as the cluster sent them
 
     def send(self, name: str, method: str, path: str, body: Any = None) -> Any:
         import orjson
@@ -335,6 +350,7 @@ class _OneConnection:
         response = self.pool.request(method, path, body=payload, headers={"Content-Type": "application/json"})
         if response.status >= 300:
             raise RuntimeError(f"{method} {path} answered HTTP {response.status}: {response.data[:500]!r}")
+        self.bytes_read += len(response.data)
         return orjson.loads(response.data)
 
     def search(self, index: str | None, body: dict[str, Any]) -> dict[str, Any]:
@@ -394,13 +410,17 @@ class _CeilingLookup:
             query = {"bool": {"filter": [{"terms": {spec.join_field: message_ids}}]}}
             sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
             body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
+            source = spec.source_filter()
+            if source is not True:
+                body["_source"] = source
             hits = len(self.es.search(spec.index, body)["hits"]["hits"])
             if hits >= self.page_size:
                 if spec.name not in self._pits:
                     self._pits[spec.name] = self._stack.enter_context(
                         self.es.point_in_time(spec.index, self.keep_alive)
                     )
-                hits = sum(len(page) for page in self.es.pages(self._pits[spec.name], query, sort, self.page_size))
+                pages = self.es.pages(self._pits[spec.name], query, sort, self.page_size, source)
+                hits = sum(len(page) for page in pages)
             found += hits
         return found
 
@@ -416,7 +436,7 @@ def run_ceiling(job: Job, role: str) -> Result:
     es = _OneConnection(job.es_url, source.request_timeout_s)
     es.send("info", "GET", "/")  # as connect() does, before the clock starts
     sort = [{source.timestamp_field: "asc"}, {source.id_field: "asc"}]
-    fields = list(source.source_fields) if source.source_fields is not None else True
+    fields = source.messages_source()
     messages = related_docs = 0
     rss_before = _peak_rss_kib()
     cpu_before, started = _cpu_seconds(), time.perf_counter()
@@ -449,7 +469,12 @@ def run_ceiling(job: Job, role: str) -> Result:
         peak_rss_kib=_peak_rss_kib(),
         cpu_seconds=cpu,
         # One connection, one request at a time: never more than one in flight.
-        notes={"windows": len(windows), "connections": es.pool.num_connections, "peak_in_flight": 1},
+        notes={
+            "windows": len(windows),
+            "connections": es.pool.num_connections,
+            "peak_in_flight": 1,
+            "bytes_read": es.bytes_read,
+        },
     )
 
 
@@ -810,9 +835,9 @@ def _ratio_lines(rounds: list[Mapping[str, Result]]) -> tuple[list[str], list[st
     return lines, verdicts
 
 
-def report(setup: Setup, rounds: list[Mapping[str, Result]]) -> str:
+def report(setup: Setup, rounds: list[Mapping[str, Result]], narrow: Result) -> str:
     """The table shows each contender's median run (by seconds); the ratios are medians of per-round ratios."""
-    results = {role: _median_run([r[role] for r in rounds]) for role in ROLES}
+    results = {role: _median_run([r[role] for r in rounds]) for role in (*CONTENDERS, *LATENCY_CONTENDERS)}
     pipeline, ceiling, dump, naive = (results[role] for role in ("pipeline", "ceiling", "elasticdump", "naive"))
     slow_pipeline, slow_ceiling, big = (results[role] for role in (*LATENCY_CONTENDERS, "pipeline_big"))
     cores = os.cpu_count() or 0
@@ -866,6 +891,10 @@ def report(setup: Setup, rounds: list[Mapping[str, Result]]) -> str:
         f"peak RSS {BIG_WINDOW_FACTOR}x window: {big.peak_rss_kib / 1024:.2f} MiB ({big_over_default:.2f}x)",
         f"dry-run estimate of the pipeline's time: {pipeline.notes['estimated_seconds']:.1f}s for "
         f"{pipeline.seconds:.1f}s measured ({pipeline.notes['estimated_seconds'] / pipeline.seconds:.2f}x)",
+        f"bytes read from the cluster: {ceiling.notes['bytes_read'] / 2**20:,.1f} MiB whole documents, "
+        f"{narrow.notes['bytes_read'] / 2**20:,.1f} MiB with a narrow _source "
+        f"({narrow.notes['bytes_read'] / ceiling.notes['bytes_read']:.2f}x; ceiling requests, "
+        f"{narrow.seconds:.1f}s for {ceiling.seconds:.1f}s)",
         "",
         "pipeline/X: the pipeline's speed over X's on the same messages (X's seconds / the pipeline's; for naive, "
         "records/s over records/s).",
@@ -965,6 +994,8 @@ def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int) 
             log.info("Warm-up: one untimed pipeline pass")
             run_child("pipeline", job)
             measured = [_round(job, jobs, number) for number in range(rounds)]
+            log.info("The ceiling once more, reading a narrow _source")
+            narrow = Result(**run_child(NARROW_ROLE, replace(job, narrow=True)))
         except BaseException:
             if external:
                 try:
@@ -987,7 +1018,7 @@ def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int) 
         page_size=page_size,
         orchestrator_peak_rss_kib=_peak_rss_kib(),
     )
-    print(report(setup, measured), flush=True)
+    print(report(setup, measured, narrow), flush=True)
     problems = _count_problems(measured, setup.counts)
     print(f"Counts: {'; '.join(problems) or 'every contender read every message; elasticdump wrote them all'}")
     if problems:
