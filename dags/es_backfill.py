@@ -204,7 +204,8 @@ def _reader(config: BackfillConfig) -> Reader:
             **SOURCE_SCHEMA,
             title="Source overrides",
             description="Overrides of include/backfill_defaults.json for this run (index names, fields, "
-            'related indices, connection ids), e.g. {"messages": {"index": "messages-2024", ...}}.',
+            "related indices, connection ids, _source selection, redact rules, transform), "
+            'e.g. {"messages": {"index": "messages-2024", ...}}.',
         ),
     },
 )
