@@ -8,7 +8,9 @@ come from the Airflow connections named in the config, or from ``--es-url`` and
 ``--s3-endpoint-url`` (credentials then from the usual AWS environment variables).
 ``plan`` is always a dry run: it checks the cluster and the saved plan as the DAG's plan task
 would, prints per-window counts and the estimate, and exits 2 on a bad conf.
-``verify`` prints its report and exits 1 if it found a problem; it never writes.
+``verify`` prints its report and exits 1 if it found a problem; it never writes. ``verify --redaction``
+also proves the redaction rules on every record (no field a ``drop`` rule names, in any form; only
+hashes and masks where ``hash`` and ``mask`` rules apply): the report to show whoever approves the export.
 Run with ``plugins/`` on ``PYTHONPATH``; ``make verify CONF=conf.json`` does.
 """
 
@@ -64,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--defaults", type=Path, default=defaults_path(), help="the defaults file")
     parser.add_argument("--es-url", help="cluster URL (no auth) instead of the Airflow connection")
     parser.add_argument("--s3-endpoint-url", help="S3 endpoint instead of the Airflow connection")
+    parser.add_argument(
+        "--redaction",
+        action="store_true",
+        help="verify also proves the redaction rules on every record: no dropped field, hashes and masks only",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -73,10 +80,10 @@ def main(argv: list[str] | None = None) -> int:
         print(err, file=sys.stderr)
         return 2
     with reader:
-        return _run(args.command, config, reader, store)
+        return _run(args.command, config, reader, store, args.redaction)
 
 
-def _run(command: str, config: BackfillConfig, reader: Reader, store: ObjectStore) -> int:
+def _run(command: str, config: BackfillConfig, reader: Reader, store: ObjectStore, redaction: bool = False) -> int:
     if command == "plan":
         from es_backfill.plan import check_cluster, dry_run_report, identify_cluster, plan_or_resume
         from es_backfill.summary import log_dry_run
@@ -93,7 +100,7 @@ def _run(command: str, config: BackfillConfig, reader: Reader, store: ObjectStor
     from es_backfill.plan import identify_cluster
     from es_backfill.verify import verify
 
-    report = verify(identify_cluster(config, reader), reader, store)
+    report = verify(identify_cluster(config, reader), reader, store, redaction=redaction)
     print(report.render())
     return 0 if report.ok else 1
 

@@ -9,6 +9,7 @@ the network and reports every problem at once, each with how to fix it.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import os
 import re
@@ -288,12 +289,25 @@ class BackfillConfig:
             settings["redact"] = [asdict(rule) for rule in source.redact]
         if source.transform:
             settings["transform"] = source.transform
+            # Its code too: a resume after the function changed would mix old and new records.
+            settings["transform_source_sha256"] = transform_source_digest(source.transform)
         return json.loads(json.dumps(settings, default=str))  # as a saved plan reads back: lists, not tuples
 
     def fingerprint(self) -> str:
         """A digest of :meth:`shaping_settings`; plans and manifests record it, and trust only their own."""
         shaping = json.dumps(self.shaping_settings(), sort_keys=True, default=str)
         return hashlib.sha256(shaping.encode()).hexdigest()[:16]
+
+
+def transform_source_digest(path: str) -> str:
+    """The SHA-256 of the source file of the module holding the transform ``path`` names, without importing it;
+    ``""`` if it cannot be found (loading the transform then fails with the reason)."""
+    try:
+        spec = importlib.util.find_spec(path.rpartition(".")[0])
+        origin = spec.origin if spec is not None else None
+        return hashlib.sha256(Path(origin).read_bytes()).hexdigest() if origin else ""
+    except (ImportError, ValueError, OSError):
+        return ""
 
 
 def defaults_path() -> Path:
@@ -511,6 +525,14 @@ def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig 
             )
         )  # fmt: skip
     redact = _redact_rules(raw, [spec.name for spec in related], problems)
+    problems += [
+        f"source.redact: {rule.field!r} would redact the messages' {kind} field {field!r}, which addresses the "
+        "record and its window (verify would find every record outside its window): redact another field"
+        for rule in redact
+        if rule.section == "message"
+        for kind, field in (("id", messages["id_field"]), ("timestamp", messages["timestamp_field"]))
+        if field == rule.path or field.startswith(rule.path + ".")
+    ]
     if len(problems) > before:
         return None
     fields = messages.get("source_fields")
@@ -550,6 +572,12 @@ def _redact_rules(raw: Mapping[str, Any], related_names: list[str], problems: li
             problems.append(
                 f"{where}.field {rule.field!r} must be a section and a field path: "
                 f"one of {', '.join(f'{s}.<field>' for s in sections)}"
+            )
+        elif any(char in rule.field for char in "*?[]"):
+            problems.append(
+                f"{where}.field {rule.field!r} is a pattern, but a rule names one field: write a rule per field "
+                f"(e.g. {rule.section}.sender.email), or name the object that holds them all (e.g. "
+                f"{rule.section}.sender) to redact everything in it"
             )
         elif any(r.field == rule.field for r in rules):
             problems.append(f"{where}.field {rule.field!r} has a rule already: one rule per field")

@@ -20,6 +20,7 @@ from contextlib import ExitStack
 from itertools import pairwise
 from typing import Any
 
+from es_backfill import fieldpath
 from es_backfill.config import RelatedIndex
 from es_backfill.source import Reader, Snapshot
 
@@ -73,13 +74,16 @@ class RelatedLookup:
         query = {"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}}
         sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
         # Usually a page's related documents fit in one request, which needs no point in time.
-        body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
+        body: dict[str, Any] = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
         source = spec.source_filter()
-        if source is not True:
+        # With a selection, _source may lack the join field: its every value is read from the doc values instead.
+        docvalues = None if source is True else [spec.join_field]
+        if docvalues:
             body["_source"] = source  # only the fields asked for are read
+            body["docvalue_fields"] = docvalues
         found = self.reader.search(spec.index, body)["hits"]["hits"]
         if len(found) >= self.page_size:
-            found = self._snapshot(spec).collect(query, sort, self.page_size, source)
+            found = self._snapshot(spec).collect(query, sort, self.page_size, source, docvalues)
         wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for hit in found:
@@ -102,26 +106,19 @@ def _ordered(hits: list[dict[str, Any]], sort_fields: int) -> list[dict[str, Any
 
 
 def _join_values(hit: dict[str, Any], field: str, wanted: set[str]) -> list[str]:
-    """The message ids of ``wanted`` a related document names: every value of its join field in ``_source``
-    (the sort value is only the smallest), else, if none of those is a wanted id as written (a normaliser, a
-    field missing from ``_source``), the value it was sorted by."""
-    value = hit["_source"].get(field)
-    if type(value) is str and value in wanted:  # the usual case: one keyword id, at the top level
-        return [value]
-    found = [v for v in dict.fromkeys(map(str, _source_values(hit["_source"], field.split(".")))) if v in wanted]
+    """The message ids of ``wanted`` a related document names: every value of its join field, from the doc
+    values where they were asked for (a ``_source`` selection), else from ``_source`` in any form (the sort value
+    is only the smallest); if none of those is a wanted id as written (a normaliser, a multi-field such as
+    ``message_id.keyword``), the value it was sorted by."""
+    if "fields" in hit and field in hit["fields"]:
+        candidates = hit["fields"][field]
+    else:
+        value = hit["_source"].get(field)
+        if type(value) is str and value in wanted:  # the usual case: one keyword id, at the top level
+            return [value]
+        candidates = fieldpath.values(hit["_source"], field)
+    found = [v for v in dict.fromkeys(str(v) for v in candidates if v is not None) if v in wanted]
     return found or [str(hit["sort"][0])]
-
-
-def _source_values(node: Any, path: list[str]) -> list[Any]:
-    """The values at a dotted ``path`` of ``_source``, through lists of objects; a scalar reached before the
-    end is the value (the rest names a multi-field, as in ``message_id.keyword``)."""
-    if isinstance(node, list):
-        return [value for item in node for value in _source_values(item, path)]
-    if not path or not isinstance(node, dict):
-        return [] if node is None else [node]
-    if ".".join(path) in node:  # a literal dotted key
-        return _source_values(node[".".join(path)], [])
-    return _source_values(node.get(path[0]), path[1:])
 
 
 def _order_key(hit: dict[str, Any], sort_fields: int) -> tuple[Any, ...]:

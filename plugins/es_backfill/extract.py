@@ -7,6 +7,8 @@ It is safe to run again on the same window: a complete window is skipped (unless
 ``force``); otherwise the old manifest goes first, unfinished multipart uploads of a
 failed attempt are aborted, parts are overwritten under the same keys, objects the
 new attempt did not write are deleted, and the manifest is written last. A window
+that its plan read from another cluster than the connection now reaches fails with a
+:class:`~es_backfill.config.ConfigError` before anything is written. A window
 whose messages lack ids fails with :class:`~es_backfill.records.MessageIdError` before
 reading them, one whose messages share ids before its manifest is written; a window that
 its backfill's saved plan no longer has (it was re-planned with ``force``) fails with
@@ -25,9 +27,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from es_backfill import manifest
-from es_backfill.config import BackfillConfig
+from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.enrich import RelatedDocs, RelatedLookup
-from es_backfill.lease import Heartbeat, Holder
+from es_backfill.lease import Heartbeat, Holder, LeaseHeld
 from es_backfill.records import (
     MessageIds,
     build_record,
@@ -113,6 +115,7 @@ def run_window(
                 bytes=existing["bytes"],
             )
 
+    _require_planned_cluster(config, reader)
     manifest.require_in_plan(store, config, window)
     heartbeat.now()
     prefix = window_prefix(config.root_prefix, window.day, window.key)
@@ -128,10 +131,15 @@ def run_window(
     _refuse_messages_without_id(config, window, reader, query)
 
     writer = (
-        DocumentWriter(store, prefix)
+        DocumentWriter(store, prefix, before_commit=heartbeat.confirm)
         if config.output_format == "json"
         else PartWriter(
-            store, prefix, config.output_format, config.source.part_max_records, config.source.part_max_bytes
+            store,
+            prefix,
+            config.output_format,
+            config.source.part_max_records,
+            config.source.part_max_bytes,
+            before_commit=heartbeat.confirm,
         )
     )
     shaper = Shaper.for_config(config, redaction_key)
@@ -183,7 +191,9 @@ def run_window(
         store.delete([o.key for o in objects])
         raise
     written = {o.key for o in objects}
-    stale = [o["Key"] for o in store.list(prefix + "/") if o["Key"] not in written and o["Key"] != manifest_key]
+    listed = list(store.list(prefix + "/"))
+    _require_own_bytes(window, listed, writer.etags)
+    stale = [o["Key"] for o in listed if o["Key"] not in written and o["Key"] != manifest_key]
     if stale:
         log.info("Deleting %s objects an earlier attempt left behind", len(stale))
         store.delete(stale)
@@ -221,6 +231,34 @@ def run_window(
         bytes=body["bytes"],
         seconds=round(seconds, 3),
         es_requests=reader.total_requests,
+    )
+
+
+def _require_own_bytes(window: Window, listed: list[dict[str, Any]], etags: dict[str, str]) -> None:
+    """:class:`LeaseHeld` unless every object this attempt wrote still has the ETag its upload returned: a run
+    that lost the lease may have overwritten one, and a manifest lists only bytes its writer uploaded."""
+    found = {o["Key"]: o.get("ETag") for o in listed}
+    changed = [key for key, etag in etags.items() if found.get(key) != etag]
+    if changed:
+        raise LeaseHeld(
+            f"Window {window.label}: {len(changed)} objects changed after this attempt uploaded them (e.g. "
+            f"{changed[0]}): another run is writing this backfill, so no manifest is written. Check which run holds "
+            "the lease (_lease.json), then clear this window's task in that run"
+        )
+
+
+def _require_planned_cluster(config: BackfillConfig, reader: Reader) -> None:
+    """ConfigError (no retry helps) if the connection now reaches another cluster than the one the plan read:
+    the window would be written under the plan's fingerprint from other data."""
+    if not config.cluster_uuid or reader.cluster.cluster_uuid == config.cluster_uuid:
+        return
+    now = reader.cluster.cluster_uuid
+    raise ConfigError(
+        [
+            f"connection {config.source.es_conn_id} now reaches cluster {now!r} ({reader.cluster.label}), but "
+            f"backfill {config.backfill_name!r} was planned on cluster {config.cluster_uuid!r}: point the "
+            "connection back at that cluster, or trigger a new backfill (another backfill_name, or force: true)"
+        ]
     )
 
 

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
 
-from es_backfill.config import BackfillConfig
+from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.manifest import lease_key
 from es_backfill.sink import ObjectStore, PreconditionFailed
 from es_backfill.windows import iso
@@ -53,11 +55,16 @@ class Holder:
 
 class Heartbeat:
     """Renews ``holder``'s lease at most every ``HEARTBEAT_EVERY`` while a window runs (``beat``), and at once
-    with ``now``: a window renews it before it writes anything and before it commits its manifest."""
+    with ``now``: a window renews it before it writes anything and before it commits its manifest; ``confirm``
+    checks it before each object is committed."""
+
+    CONFIRM_EVERY_S = 1.0
 
     def __init__(self, store: ObjectStore, config: BackfillConfig, holder: Holder | None) -> None:
         self.store, self.config, self.holder = store, config, holder
         self._next = 0.0
+        self._confirmed = -self.CONFIRM_EVERY_S
+        self._lock = threading.Lock()
 
     def now(self) -> None:
         if self.holder is not None:
@@ -67,6 +74,16 @@ class Heartbeat:
     def beat(self) -> None:
         if self.holder is not None and time.monotonic() >= self._next:
             self.now()
+
+    def confirm(self) -> None:
+        """Before an object becomes visible: :class:`LeaseHeld` if another run took the lease over. Reads the
+        lease at most every ``CONFIRM_EVERY_S`` (a window of one object per message commits many)."""
+        if self.holder is None:
+            return
+        with self._lock:  # the uploading threads of one window ask together
+            if time.monotonic() - self._confirmed >= self.CONFIRM_EVERY_S:
+                self.now()
+                self._confirmed = time.monotonic()
 
 
 def hold(store: ObjectStore, config: BackfillConfig, holder: Holder, *, force: bool = False) -> dict[str, Any]:
@@ -110,6 +127,26 @@ def hold(store: ObjectStore, config: BackfillConfig, holder: Holder, *, force: b
             # read it again, after a short random pause so that racing writers spread out.
             time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
     raise LeaseHeld(f"could not take the lease of {config.root_prefix}: it kept changing ({MAX_RACES} tries)")
+
+
+def require_conditional_writes(store: ObjectStore, config: BackfillConfig) -> None:
+    """ConfigError unless the bucket's S3 refuses a second ``If-None-Match: *`` write of one key: an S3 (or
+    S3-compatible server) that ignores it would give the lease to two runs. One probe object, deleted again."""
+    key = f"{config.root_prefix}/_conditional-write-probe-{uuid.uuid4().hex}.json"
+    store.put_conditional(key, b"{}", if_none_match=True)
+    try:
+        store.put_conditional(key, b"{}", if_none_match=True)
+    except PreconditionFailed:
+        return
+    finally:
+        store.delete([key])
+    raise ConfigError(
+        [
+            f"s3://{config.s3_bucket} accepted a second If-None-Match: * write of one key, so its S3 cannot keep two "
+            "runs of a backfill apart (the lease relies on conditional writes, which Amazon S3 honours): use Amazon "
+            "S3 or a compatible server that honours If-None-Match and If-Match"
+        ]
+    )
 
 
 def _parse(data: bytes) -> tuple[dict[str, Any], datetime]:

@@ -13,6 +13,7 @@ import gzip
 import heapq
 import logging
 import math
+import re
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,17 +92,85 @@ def check_shaping(config: BackfillConfig, redaction_key: bytes | None) -> None:
 
 
 def _check_paths(reader: Reader, index: str, paths: list[str]) -> list[str]:
-    """Each of ``paths`` (a field, an object holding fields, or a pattern) matches a mapped field of ``index``."""
+    """Each of ``paths`` (a field, an object holding fields, or a pattern) names something ``_source`` can hold:
+    a mapped field or object, or a field inside an object mapped ``"enabled": false`` or under ``"dynamic":
+    false`` (stored, not indexed: not in the field mappings). A multi-field (``subject.keyword``) is an
+    index-time view that ``_source`` never holds: refused, naming its source field."""
+    prefixes = {p for path in paths if not _PATTERN.search(path) for p in _prefixes(path)}
     try:
-        mapped = reader.field_mappings(index, [*paths, *(f"{path}.*" for path in paths)])
+        mapped = reader.field_mappings(index, [*paths, *(f"{path}.*" for path in paths), *prefixes])
     except (NotFound, AccessDenied):
         return []  # _check_fields has said so already
+    problems: list[str] = []
+    unmapped = []
+    for path in dict.fromkeys(paths):
+        parent = _multi_field_parent(path, mapped)
+        if parent is not None:
+            problems.append(
+                f"field {path!r} (in _source selection or a redaction rule) of index {index!r} is a multi-field of "
+                f"{parent!r}, which _source does not hold: name {parent!r} instead"
+            )
+        elif not any(fnmatch.fnmatchcase(field, path) or field.startswith(f"{path}.") for field in mapped):
+            unmapped.append(path)
+    if unmapped:
+        problems += _unmapped_problems(reader, index, unmapped)
+    return problems
+
+
+_PATTERN = re.compile(r"[*?]")
+_STORED_NOT_INDEXED = (False, "false", "runtime")  # dynamic settings that keep unmapped fields in _source
+
+
+def _prefixes(path: str) -> list[str]:
+    """``a.b.c`` → ``a``, ``a.b``."""
+    parts = path.split(".")
+    return [".".join(parts[:i]) for i in range(1, len(parts))]
+
+
+def _multi_field_parent(path: str, mapped: dict[str, dict[str, Any]]) -> str | None:
+    """The field whose multi-field ``path`` is, if it is one."""
+    for prefix in _prefixes(path):
+        if path[len(prefix) + 1 :] in (mapped.get(prefix) or {}).get("fields", {}):
+            return prefix
+    return None
+
+
+def _unmapped_problems(reader: Reader, index: str, paths: list[str]) -> list[str]:
+    """Problems for ``paths`` that no field mapping names, unless an object they lie in keeps them in
+    ``_source`` without mapping them (read from the index mappings, which needs more than field mappings)."""
+    try:
+        mappings = reader.mappings(index)
+    except AccessDenied as err:
+        return [
+            f"fields {', '.join(map(repr, paths))} are not mapped in index {index!r}, and whether they lie in an "
+            f"object mapped enabled: false or dynamic: false cannot be read ({err.reason}): grant "
+            "indices:admin/mappings/get on the index (Elasticsearch: view_index_metadata), or fix the names"
+        ]
     return [
-        f"field {path!r} (in _source selection or a redaction rule) is not mapped in index {index!r}: a typo "
-        "would silently select or redact nothing"
-        for path in dict.fromkeys(paths)
-        if not any(fnmatch.fnmatchcase(field, path) or field.startswith(f"{path}.") for field in mapped)
+        f"field {path!r} (in _source selection or a redaction rule) is not mapped in index {index!r}, nor inside "
+        "an object mapped enabled: false or dynamic: false: a typo would silently select or redact nothing"
+        for path in paths
+        if not any(_stored_unmapped(mapping, path) for mapping in mappings)
     ]
+
+
+def _stored_unmapped(mapping: dict[str, Any], path: str) -> bool:
+    """Whether ``mapping`` has ``path`` in ``_source``: it is an object of the mapping, enters an object mapped
+    ``"enabled": false``, or leaves the mapped objects where ``dynamic`` (inherited) is false or runtime."""
+    node, dynamic, rest = mapping, mapping.get("dynamic", True), path
+    while True:
+        if node.get("enabled") is False:
+            return True
+        dynamic = node.get("dynamic", dynamic)
+        properties = node.get("properties") or {}
+        # The longest key that starts the rest of the path (objects with subobjects: false have dotted keys).
+        keys = sorted(properties, key=len, reverse=True)
+        key = next((k for k in keys if rest == k or rest.startswith(k + ".")), None)
+        if key is None:
+            return dynamic in _STORED_NOT_INDEXED
+        if key == rest:
+            return True  # an object of the mapping (a field would have had a field mapping)
+        node, rest = properties[key], rest[len(key) + 1 :]
 
 
 def _denied(index: str, privilege: str, err: AccessDenied) -> str:
@@ -135,6 +204,7 @@ def plan_or_resume(
     """
     if holder is None or config.dry_run:
         return _plan_or_resume(config, reader, store, max_windows)
+    lease.require_conditional_writes(store, config)
     lease.hold(store, config, holder, force=config.force_lease)
     try:
         return _plan_or_resume(config, reader, store, max_windows)
@@ -248,28 +318,34 @@ class Sample:
 
 def read_sample(config: BackfillConfig, reader: Reader) -> Sample:
     """Time one page (``page_size`` messages, the first of the range) through the extract path: one search, the
-    related lookups, records, serialisation and compression. Bounded and read-only: about ``1 + related``
-    requests. Requests are sent one after the other here, so an extract task, which overlaps them, is faster."""
+    related lookups, records shaped as the run shapes them (field selection, redaction, transform: what will be
+    written), serialisation and compression. Bounded and read-only: about ``1 + related`` requests. Requests are
+    sent one after the other here, so an extract task, which overlaps them, is faster."""
     started = time.perf_counter()
     response = reader.search(
         config.source.messages_index,
         {
             "size": config.page_size,
             "query": message_query(config, Window(config.start, config.end)),
-            "sort": [{config.source.timestamp_field: "asc"}],
+            "sort": [{config.source.timestamp_field: "asc"}, {config.source.id_field: "asc"}],
+            "_source": config.source.messages_source(),
             "track_total_hits": False,
         },
     )
-    hits = response["hits"]["hits"]
+    hits = [hit for hit in response["hits"]["hits"] if hit["sort"][1] is not None]
     if not hits:
         return Sample(0, 0.0, 0)
-    ids = [str(h["_source"].get(config.source.id_field, h["_id"])) for h in hits]
+    ids = [str(hit["sort"][1]) for hit in hits]
     with RelatedLookup(reader, config.source.related, "30s", config.source.related_page_size) as lookup:
         docs = lookup.fetch(ids)
-    data = b"".join(
-        dumps_line(build_record(i, "sample", h["_source"], config.source.related, docs))
-        for i, h in zip(ids, hits, strict=True)
-    )
+    # The size of a hash does not depend on its key, so the estimate needs none.
+    shaper = Shaper.for_config(config, b"estimate")
+    lines = []
+    for message_id, hit in zip(ids, hits, strict=True):
+        record = build_record(message_id, "sample", hit["_source"], config.source.related, docs)
+        if shaper is None or (record := shaper.apply(record)) is not None:
+            lines.append(dumps_line(record))
+    data = b"".join(lines)
     size = len(gzip.compress(data, mtime=0)) if config.output_format == "jsonl.gz" else len(data)
     return Sample(len(hits), time.perf_counter() - started, size)
 

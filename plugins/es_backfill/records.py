@@ -18,8 +18,7 @@ import hashlib
 from collections.abc import Sequence
 from typing import Any
 
-import orjson
-
+from es_backfill import exactjson
 from es_backfill.config import RelatedIndex
 from es_backfill.enrich import RelatedDocs
 
@@ -44,12 +43,13 @@ def related_counts(record: dict[str, Any], related: Sequence[RelatedIndex]) -> d
 
 
 def dumps_line(record: dict[str, Any]) -> bytes:
-    """One JSON Lines line (UTF-8, no escaping of non-ASCII, trailing newline)."""
-    return orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+    """One JSON Lines line (UTF-8, no escaping of non-ASCII, trailing newline), every number and string as the
+    engine returned it (:mod:`es_backfill.exactjson`)."""
+    return exactjson.dumps(record, newline=True)
 
 
 def dumps_document(record: dict[str, Any]) -> bytes:
-    return orjson.dumps(record)
+    return exactjson.dumps(record)
 
 
 class MessageIdError(ValueError):
@@ -83,7 +83,7 @@ class MessageIds:
                 self.missing.append(where)
             return None
         text = str(message_id)
-        digest = hashlib.blake2b(text.encode(), digest_size=16).digest()
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=16).digest()
         if digest in self._seen:
             self._duplicated += 1
             if len(self.duplicates) < self.EXAMPLES:
@@ -93,7 +93,7 @@ class MessageIds:
 
     def wrote(self, message_id: str) -> None:
         """Digest an id whose record was written (a record the transform dropped is checked, not digested)."""
-        self._sha.update(message_id.encode() + b"\n")
+        self._sha.update(message_id.encode("utf-8", "surrogatepass") + b"\n")
         self.written += 1
 
     @property

@@ -1,15 +1,23 @@
 """Shaping records on the way out: redaction rules, then an optional custom transform.
 
 A rule names ``message.<path>`` or ``<related name>.<path>`` and applies to that value in the message,
-or in every document of that related index the record carries; through lists of objects too. ``drop``
-removes the field; ``hash`` replaces it with the hex HMAC-SHA-256 of its value under a key from an
-Airflow connection (same value and key, same hash: joins across exports still work); ``mask`` keeps
-``keep_start`` and ``keep_end`` characters and replaces the rest with ``*``. A field a document lacks is
-left alone. Documents are copied where they change, never changed in place (a related document joined
-to several messages is shared by their records).
+or in every document of that related index the record carries; through lists of objects too, and in
+every form the engines map to that path: ``{"sender": {"email": ...}}``, ``{"sender.email": ...}`` and
+any mix (``{"sender": {"name": ...}, "sender.email": ...}``). A key that extends the path
+(``sender.email`` under a rule on ``sender``) is part of the value the rule names, so it is redacted
+too. ``drop`` removes the field; ``hash`` replaces it with the hex HMAC-SHA-256 of its value under a key
+from an Airflow connection (a string's UTF-8 bytes, anything else's canonical JSON: sorted keys, numbers
+as stored; same value and key, same hash, so joins across exports still work); ``mask`` keeps
+``keep_start`` and ``keep_end`` characters of the value (a string, or the JSON text of anything else) and
+replaces the rest with ``*``. ``null`` stays ``null``, and each value of a list is redacted on its own.
+A field a document lacks is left alone. Documents are copied where they change, never changed in place
+(a related document joined to several messages is shared by their records).
 
 The transform (``source.transform``, a dotted path to a function in ``plugins/``) gets each redacted
-record and returns the record to write, or ``None`` to drop it; the manifests count the dropped ones.
+record, a copy of its own (so whatever it changes cannot reach another record), and returns the record to
+write, or ``None`` to drop it; the manifests count the dropped ones. What it returns must still be a
+record: the same ``message_id`` and ``window``, and every related name with a list (``many``) or an object
+or ``null`` (``one``); anything else fails the window as a :class:`TransformError`, naming the transform.
 """
 
 from __future__ import annotations
@@ -21,9 +29,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any
 
-import orjson
-
-from es_backfill.config import BackfillConfig, ConfigError, RedactRule
+from es_backfill import exactjson, fieldpath
+from es_backfill.config import BackfillConfig, ConfigError, RedactRule, RelatedIndex
 
 Transform = Callable[[dict[str, Any]], dict[str, Any] | None]
 
@@ -57,10 +64,17 @@ def load_transform(path: str) -> Transform:
 class Shaper:
     """Applies the redaction rules, then the transform, to each record."""
 
-    def __init__(self, rules: tuple[RedactRule, ...], key: bytes | None, transform: str | None) -> None:
+    def __init__(
+        self,
+        rules: tuple[RedactRule, ...],
+        key: bytes | None,
+        transform: str | None,
+        related: tuple[RelatedIndex, ...] = (),
+    ) -> None:
         if any(rule.action == "hash" for rule in rules) and not key:
             raise ConfigError(["hash rules need a key: source.redaction_key_conn_id's password is empty"])
         self.rules = rules
+        self.related = related
         self.key = key or b""
         self.transform_name = transform
         self.transform = load_transform(transform) if transform else None
@@ -69,59 +83,78 @@ class Shaper:
     def for_config(cls, config: BackfillConfig, key: bytes | None) -> Shaper | None:
         """The run's shaper; None when it neither redacts nor transforms."""
         source = config.source
-        return cls(source.redact, key, source.transform) if source.redact or source.transform else None
+        if not (source.redact or source.transform):
+            return None
+        return cls(source.redact, key, source.transform, source.related)
 
     def apply(self, record: dict[str, Any]) -> dict[str, Any] | None:
         for rule in self.rules:
             section = record.get(rule.section)
-            changed = _apply(section, rule.path.split("."), lambda value, rule=rule: self._redacted(value, rule))
+            changed = fieldpath.replace(section, rule.path, lambda value, rule=rule: self._redacted(value, rule))
             if changed is not section:
                 record = {**record, rule.section: changed}
         if self.transform is None:
             return record
+        message_id = record["message_id"]
         try:
-            shaped = self.transform(record)
+            shaped = self.transform(_own(record))
         except Exception as err:
-            raise TransformError(
-                f"transform {self.transform_name} failed on message {record.get('message_id')!r}: {err!r}"
-            ) from err
-        if shaped is not None and not isinstance(shaped, dict):
-            raise TransformError(
-                f"transform {self.transform_name} returned a {type(shaped).__name__} for message "
-                f"{record.get('message_id')!r}: return the record (a dict) or None to drop it"
-            )
+            raise TransformError(f"transform {self.transform_name} failed on message {message_id!r}: {err!r}") from err
+        if shaped is not None:
+            self._check_shape(shaped, record)
         return shaped
+
+    def _check_shape(self, shaped: Any, record: dict[str, Any]) -> None:
+        """Raise :class:`TransformError` unless ``shaped`` is still a record of ``record``'s message."""
+        if not isinstance(shaped, dict):
+            problem = f"returned a {type(shaped).__name__}: return the record (a dict) or None to drop it"
+        elif shaped.get("message_id") != record["message_id"] or shaped.get("window") != record["window"]:
+            problem = "changed message_id or window, which address the record: keep them as they are"
+        else:
+            wrong = [
+                spec.name
+                for spec in self.related
+                if not (
+                    isinstance(shaped.get(spec.name), list)
+                    if spec.cardinality == "many"
+                    else spec.name in shaped and isinstance(shaped[spec.name], dict | None)
+                )
+            ]
+            if not wrong:
+                return
+            problem = (
+                f"left {', '.join(wrong)} out or changed its kind: keep every related name, with a list for "
+                "cardinality 'many' and an object or null for 'one' (empty it to remove its documents)"
+            )
+        raise TransformError(f"transform {self.transform_name} {problem} (message {record['message_id']!r})")
 
     def _redacted(self, value: Any, rule: RedactRule) -> Any:
         if rule.action == "drop":
-            return _DROP
+            return fieldpath.DROP
         if isinstance(value, list):  # a multi-valued field: each value on its own
             return [self._redacted(item, rule) for item in value]
+        if value is None:
+            return None  # nothing to hide, and null says so
         if rule.action == "hash":
-            data = value.encode() if isinstance(value, str) else orjson.dumps(value)
-            return hmac.new(self.key, data, hashlib.sha256).hexdigest()
-        text = value if isinstance(value, str) else str(value)
+            return hmac.new(self.key, redacted_bytes(value), hashlib.sha256).hexdigest()
+        text = value if isinstance(value, str) else exactjson.dumps(value).decode()
         kept = rule.keep_start + rule.keep_end
         if kept >= len(text):
             return "*" * len(text)  # too short to keep anything and hide the rest
         return text[: rule.keep_start] + "*" * (len(text) - kept) + text[len(text) - rule.keep_end :]
 
 
-_DROP = object()
+def redacted_bytes(value: Any) -> bytes:
+    """What a ``hash`` rule digests: a string's UTF-8 bytes, anything else's canonical JSON."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogatepass")
+    return exactjson.dumps(value, sort_keys=True)
 
 
-def _apply(node: Any, path: list[str], redact: Callable[[Any], Any]) -> Any:
-    """``node`` with the value at ``path`` replaced by ``redact(value)`` (removed if that is ``_DROP``), copied
-    where it changes; ``node`` itself when the path is not there."""
+def _own(node: Any) -> Any:
+    """A copy of a record's objects and lists (strings and numbers are immutable, so shared)."""
+    if isinstance(node, dict):
+        return {key: _own(value) for key, value in node.items()}
     if isinstance(node, list):
-        items = [_apply(item, path, redact) for item in node]
-        return node if all(a is b for a, b in zip(items, node, strict=True)) else items
-    if not isinstance(node, dict) or path[0] not in node:
-        return node
-    if len(path) > 1:
-        child = _apply(node[path[0]], path[1:], redact)
-        return node if child is node[path[0]] else {**node, path[0]: child}
-    value = redact(node[path[0]])
-    if value is _DROP:
-        return {key: item for key, item in node.items() if key != path[0]}
-    return {**node, path[0]: value}
+        return [_own(item) for item in node]
+    return node

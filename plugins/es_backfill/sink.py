@@ -69,7 +69,8 @@ def safe_id(message_id: str) -> str:
     if _PLAIN_ID.match(message_id):
         return message_id
     readable = _UNSAFE.sub("_", message_id).strip("_")[:80] or "id"
-    return f"{readable}.{hashlib.sha256(message_id.encode()).hexdigest()[:16]}"
+    digest = hashlib.sha256(message_id.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+    return f"{readable}.{digest}"
 
 
 @dataclass(frozen=True)
@@ -105,8 +106,12 @@ class ObjectStore:
         self.encryption = encryption
         self.write_args = encryption.request_args() if encryption else {}
 
-    def put(self, key: str, data: bytes, content_type: str = "application/json") -> None:
-        self.client.put_object(Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **self.write_args)
+    def put(self, key: str, data: bytes, content_type: str = "application/json") -> str:
+        """Write ``key``; return its ETag."""
+        response = self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=data, ContentType=content_type, **self.write_args
+        )
+        return response["ETag"]
 
     def put_conditional(
         self, key: str, data: bytes, *, if_none_match: bool = False, if_match: str | None = None
@@ -204,9 +209,19 @@ class _Part:
 
     MAX_QUEUED = 16
 
-    def __init__(self, store: ObjectStore, key: str, gzip: bool, content_type: str, worker: ThreadPoolExecutor) -> None:
+    def __init__(
+        self,
+        store: ObjectStore,
+        key: str,
+        gzip: bool,
+        content_type: str,
+        worker: ThreadPoolExecutor,
+        before_commit: Callable[[], None],
+    ) -> None:
         self.store = store
         self.key = key
+        self.before_commit = before_commit
+        self.etag = ""
         self.content_type = content_type
         # wbits=31: a gzip stream whose header has no timestamp or file name, so bytes are reproducible.
         self._compressor = zlib.compressobj(6, zlib.DEFLATED, 31) if gzip else None
@@ -273,17 +288,18 @@ class _Part:
         self._hand_over(final=True)
         while self._queued:
             self._queued.popleft().result()
+        if self._upload_id is not None and self._buffer:
+            self._send_piece()
+        self.before_commit()  # e.g. the lease is still ours: nothing becomes visible otherwise
         if self._upload_id is None:
-            self.store.put(self.key, bytes(self._buffer), self.content_type)
+            self.etag = self.store.put(self.key, bytes(self._buffer), self.content_type)
         else:
-            if self._buffer:
-                self._send_piece()
-            self.store.client.complete_multipart_upload(
+            self.etag = self.store.client.complete_multipart_upload(
                 Bucket=self.store.bucket,
                 Key=self.key,
                 UploadId=self._upload_id,
                 MultipartUpload={"Parts": self._pieces},
-            )
+            )["ETag"]
         return ObjectInfo(self.key, self.records, self._size, self._sha.hexdigest())
 
     def abort(self) -> None:
@@ -295,11 +311,26 @@ class _Part:
             self._upload_id = None
 
 
-class PartWriter:
-    """JSON Lines records into ``part-NNNNN.jsonl[.gz]`` objects of bounded size."""
+def _nothing() -> None:
+    """No check before an object is committed."""
 
-    def __init__(self, store: ObjectStore, prefix: str, output_format: str, max_records: int, max_bytes: int) -> None:
+
+class PartWriter:
+    """JSON Lines records into ``part-NNNNN.jsonl[.gz]`` objects of bounded size. ``before_commit`` runs before
+    each object becomes visible (it may raise to stop that); ``etags`` has the ETag of each object written."""
+
+    def __init__(
+        self,
+        store: ObjectStore,
+        prefix: str,
+        output_format: str,
+        max_records: int,
+        max_bytes: int,
+        before_commit: Callable[[], None] = _nothing,
+    ) -> None:
         self.store = store
+        self.before_commit = before_commit
+        self.etags: dict[str, str] = {}
         self.prefix = prefix
         self.gzip = output_format == "jsonl.gz"
         self.suffix = output_format
@@ -312,7 +343,7 @@ class PartWriter:
     def write(self, record_id: str, line: bytes) -> None:
         if self._part is None:
             key = f"{self.prefix}/part-{len(self.objects):05d}.{self.suffix}"
-            self._part = _Part(self.store, key, self.gzip, CONTENT_TYPES[self.suffix], self._worker)
+            self._part = _Part(self.store, key, self.gzip, CONTENT_TYPES[self.suffix], self._worker, self.before_commit)
         self._part.write(line)
         if self._part.records >= self.max_records or self._part.raw_bytes >= self.max_bytes:
             self._finish_part()
@@ -320,6 +351,7 @@ class PartWriter:
     def _finish_part(self) -> None:
         if self._part is not None:
             self.objects.append(self._part.finish())  # on failure, abort() still sees the part
+            self.etags[self._part.key] = self._part.etag
             self._part = None
 
     def close(self) -> list[ObjectInfo]:
@@ -336,28 +368,34 @@ class PartWriter:
 
 
 class DocumentWriter:
-    """One JSON object per message (``output_format=json``), uploaded by a few threads."""
+    """One JSON object per message (``output_format=json``), uploaded by a few threads; ``before_commit`` and
+    ``etags`` as for :class:`PartWriter`."""
 
     MAX_IN_FLIGHT = 64
 
-    def __init__(self, store: ObjectStore, prefix: str, threads: int = 8) -> None:
+    def __init__(
+        self, store: ObjectStore, prefix: str, threads: int = 8, before_commit: Callable[[], None] = _nothing
+    ) -> None:
         self.store = store
         self.prefix = f"{prefix}/messages"
+        self.before_commit = before_commit
         self.objects: list[ObjectInfo] = []
+        self.etags: dict[str, str] = {}
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="s3-put")
-        self._in_flight: list[Future[None]] = []
+        self._in_flight: list[tuple[str, Future[str]]] = []
 
     def write(self, record_id: str, data: bytes) -> None:
         key = f"{self.prefix}/{safe_id(record_id)}.json"
         self.objects.append(ObjectInfo(key, 1, len(data), hashlib.sha256(data).hexdigest()))
-        self._in_flight.append(self._pool.submit(self.store.put, key, data, CONTENT_TYPES["json"]))
+        self.before_commit()
+        self._in_flight.append((key, self._pool.submit(self.store.put, key, data, CONTENT_TYPES["json"])))
         if len(self._in_flight) >= self.MAX_IN_FLIGHT:
             self._drain()
 
     def _drain(self) -> None:
         in_flight, self._in_flight = self._in_flight, []
-        for future in in_flight:
-            future.result()  # re-raises an upload's error here
+        for key, future in in_flight:
+            self.etags[key] = future.result()  # re-raises an upload's error here
 
     def close(self) -> list[ObjectInfo]:
         try:

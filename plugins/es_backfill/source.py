@@ -194,6 +194,9 @@ class Reader(ABC):
     def _field_mapping(self, index: str, fields: list[str]) -> dict[str, Any]: ...
 
     @abstractmethod
+    def _mappings(self, index: str) -> dict[str, Any]: ...
+
+    @abstractmethod
     def _open_pit(self, index: str, keep_alive: str) -> str: ...
 
     @abstractmethod
@@ -269,10 +272,21 @@ class Reader(ABC):
         _require_all_shards("search", response)
         return response
 
-    def field_mappings(self, index: str, fields: list[str]) -> set[str]:
-        """Which of ``fields`` ``index`` (a name or pattern, matching something) maps; NotFound if nothing."""
+    def field_mappings(self, index: str, fields: list[str]) -> dict[str, dict[str, Any]]:
+        """Which of ``fields`` ``index`` (a name or pattern, matching something) maps, each with its mapping
+        (``{"type": ..., "fields": {multi-fields}}``); NotFound if the index matches nothing. Objects are not
+        fields: only :meth:`mappings` shows them."""
         response = self.call("field_mappings", self._field_mapping, index=index, fields=sorted(set(fields)))
-        return {field for body in response.values() for field in body.get("mappings", {})}
+        return {
+            name: next(iter(field.get("mapping", {}).values()), {})
+            for body in response.values()
+            for name, field in body.get("mappings", {}).items()
+        }
+
+    def mappings(self, index: str) -> list[dict[str, Any]]:
+        """The whole mapping of each index ``index`` matches (objects included, with ``enabled`` and ``dynamic``)."""
+        response = self.call("mappings", self._mappings, index=index)
+        return [body.get("mappings", {}) for body in response.values()]
 
     def open_pit(self, index: str, keep_alive: str) -> str:
         return self.call("open_point_in_time", self._open_pit, index=index, keep_alive=keep_alive)
@@ -311,6 +325,13 @@ def throttled(pages: Iterator[list[Hit]], per_second: float | None) -> Iterator[
             time.sleep(wait)
 
 
+def _body(query: dict[str, Any], source: Any, docvalues: list[str] | None) -> dict[str, Any]:
+    body = {"query": query, "_source": source}
+    if docvalues:
+        body["docvalue_fields"] = docvalues
+    return body
+
+
 def _require_all_shards(name: str, response: Any) -> None:
     shards = response.get("_shards") or {}
     if shards.get("failed") or response.get("timed_out"):
@@ -325,6 +346,7 @@ class Snapshot(ABC):
         self.index = index
         self.keep_alive = keep_alive
         self.reopened = 0  # points in time reopened after a loss, in all
+        self._collecting = threading.Lock()
 
     def __enter__(self) -> Snapshot:
         return self
@@ -337,17 +359,29 @@ class Snapshot(ABC):
         """Release what is still open."""
 
     @abstractmethod
-    def pages(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> Iterator[list[Hit]]:
+    def pages(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True, docvalues: list[str] | None = None
+    ) -> Iterator[list[Hit]]:
         """Pages of at most ``size`` hits (a longer one only where equal sort values need it) in ``sort``
-        order; each hit's ``sort`` starts with its values for ``sort``."""
+        order; each hit's ``sort`` starts with its values for ``sort``; ``docvalues`` fields come in its
+        ``fields``."""
 
-    def collect(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> list[Hit]:
+    def collect(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True, docvalues: list[str] | None = None
+    ) -> list[Hit]:
         """Every hit of a query whose result is bounded (a batch), read again whole after a loss; ties may
-        come in any order."""
+        come in any order. One batch at a time: lookups of two pages may share this snapshot, and a point in
+        time reopened by one must not be read by the other while it changes."""
+        with self._collecting:
+            return self._collect(query, sort, size, source, docvalues)
+
+    def _collect(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any, docvalues: list[str] | None
+    ) -> list[Hit]:
         for _ in range(MAX_PIT_REOPENS + 1):
             reopened_before = self.reopened
             try:
-                hits = [hit for page in self.pages(query, sort, size, source) for hit in page]
+                hits = [hit for page in self.pages(query, sort, size, source, docvalues) for hit in page]
             except SnapshotLost:
                 continue
             # A point in time reopened mid-batch may order ties differently: read the batch again.
@@ -384,14 +418,15 @@ class PointInTime(Snapshot):
                 "Could not close point in time on %s (it expires after %s): %s", self.index, self.keep_alive, err
             )
 
-    def pages(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> Iterator[list[Hit]]:
-        if self.tiebreaker is None:
-            return self._pages_without_tiebreaker(query, sort, size, source)
-        return self._pages_with_tiebreaker(query, [*sort, self.tiebreaker], size, source)
-
-    def _pages_with_tiebreaker(
-        self, query: dict[str, Any], sort: list[Any], size: int, source: Any
+    def pages(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True, docvalues: list[str] | None = None
     ) -> Iterator[list[Hit]]:
+        body = _body(query, source, docvalues)
+        if self.tiebreaker is None:
+            return self._pages_without_tiebreaker(body, sort, size)
+        return self._pages_with_tiebreaker(body, [*sort, self.tiebreaker], size)
+
+    def _pages_with_tiebreaker(self, base: dict[str, Any], sort: list[Any], size: int) -> Iterator[list[Hit]]:
         """The tiebreaker's values belong to one point in time: a new one numbers documents differently
         (merges, relocations). So after a loss, reading resumes at the first hit whose other sort values
         equal the last returned hit's, and skips as many of those as were already returned: nothing repeats
@@ -403,7 +438,7 @@ class PointInTime(Snapshot):
         skip = 0  # hits with those values still to skip after a reopen
         while True:
             generation = self.reopened
-            body = {"query": query, "sort": sort, "size": size, "_source": source}
+            body = {**base, "sort": sort, "size": size}
             if search_after is not None:
                 body["search_after"] = search_after
             raw = self._search(body)
@@ -427,9 +462,7 @@ class PointInTime(Snapshot):
             if len(raw) < size:
                 return
 
-    def _pages_without_tiebreaker(
-        self, query: dict[str, Any], sort: list[Any], size: int, source: Any
-    ) -> Iterator[list[Hit]]:
+    def _pages_without_tiebreaker(self, base: dict[str, Any], sort: list[Any], size: int) -> Iterator[list[Hit]]:
         """Each request asks for one hit more than the page: when that hit's sort values equal the page's
         last, the page ends before their group, which the next request starts with (a page wholly of one
         group is read with a larger page). Every page ends after a complete group, so ``search_after`` on
@@ -439,7 +472,7 @@ class PointInTime(Snapshot):
         want = size
         while True:
             generation = self.reopened
-            body = {"query": query, "sort": sort, "size": want + 1, "_source": source}
+            body = {**base, "sort": sort, "size": want + 1}
             if search_after is not None:
                 body["search_after"] = search_after
             raw = self._search(body)
@@ -492,8 +525,10 @@ class ScrollSnapshot(Snapshot):
     def close(self) -> None:
         """Nothing stays open between calls of :meth:`pages`."""
 
-    def pages(self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True) -> Iterator[list[Hit]]:
-        body = {"query": query, "sort": sort, "size": size, "_source": source}
+    def pages(
+        self, query: dict[str, Any], sort: list[Any], size: int, source: Any = True, docvalues: list[str] | None = None
+    ) -> Iterator[list[Hit]]:
+        body = {**_body(query, source, docvalues), "sort": sort, "size": size}
         response = self.reader.search(self.index, body, scroll=self.keep_alive)
         scroll_id = response.get("_scroll_id")
         returned = 0

@@ -5,8 +5,9 @@ the cluster verified against); every object it lists exists with the recorded si
 SHA-256 and decodes completely; no object lies in the window's folder that the manifest
 does not list; the records decoded equal the manifest's counts and carry exactly the
 message ids it recorded, each in this window by its timestamp; Elasticsearch still counts
-as many messages for the window and query; and the related documents of ``many`` indices
-number what Elasticsearch holds for the window's message ids. Across the backfill: no
+as many messages for the window and query; the related documents of ``many`` indices
+number what Elasticsearch holds for the window's message ids, and as many records carry a
+document of a ``one`` index as there are message ids with one. Across the backfill: no
 message id appears twice, and nothing lies under the root that the plan does not account
 for (other plans' windows, stray files). Nothing is written.
 """
@@ -22,10 +23,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import orjson
-
-from es_backfill import manifest
-from es_backfill.config import BackfillConfig, RelatedIndex
+from es_backfill import exactjson, fieldpath, manifest
+from es_backfill.config import BackfillConfig, RedactRule, RelatedIndex
 from es_backfill.plan import window_counts
 from es_backfill.records import MessageIds
 from es_backfill.sink import ObjectStore
@@ -76,8 +75,9 @@ def planned_windows(config: BackfillConfig, store: ObjectStore) -> tuple[list[Wi
     return windows, f"the saved plan was made with other settings: {'; '.join(saved.differences(config))}"
 
 
-def verify(config: BackfillConfig, reader: Reader, store: ObjectStore) -> VerifyReport:
-    """Check the backfill of ``config``, whose ``cluster_uuid`` is the cluster ``reader`` reads."""
+def verify(config: BackfillConfig, reader: Reader, store: ObjectStore, *, redaction: bool = False) -> VerifyReport:
+    """Check the backfill of ``config``, whose ``cluster_uuid`` is the cluster ``reader`` reads; with
+    ``redaction``, also that every record obeys the redaction rules (see :class:`RedactionCheck`)."""
     windows, plan_problem = planned_windows(config, store)
     report = VerifyReport(windows=len(windows))
     if plan_problem:
@@ -85,12 +85,15 @@ def verify(config: BackfillConfig, reader: Reader, store: ObjectStore) -> Verify
     report.findings += [
         Finding(BACKFILL, "unaccounted object", key) for key in manifest.foreign_objects(store, config, windows)
     ]
-    seen = _Seen(MessageIds("message_id"))
+    seen = _Seen(MessageIds("message_id"), RedactionCheck(config.source.redact) if redaction else None)
     live_counts = window_counts(config, reader, windows)
     for window, live in zip(windows, live_counts, strict=True):
         for kind, detail in _verify_window(config, window, live, reader, store, seen):
             report.findings.append(Finding(window.label, kind, detail))
     report.findings += [Finding(BACKFILL, "message ids", problem) for problem in seen.ids.problems()]
+    if seen.redaction is not None:
+        report.findings += [Finding(BACKFILL, "redaction", problem) for problem in seen.redaction.problems()]
+        log.info("Redaction: %s", seen.redaction.summary())
     if seen.unchecked_timestamps:
         log.warning("%s records carry no %s, so whether they lie in their window was not checked",
                     seen.unchecked_timestamps, config.source.timestamp_field)  # fmt: skip
@@ -133,10 +136,12 @@ def _verify_window(
         written = tally.related[spec.name]
         if written != body["related"].get(spec.name):
             findings.append(("related count", f"{spec.name}: objects hold {written}, manifest says {body['related']}"))
-        elif spec.cardinality == "many" and tally.in_es[spec.name] != written:
+        elif tally.in_es[spec.name] != written:
+            what = "documents" if spec.cardinality == "many" else "messages with a document"
             findings.append(
-                ("related mismatch", f"{spec.name}: Elasticsearch holds {tally.in_es[spec.name]}, output has {written}")
-            )
+                ("related mismatch",
+                 f"{spec.name}: Elasticsearch holds {tally.in_es[spec.name]} {what}, output has {written}")
+            )  # fmt: skip
     return findings
 
 
@@ -145,6 +150,7 @@ class _Seen:
     """What verify gathers across all windows: every message id, and records it could not place in time."""
 
     ids: MessageIds
+    redaction: RedactionCheck | None = None
     unchecked_timestamps: int = 0
 
 
@@ -182,6 +188,8 @@ class _Tally:
         for spec in self.config.source.related:
             value = record.get(spec.name)
             self.related[spec.name] += len(value) if isinstance(value, list) else int(value is not None)
+        if self.seen.redaction is not None:
+            self.seen.redaction.check(record, f"{self.window.label} message {message_id!r}")
         if len(self._batch) >= TERMS_BATCH:
             self.flush()
 
@@ -199,8 +207,7 @@ class _Tally:
         if not self._batch:
             return
         for spec in self.config.source.related:
-            if spec.cardinality == "many":
-                self.in_es[spec.name] += _attachments(self.reader, spec, self._batch)
+            self.in_es[spec.name] += _attachments(self.reader, spec, self._batch)
         self._batch = []
 
     def ids_sha256(self) -> str:
@@ -213,6 +220,60 @@ class _Tally:
             ("outside window", f"{self._outside} records are not of this window or their "
              f"{self.config.source.timestamp_field} lies outside it, e.g. {', '.join(self.outside)}")
         ]  # fmt: skip
+
+
+class RedactionCheck:
+    """Proves on the output what the redaction rules promise, in every form a field can take (nested, dotted,
+    mixed, in lists of objects): no value at the path of a ``drop`` rule, only 64 hex characters (or ``null``)
+    at a ``hash`` rule's, and only what its mask leaves (``keep_start`` characters, ``*``s, ``keep_end``
+    characters; or ``null``) at a ``mask`` rule's. Keeps at most ``MessageIds.EXAMPLES`` examples per rule."""
+
+    def __init__(self, rules: tuple[RedactRule, ...]) -> None:
+        self.rules = rules
+        self.values: Counter[str] = Counter()  # values checked per rule
+        self.offences: Counter[str] = Counter()
+        self.examples: dict[str, list[str]] = {}
+        self._patterns = {rule.field: _redacted_pattern(rule) for rule in rules}
+
+    def check(self, record: dict[str, Any], where: str) -> None:
+        for rule in self.rules:
+            section = record.get(rule.section)
+            if rule.action == "drop":
+                offends = fieldpath.present(section, rule.path)
+                self.values[rule.field] += 1
+            else:
+                found = list(fieldpath.values(section, rule.path))
+                self.values[rule.field] += len(found)
+                pattern = self._patterns[rule.field]
+                offends = any(not (v is None or (isinstance(v, str) and pattern.fullmatch(v))) for v in found)
+            if offends:
+                self.offences[rule.field] += 1
+                examples = self.examples.setdefault(rule.field, [])
+                if len(examples) < MessageIds.EXAMPLES:
+                    examples.append(where)
+
+    def summary(self) -> str:
+        parts = [
+            f"{r.field} ({r.action}): {self.values[r.field]} checked, {self.offences[r.field]} offending"
+            for r in self.rules
+        ]
+        return ", ".join(parts) or "no rules"
+
+    def problems(self) -> list[str]:
+        return [
+            f"{self.offences[rule.field]} records break the {rule.action} rule on {rule.field!r} "
+            f"(e.g. {', '.join(self.examples[rule.field])})"
+            for rule in self.rules
+            if self.offences[rule.field]
+        ]
+
+
+def _redacted_pattern(rule: RedactRule) -> re.Pattern[str]:
+    if rule.action == "hash":
+        return re.compile(r"[0-9a-f]{64}")
+    if rule.action == "mask":  # kept characters around at least one '*', or only '*'s when too short to keep any
+        return re.compile(rf"(?s:.{{{rule.keep_start}}}\*+.{{{rule.keep_end}}}|\**)")
+    return re.compile(r"(?!)")  # drop: no value may be left
 
 
 def _instant(value: Any) -> datetime | None:
@@ -228,11 +289,13 @@ def _instant(value: Any) -> datetime | None:
 
 
 def _attachments(reader: Reader, spec: RelatedIndex, ids: list[str]) -> int:
-    """How many (document, message id) pairs ``spec``'s index holds for ``ids``: a document whose join
-    field names several of them counts once for each, as the output attaches it to each."""
+    """What the output should carry of ``spec``'s index for ``ids``: for ``many``, the (document, message id)
+    pairs (a document whose join field names several of them counts once for each, as the output attaches it
+    to each); for ``one``, the messages that have a document at all."""
     aggs = {"ids": {"terms": {"field": spec.join_field, "include": ids, "size": len(ids)}}}
     response = reader.search(spec.index, {"size": 0, "query": {"terms": {spec.join_field: ids}}, "aggs": aggs})
-    return sum(bucket["doc_count"] for bucket in response["aggregations"]["ids"]["buckets"])
+    buckets = response["aggregations"]["ids"]["buckets"]
+    return sum(bucket["doc_count"] for bucket in buckets) if spec.cardinality == "many" else len(buckets)
 
 
 def _check_object(store: ObjectStore, key: str, obj: dict[str, Any], tally: _Tally) -> list[tuple[str, str]]:
@@ -252,16 +315,16 @@ def _check_object(store: ObjectStore, key: str, obj: dict[str, Any], tally: _Tal
             pending += gunzip.decompress(chunk) if gunzip else chunk
             *lines, pending = pending.split(b"\n")
             for line in lines:
-                tally.add(orjson.loads(line))
-        except (zlib.error, orjson.JSONDecodeError) as err:
+                tally.add(exactjson.loads(line))
+        except (zlib.error, ValueError) as err:
             undecodable = str(err)
     if undecodable is None:
         try:
             if gunzip is not None and not gunzip.eof:
                 raise zlib.error("gzip stream ends early")
             if pending.strip():
-                tally.add(orjson.loads(pending))  # a json object, or a last line without newline
-        except (zlib.error, orjson.JSONDecodeError) as err:
+                tally.add(exactjson.loads(pending))  # a json object, or a last line without newline
+        except (zlib.error, ValueError) as err:
             undecodable = str(err)
     findings = []
     if size != obj["bytes"]:

@@ -89,3 +89,6 @@ class FakeReader(Reader):
 
     def _field_mapping(self, index: str, fields: list[str]) -> dict[str, Any]:
         raise NotImplementedError
+
+    def _mappings(self, index: str) -> dict[str, Any]:
+        raise NotImplementedError

@@ -53,6 +53,16 @@ def test_fingerprint_changes_with_what_shapes_the_output_and_where_it_came_from_
     assert fingerprint(GOOD | {"source": {"messages": DEFAULTS["messages"] | {"source_fields": ["body"]}}}) != base
 
 
+def test_the_fingerprint_covers_the_transforms_code_not_only_its_name(tmp_path, monkeypatch):
+    module = tmp_path / "fingerprinted_transform.py"
+    module.write_text("def shape(record):\n    return record\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    conf = GOOD | {"source": {"transform": "fingerprinted_transform.shape"}}
+    before = from_params(conf, DEFAULTS).fingerprint()
+    module.write_text("def shape(record):\n    return {**record, 'extra': 1}\n")
+    assert from_params(conf, DEFAULTS).fingerprint() != before
+
+
 def test_a_one_to_one_related_index_needs_sort_fields_to_tell_which_document_is_current():
     unsorted = {"name": "status", "index": "status", "join_field": "message_id", "cardinality": "one"}
     with pytest.raises(ConfigError, match=r"source.related\[0\] \(status\) has cardinality 'one' but no sort"):
@@ -177,6 +187,15 @@ BAD_CONFS = [
     ({"source": {"pit_keep_alive": "2 minutes"}}, "source.pit_keep_alive must look like 30s, 2m or 1h"),
     ({"source": {"part_max_bytes": 10}}, "source.part_max_bytes must be at least 1024, not 10"),
     ({"source": {"es_conn": "x"}}, "unknown key 'es_conn' in source; the known keys are es_conn_id, aws_conn_id"),
+    # A pattern redacts nothing: each rule names one field (or the object holding them).
+    ({"source": {"redact": [{"field": "message.sender.*", "action": "drop"}]}},
+     "source.redact[0].field 'message.sender.*' is a pattern, but a rule names one field"),
+    ({"source": {"redact": [{"field": "message.send*", "action": "mask"}]}}, "'message.send*' is a pattern"),
+    # The id and timestamp address the record and its window.
+    ({"source": {"redact": [{"field": "message.message_id", "action": "hash"}], "redaction_key_conn_id": "k"}},
+     "would redact the messages' id field 'message_id'"),
+    ({"source": {"redact": [{"field": "message.@timestamp", "action": "drop"}]}},
+     "would redact the messages' timestamp field '@timestamp'"),
 ]  # fmt: skip
 
 

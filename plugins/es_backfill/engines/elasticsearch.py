@@ -10,11 +10,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from elasticsearch import ApiError, Elasticsearch, OrjsonSerializer
+from elasticsearch import ApiError, Elasticsearch, JsonSerializer
 from elasticsearch import ConnectionError as EsConnectionError
 
+from es_backfill import exactjson
 from es_backfill.engines import ConnectionSettings
 from es_backfill.source import Reader, error_reason
+
+
+class ExactSerializer(JsonSerializer):
+    """Bodies through :mod:`es_backfill.exactjson`: documents come back with every digit and code point."""
+
+    def json_loads(self, data: bytes) -> Any:
+        return exactjson.loads(data)
+
+    def json_dumps(self, data: Any) -> bytes:
+        return exactjson.dumps(data)
 
 
 class CompatibleClient(Elasticsearch):
@@ -47,11 +58,12 @@ def client_class(major: int) -> type[Elasticsearch]:
     return type(f"Elasticsearch{major}Client", (CompatibleClient,), {"compatible_with": major})
 
 
-def elasticsearch_client(settings: ConnectionSettings, version: str) -> Elasticsearch:
+def elasticsearch_client(settings: ConnectionSettings, version: str, pool_size: int = 1) -> Elasticsearch:
     kwargs: dict[str, Any] = {
         **settings.client_options(),
         "request_timeout": settings.request_timeout_s,
-        "serializer": OrjsonSerializer(),  # parsing _source is most of a page's client-side cost
+        "serializer": ExactSerializer(),
+        "connections_per_node": pool_size,  # one per request in flight, kept for reuse
     }
     if settings.api_key:
         kwargs["api_key"] = settings.api_key
@@ -65,7 +77,7 @@ def elasticsearch_client(settings: ConnectionSettings, version: str) -> Elastics
 class ElasticsearchReader(Reader):
     def __init__(self, settings: ConnectionSettings, version: str, **limits: Any) -> None:
         super().__init__(**limits)
-        self.client = elasticsearch_client(settings, version)
+        self.client = elasticsearch_client(settings, version, self.max_in_flight)
 
     def close(self) -> None:
         self.client.close()
@@ -88,6 +100,9 @@ class ElasticsearchReader(Reader):
 
     def _field_mapping(self, index: str, fields: list[str]) -> dict[str, Any]:
         return self.client.indices.get_field_mapping(index=index, fields=fields, allow_no_indices=False).body
+
+    def _mappings(self, index: str) -> dict[str, Any]:
+        return self.client.indices.get_mapping(index=index, allow_no_indices=False).body
 
     def _open_pit(self, index: str, keep_alive: str) -> str:
         return self.client.open_point_in_time(index=index, keep_alive=keep_alive)["id"]

@@ -10,30 +10,33 @@ from __future__ import annotations
 
 from typing import Any
 
-import orjson
 from opensearchpy import OpenSearch, TransportError, Urllib3AWSV4SignerAuth
 from opensearchpy.serializer import JSONSerializer
 
+from es_backfill import exactjson
 from es_backfill.engines import ConnectionSettings
 from es_backfill.source import Reader, error_reason
 
 
-class OrjsonSerializer(JSONSerializer):
-    """orjson for request and response bodies: parsing ``_source`` is most of a page's client-side cost."""
+class ExactSerializer(JSONSerializer):
+    """Bodies through :mod:`es_backfill.exactjson`: documents come back with every digit and code point."""
 
     def loads(self, s: str | bytes) -> Any:
-        return orjson.loads(s)
+        return exactjson.loads(s)
 
     def dumps(self, data: Any) -> str:
         if isinstance(data, str | bytes):  # already serialised, as the base class lets through
             return data  # type: ignore[return-value]
-        return orjson.dumps(data, default=self.default).decode()
+        return exactjson.dumps(data).decode()
 
 
-def opensearch_client(settings: ConnectionSettings) -> OpenSearch:
+def opensearch_client(settings: ConnectionSettings, pool_size: int = 1) -> OpenSearch:
     kwargs: dict[str, Any] = {
         **settings.client_options(),
-        "serializer": OrjsonSerializer(),
+        "serializer": ExactSerializer(),
+        # One connection per request a task may have in flight, each kept for reuse (urllib3's default of 1
+        # discarded a connection on most pages).
+        "pool_maxsize": pool_size,
         "timeout": settings.request_timeout_s,
         "ssl_show_warn": settings.verify_certs,
     }
@@ -54,7 +57,7 @@ def opensearch_client(settings: ConnectionSettings) -> OpenSearch:
 class OpenSearchReader(Reader):
     def __init__(self, settings: ConnectionSettings, **limits: Any) -> None:
         super().__init__(**limits)
-        self.client = opensearch_client(settings)
+        self.client = opensearch_client(settings, self.max_in_flight)
 
     def close(self) -> None:
         self.client.close()
@@ -81,6 +84,9 @@ class OpenSearchReader(Reader):
         return self.client.indices.get_field_mapping(
             index=index, fields=",".join(fields), params={"allow_no_indices": "false"}
         )
+
+    def _mappings(self, index: str) -> dict[str, Any]:
+        return self.client.indices.get_mapping(index=index, params={"allow_no_indices": "false"})
 
     def _open_pit(self, index: str, keep_alive: str) -> str:
         return self.client.create_pit(index=index, params={"keep_alive": keep_alive})["pit_id"]

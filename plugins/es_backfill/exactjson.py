@@ -1,0 +1,111 @@
+"""JSON that keeps a document exactly as the engine returned it.
+
+``_source`` is stored as it was sent, so a search returns numbers and strings that a fast parser
+would change: integers past 64 bits (orjson makes them floats, ``89014103211118510720`` becomes
+``8.901410321111851e+19``), floats written in a form that is not the shortest (``1.10``, ``1e5``),
+``-0``, and strings holding a lone surrogate (``"\\ud83d"``, which orjson refuses to parse, so one
+such document failed its window on every retry). Here:
+
+* :func:`loads` parses with the standard library (as fast as orjson on search responses, measured on
+  bench pages) and keeps every float's text: a float is a :class:`Number`, a ``float`` that remembers
+  how it was written. Integers are Python's, exact at any size; the integer ``-0`` is a :class:`Number`.
+  Lone surrogates stay in the string.
+* :func:`dumps` writes with orjson; a :class:`Number` comes out as its text, an integer past 64 bits
+  with all its digits, and a string with a lone surrogate with that surrogate escaped (``\\ud83d``),
+  the other characters as orjson writes them. Keys keep their order and form.
+
+So ``dumps(loads(text))`` has every number's digits and every string's code points of ``text``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import orjson
+
+__all__ = ["Number", "dumps", "loads"]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_NEGATIVE_ZERO = re.compile(r"(?:^|[:,\[\s])-0(?:$|[\s,\]}])")  # the integer -0 (or something in a string like it)
+
+
+class Number(float):
+    """A number as the engine wrote it: a ``float`` (so a transform can compute with it) whose :attr:`text`
+    is what :func:`dumps` writes."""
+
+    __slots__ = ("text",)
+    text: str
+
+    def __new__(cls, text: str) -> Number:
+        number = super().__new__(cls, text)
+        number.text = text
+        return number
+
+    def __repr__(self) -> str:
+        return self.text
+
+    def __reduce__(self) -> tuple[type[Number], tuple[str]]:
+        return Number, (self.text,)
+
+
+def _integer_keeping_negative_zero(text: str) -> int | Number:
+    return Number(text) if text == "-0" else int(text)
+
+
+_DECODER = json.JSONDecoder(parse_float=Number, parse_constant=Number)
+_DECODER_NEGATIVE_ZERO = json.JSONDecoder(
+    parse_float=Number, parse_constant=Number, parse_int=_integer_keeping_negative_zero
+)
+
+
+def loads(data: bytes | bytearray | str) -> Any:
+    """Parse ``data``, keeping every number's digits and every string's code points (see the module)."""
+    text = data if isinstance(data, str) else bytes(data).decode("utf-8", "surrogatepass")
+    # Integers are only parsed one by one where one might be -0: that hook costs a call per integer.
+    decoder = _DECODER_NEGATIVE_ZERO if _NEGATIVE_ZERO.search(text) else _DECODER
+    return decoder.decode(text)
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, Number):
+        return orjson.Fragment(value.text)
+    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+
+
+def dumps(value: Any, *, newline: bool = False, sort_keys: bool = False) -> bytes:
+    """``value`` as compact UTF-8 JSON (``newline``: with a trailing newline; ``sort_keys``: canonical key
+    order, for digests)."""
+    option = (orjson.OPT_APPEND_NEWLINE if newline else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
+    try:
+        return orjson.dumps(value, default=_default, option=option)
+    except TypeError:
+        # A big integer or a lone surrogate somewhere (rare): rewrite those values as JSON text, then again.
+        return orjson.dumps(_fragments(value, sort_keys), default=_default, option=option)
+
+
+def _fragments(value: Any, sort_keys: bool) -> Any:
+    """``value`` with what orjson cannot write replaced by :class:`orjson.Fragment`s of the exact JSON."""
+    if isinstance(value, str):
+        return value if value.isascii() or not _SURROGATE.search(value) else orjson.Fragment(_string(value))
+    if isinstance(value, bool) or value is None or isinstance(value, float):
+        return value
+    if isinstance(value, int):
+        return value if -(2**63) <= value < 2**64 else orjson.Fragment(str(value))
+    if isinstance(value, list | tuple):
+        return [_fragments(item, sort_keys) for item in value]
+    if isinstance(value, dict):
+        if all(isinstance(key, str) and (key.isascii() or not _SURROGATE.search(key)) for key in value):
+            return {key: _fragments(item, sort_keys) for key, item in value.items()}
+        items = sorted(value.items()) if sort_keys else value.items()
+        members = (_string(str(key)) + ":" + dumps(_fragments(item, sort_keys), sort_keys=sort_keys).decode(
+            "utf-8", "surrogatepass") for key, item in items)  # fmt: skip
+        return orjson.Fragment("{" + ",".join(members) + "}")
+    return value  # orjson or _default says what it cannot write
+
+
+def _string(text: str) -> str:
+    """``text`` as a JSON string, lone surrogates escaped as ``\\uXXXX``."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", quoted)

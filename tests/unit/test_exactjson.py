@@ -1,0 +1,113 @@
+"""Documents come out with every number's digits and every string's code points, as the engine returned them.
+
+The oracle is independent of the module under test: the standard library's parser with hooks that keep each
+number's text as a tagged token, so two documents compare equal only when every key (in order), string and
+number token is the same.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from es_backfill import exactjson
+
+
+def tokens(text: str | bytes) -> Any:
+    """``text`` as nested lists of (key, value) pairs, numbers as ("number", their text)."""
+
+    def number(raw: str) -> tuple[str, str]:
+        return ("number", raw)
+
+    return json.loads(
+        text,
+        parse_float=number,
+        parse_int=number,
+        parse_constant=number,
+        object_pairs_hook=lambda pairs: ("object", pairs),
+    )
+
+
+AWKWARD = [
+    '{"iccid": 89014103211118510720, "neg": -89014103211118510720, "u64": 18446744073709551615}',
+    '{"f": [1.10, 1e5, 1E+5, 1.0, -0.0, -0, 0, 5e-324, 1e308, 1.7976931348623157e308, 0.1, 12345678901234567890.5]}',
+    r'{"s": "see you \ud83d", "low": "\udc00 alone", "pair": "\ud83d\ude80", "nul": "a\u0000b", "ctl": "\u0001\u001f\u007f"}',
+    '{"rtl": "\u202eabc \u05e9\u05dc\u05d5\u05dd", "emoji": "\U0001f680\U0001f1e9\U0001f1ea", "sep": "\u2028\u2029"}',
+    r'{"\ud800key": {"a.b": 1, "a": {"b": 2}}, "empty": {}, "list": [], "nulls": [null, {"x": null}]}',
+    '{"deep": ' + '{"d": ' * 100 + "1" + "}" * 100 + "}",
+]
+
+
+@pytest.mark.parametrize("text", AWKWARD)
+def test_awkward_documents_round_trip_with_every_digit_and_code_point(text):
+    out = exactjson.dumps(exactjson.loads(text))
+    assert tokens(out) == tokens(text)
+    out.decode("utf-8")  # valid UTF-8: a lone surrogate is written as its escape
+
+
+def test_big_integers_keep_their_digits_where_orjson_would_make_them_floats():
+    text = b'{"iccid": 89014103211118510720, "price": 1.10}'
+    assert orjson.dumps(orjson.loads(text)) == b'{"iccid":8.901410321111851e+19,"price":1.1}'  # what main wrote
+    assert exactjson.dumps(exactjson.loads(text)) == b'{"iccid":89014103211118510720,"price":1.10}'
+
+
+def test_a_lone_surrogate_is_written_as_its_escape_instead_of_failing_the_window():
+    text = rb'{"text": "see you \ud83d"}'
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(text)
+    assert exactjson.dumps(exactjson.loads(text)) == rb'{"text":"see you \ud83d"}'
+
+
+def test_numbers_stay_numbers_a_transform_can_compute_with():
+    value = exactjson.loads('{"a": 1.10, "b": 2}')
+    assert value["a"] * 2 == 2.2 and isinstance(value["a"], float) and value["b"] + 1 == 3
+
+
+def test_canonical_dumps_sorts_keys_whatever_their_order():
+    one, other = exactjson.loads('{"b": 1, "a": [1.10]}'), exactjson.loads('{"a": [1.10], "b": 1}')
+    assert exactjson.dumps(one, sort_keys=True) == exactjson.dumps(other, sort_keys=True) == b'{"a":[1.10],"b":1}'
+
+
+def _number_text() -> st.SearchStrategy[str]:
+    digits = st.text("0123456789", min_size=1, max_size=40).map(lambda d: d.lstrip("0") or "0")
+    fraction = st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=25).map(lambda d: "." + d))
+    exponent = st.one_of(
+        st.just(""),
+        st.tuples(st.sampled_from("eE"), st.sampled_from(["", "+", "-"]), st.integers(0, 320)).map(
+            lambda t: f"{t[0]}{t[1]}{t[2]}"
+        ),
+    )
+    return st.tuples(st.sampled_from(["", "-"]), digits, fraction, exponent).map("".join)
+
+
+def _string_text() -> st.SearchStrategy[str]:
+    # Any code point, lone surrogates and controls included, written as JSON writes them (escaped or not).
+    return st.text(st.characters(codec=None), max_size=12).map(lambda s: json.dumps(s, ensure_ascii=True))
+
+
+def _json_text() -> st.SearchStrategy[str]:
+    scalars = st.one_of(_number_text(), _string_text(), st.sampled_from(["true", "false", "null"]))
+    return st.recursive(
+        scalars,
+        lambda children: st.one_of(
+            st.lists(children, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
+            # Unique keys: the engines refuse a document that repeats a key.
+            st.lists(st.tuples(_string_text(), children), max_size=4, unique_by=lambda m: json.loads(m[0])).map(
+                lambda members: "{" + ",".join(f"{k}: {v}" for k, v in members) + "}"
+            ),
+        ),
+        max_leaves=12,
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(_json_text())
+def test_generated_documents_round_trip_token_for_token(text):
+    out = exactjson.dumps(exactjson.loads(text))
+    assert tokens(out) == tokens(text)
+    assert exactjson.dumps(exactjson.loads(out)) == out  # and writing again changes nothing
