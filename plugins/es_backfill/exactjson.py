@@ -6,10 +6,11 @@ would change: integers past 64 bits (orjson makes them floats, ``890141032111185
 ``-0``, and strings holding a lone surrogate (``"\\ud83d"``, which orjson refuses to parse, so one
 such document failed its window on every retry). Here:
 
-* :func:`loads` parses with the standard library (as fast as orjson on search responses, measured on
-  bench pages) and keeps every float's text: a float is a :class:`Number`, a ``float`` that remembers
-  how it was written. Integers are Python's, exact at any size; the integer ``-0`` is a :class:`Number`.
-  Lone surrogates stay in the string.
+* :func:`loads` parses with the standard library (the cyclic garbage collector paused meanwhile) and keeps
+  every float's text: a float is a :class:`Number`, a ``float`` that remembers how it was written.
+  Integers are Python's, exact at any size; the integer ``-0`` is a :class:`Number`. Lone surrogates
+  stay in the string. On a bench page (10 MiB, 31,865 documents) it takes 130 ms of CPU where orjson
+  took 106 ms, and writing records 18 ms where orjson took 16 ms.
 * :func:`dumps` writes with orjson; a :class:`Number` comes out as its text, an integer past 64 bits
   with all its digits, and a string with a lone surrogate with that surrogate escaped (``\\ud83d``),
   the other characters as orjson writes them. Keys keep their order and form.
@@ -19,6 +20,7 @@ So ``dumps(loads(text))`` has every number's digits and every string's code poin
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 from typing import Any
@@ -28,7 +30,9 @@ import orjson
 __all__ = ["Number", "dumps", "loads"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_NEGATIVE_ZERO = re.compile(r"(?:^|[:,\[\s])-0(?:$|[\s,\]}])")  # the integer -0 (or something in a string like it)
+# The integer -0 (or something in a string like it): a cheap test (a literal search, about 4 ms on a 10 MB
+# page) that spares most responses a call per integer.
+_NEGATIVE_ZERO = re.compile(r"-0(?:[,\]} \n\r\t]|$)")
 
 
 class Number(float):
@@ -63,9 +67,16 @@ _DECODER_NEGATIVE_ZERO = json.JSONDecoder(
 def loads(data: bytes | bytearray | str) -> Any:
     """Parse ``data``, keeping every number's digits and every string's code points (see the module)."""
     text = data if isinstance(data, str) else bytes(data).decode("utf-8", "surrogatepass")
-    # Integers are only parsed one by one where one might be -0: that hook costs a call per integer.
     decoder = _DECODER_NEGATIVE_ZERO if _NEGATIVE_ZERO.search(text) else _DECODER
-    return decoder.decode(text)
+    # A page makes a few hundred thousand objects, none in a cycle: the cyclic collector would walk them again
+    # and again as they are made (measured: parsing took 3 times as long with it).
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return decoder.decode(text)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def _default(value: Any) -> Any:

@@ -146,6 +146,7 @@ READ_ONLY_REQUESTS = (
     ("POST", r"/[^/_][^/]*/_search/point_in_time"),  # OpenSearch: create a point in time
     ("DELETE", r"/_search/point_in_time"),
     ("GET", r"/[^/_][^/]*/_mapping/field/[^/]+"),  # field mappings
+    ("GET", r"/[^/_][^/]*/_mapping"),  # an index's mappings, where a shaped field is in no field mapping
 )
 
 

@@ -227,6 +227,7 @@ def test_the_read_only_allowlist_refuses_writes_and_admin_calls():
               ("POST", "/m/_search/template"), ("DELETE", "/m/_doc/1"), ("POST", "/m/_refresh")]  # fmt: skip
     reads = [("GET", "/"), ("POST", "/m/_search"), ("POST", "/_search"), ("POST", "/m/_count"), ("POST", "/m/_pit"),
              ("DELETE", "/_pit"), ("POST", "/m/_search/point_in_time"), ("DELETE", "/_search/point_in_time"),
-             ("POST", "/_search/scroll"), ("DELETE", "/_search/scroll"), ("GET", "/m/_mapping/field/a,b")]  # fmt: skip
+             ("POST", "/_search/scroll"), ("DELETE", "/_search/scroll"), ("GET", "/m/_mapping/field/a,b"),
+             ("GET", "/m/_mapping")]  # fmt: skip
     requests = [Request(method=m, path=p) for m, p in writes + reads]
     assert not_read_only(requests) == [f"{m} {p}" for m, p in writes]

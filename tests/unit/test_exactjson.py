@@ -36,7 +36,8 @@ def tokens(text: str | bytes) -> Any:
 AWKWARD = [
     '{"iccid": 89014103211118510720, "neg": -89014103211118510720, "u64": 18446744073709551615}',
     '{"f": [1.10, 1e5, 1E+5, 1.0, -0.0, -0, 0, 5e-324, 1e308, 1.7976931348623157e308, 0.1, 12345678901234567890.5]}',
-    r'{"s": "see you \ud83d", "low": "\udc00 alone", "pair": "\ud83d\ude80", "nul": "a\u0000b", "ctl": "\u0001\u001f\u007f"}',
+    r'{"s": "see you \ud83d", "low": "\udc00 alone", "pair": "\ud83d\ude80", "nul": "a\u0000b",'
+    r' "ctl": "\u0001\u001f\u007f"}',
     '{"rtl": "\u202eabc \u05e9\u05dc\u05d5\u05dd", "emoji": "\U0001f680\U0001f1e9\U0001f1ea", "sep": "\u2028\u2029"}',
     r'{"\ud800key": {"a.b": 1, "a": {"b": 2}}, "empty": {}, "list": [], "nulls": [null, {"x": null}]}',
     '{"deep": ' + '{"d": ' * 100 + "1" + "}" * 100 + "}",
