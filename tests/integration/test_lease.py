@@ -115,3 +115,41 @@ def test_many_tasks_of_the_holding_run_renewing_at_once_all_keep_it(store, s3_bu
     assert failures == []
     renewed = datetime.fromisoformat(orjson.loads(store.get(lease_key(config)))["expires"])
     assert renewed > datetime.now(UTC)
+
+
+def test_a_run_that_lost_the_lease_commits_no_further_object_and_writes_no_manifest_over_changed_bytes(
+    store, s3_bucket
+):
+    from es_backfill.extract import _require_own_bytes
+    from es_backfill.lease import Heartbeat
+    from es_backfill.sink import PartWriter
+    from es_backfill.windows import Window
+
+    config = _config(s3_bucket)
+    hold(store, config, FIRST)
+    heartbeat = Heartbeat(store, config, FIRST)
+    writer = PartWriter(store, "leases/w", "jsonl", max_records=1, max_bytes=10**9, before_commit=heartbeat.confirm)
+    writer.write("m1", b'{"a":1}\n')  # committed while the lease is FIRST's
+    hold(store, config, SECOND, force=True)  # taken over with force_lease
+    heartbeat._confirmed = float("-inf")  # a second later
+    with pytest.raises(LeaseHeld):
+        writer.write("m2", b'{"a":2}\n')  # the part is complete but not committed
+    writer.abort()
+    assert [o["Key"] for o in store.list("leases/w/")] == ["leases/w/part-00000.jsonl"]
+    # The new holder overwrites that part: the old holder's ETag no longer matches, so it writes no manifest.
+    store.put("leases/w/part-00000.jsonl", b'{"a":"new"}\n')
+    window = Window(datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 2, tzinfo=UTC))
+    with pytest.raises(LeaseHeld, match="objects changed after this attempt uploaded them"):
+        _require_own_bytes(window, list(store.list("leases/w/")), writer.etags)
+
+
+def test_plan_refuses_an_s3_that_ignores_conditional_writes(store, s3_bucket, monkeypatch):
+    from es_backfill.config import ConfigError
+    from es_backfill.lease import require_conditional_writes
+
+    config = _config(s3_bucket)
+    require_conditional_writes(store, config)  # the test server honours If-None-Match
+    monkeypatch.setattr(store, "put_conditional", lambda key, data, **condition: store.put(key, data))
+    with pytest.raises(ConfigError, match="accepted a second If-None-Match"):
+        require_conditional_writes(store, config)
+    assert list(store.list("leases/")) == []  # the probe is gone
