@@ -1,37 +1,16 @@
 """Documents come out with every number's digits and every string's code points, as the engine returned them.
 
-The oracle is independent of the module under test: the standard library's parser with hooks that keep each
-number's text as a tagged token, so two documents compare equal only when every key (in order), string and
-number token is the same.
+The oracle (``tests.json_text.tokens``) is independent of the module under test.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any
-
 import orjson
 import pytest
 from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from es_backfill import exactjson
-
-
-def tokens(text: str | bytes) -> Any:
-    """``text`` as nested lists of (key, value) pairs, numbers as ("number", their text)."""
-
-    def number(raw: str) -> tuple[str, str]:
-        return ("number", raw)
-
-    return json.loads(
-        text,
-        parse_float=number,
-        parse_int=number,
-        parse_constant=number,
-        object_pairs_hook=lambda pairs: ("object", pairs),
-    )
-
+from tests.json_text import tokens, value_text
 
 AWKWARD = [
     '{"iccid": 89014103211118510720, "neg": -89014103211118510720, "u64": 18446744073709551615}',
@@ -74,40 +53,8 @@ def test_canonical_dumps_sorts_keys_whatever_their_order():
     assert exactjson.dumps(one, sort_keys=True) == exactjson.dumps(other, sort_keys=True) == b'{"a":[1.10],"b":1}'
 
 
-def _number_text() -> st.SearchStrategy[str]:
-    digits = st.text("0123456789", min_size=1, max_size=40).map(lambda d: d.lstrip("0") or "0")
-    fraction = st.one_of(st.just(""), st.text("0123456789", min_size=1, max_size=25).map(lambda d: "." + d))
-    exponent = st.one_of(
-        st.just(""),
-        st.tuples(st.sampled_from("eE"), st.sampled_from(["", "+", "-"]), st.integers(0, 320)).map(
-            lambda t: f"{t[0]}{t[1]}{t[2]}"
-        ),
-    )
-    return st.tuples(st.sampled_from(["", "-"]), digits, fraction, exponent).map("".join)
-
-
-def _string_text() -> st.SearchStrategy[str]:
-    # Any code point, lone surrogates and controls included, written as JSON writes them (escaped or not).
-    return st.text(st.characters(codec=None), max_size=12).map(lambda s: json.dumps(s, ensure_ascii=True))
-
-
-def _json_text() -> st.SearchStrategy[str]:
-    scalars = st.one_of(_number_text(), _string_text(), st.sampled_from(["true", "false", "null"]))
-    return st.recursive(
-        scalars,
-        lambda children: st.one_of(
-            st.lists(children, max_size=4).map(lambda items: "[" + ", ".join(items) + "]"),
-            # Unique keys: the engines refuse a document that repeats a key.
-            st.lists(st.tuples(_string_text(), children), max_size=4, unique_by=lambda m: json.loads(m[0])).map(
-                lambda members: "{" + ",".join(f"{k}: {v}" for k, v in members) + "}"
-            ),
-        ),
-        max_leaves=12,
-    )
-
-
 @settings(max_examples=400, deadline=None)
-@given(_json_text())
+@given(value_text())
 def test_generated_documents_round_trip_token_for_token(text):
     out = exactjson.dumps(exactjson.loads(text))
     assert tokens(out) == tokens(text)
