@@ -369,12 +369,19 @@ class _OneConnection:
             self.send("close_point_in_time", "DELETE", "/_pit", {"id": pit["id"]})
 
     def pages(
-        self, pit: dict[str, str], query: dict[str, Any], sort: list[Any], size: int, source: Any = True
+        self,
+        pit: dict[str, str],
+        query: dict[str, Any],
+        sort: list[Any],
+        size: int,
+        source: Any = True,
+        docvalues: list[str] | None = None,
     ) -> Iterator[list[dict[str, Any]]]:
         """``search_after`` pages in ``pit``, sorted by ``sort`` + ``_shard_doc``, until a short one."""
         search_after = None
         while True:
-            body = {"query": query, "sort": [*sort, "_shard_doc"], "size": size, "_source": source}
+            body = {"query": query, "_source": source, "sort": [*sort, "_shard_doc"], "size": size}
+            body |= {"docvalue_fields": docvalues} if docvalues else {}
             body |= {"pit": pit, "track_total_hits": False}
             if search_after is not None:
                 body["search_after"] = search_after
@@ -411,15 +418,16 @@ class _CeilingLookup:
             sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
             body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
             source = spec.source_filter()
-            if source is not True:
-                body["_source"] = source
+            docvalues = None if source is True else [spec.join_field]  # as enrich reads the join field
+            if docvalues:
+                body |= {"_source": source, "docvalue_fields": docvalues}
             hits = len(self.es.search(spec.index, body)["hits"]["hits"])
             if hits >= self.page_size:
                 if spec.name not in self._pits:
                     self._pits[spec.name] = self._stack.enter_context(
                         self.es.point_in_time(spec.index, self.keep_alive)
                     )
-                pages = self.es.pages(self._pits[spec.name], query, sort, self.page_size, source)
+                pages = self.es.pages(self._pits[spec.name], query, sort, self.page_size, source, docvalues)
                 hits = sum(len(page) for page in pages)
             found += hits
         return found

@@ -308,3 +308,26 @@ def test_plan_accepts_fields_stored_but_not_mapped_and_refuses_multi_fields_and_
     ]
     typo = problems([{"field": "message.paylod.card", "action": "drop"}], source_excludes=["sendr"])
     assert len(typo) == 2 and all("is not mapped in index" in p and "nor inside an object mapped" in p for p in typo)
+
+
+@pytest.mark.parametrize("engine", ENGINES[1:2], indirect=True)
+def test_a_task_keeps_its_connections_and_refuses_a_cluster_other_than_the_planned_one(
+    corpus, engine, s3_server, s3_bucket, caplog
+):
+    from es_backfill.config import ConfigError, from_params, load_defaults
+    from es_backfill.extract import run_window
+    from es_backfill.sink import ObjectStore
+    from es_backfill.windows import Window
+    from tests.integration.support import reader_at, s3_client
+
+    config = from_params(_conf(s3_bucket), load_defaults(Path(__file__).resolve().parents[2] / "include" / DEFAULTS))
+    store = ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
+    window = Window(utc(2024, 3, 1), utc(2024, 3, 2))
+    with reader_at(engine.url, max_in_flight=3) as reader:
+        with pytest.raises(ConfigError, match="was planned on cluster 'another-cluster'"):
+            run_window(config.with_cluster("another-cluster"), window, reader, store)
+        assert list(store.list("fid/")) == []  # nothing written
+        with caplog.at_level("WARNING", logger="urllib3.connectionpool"):
+            result = run_window(config.with_cluster(reader.cluster.cluster_uuid), window, reader, store)
+    assert result.messages > 50 and reader.peak_in_flight > 1  # lookups overlapped
+    assert not [r for r in caplog.records if "Connection pool is full" in r.getMessage()]

@@ -116,3 +116,37 @@ def test_without_a_tiebreaker_the_largest_page_still_fits_one_request():
     reader._search = recording  # type: ignore[method-assign]
     assert [len(page) for page in _pages(reader, size=10_000)] == [9_999, 2]
     assert max(sizes) == 10_000  # index.max_result_window
+
+
+def test_two_batches_on_one_point_in_time_are_read_one_at_a_time_and_both_whole_after_losses():
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    class Recording(FakeReader):
+        """Notes how many searches run at once: a reopen in one batch must not meet a search of the other."""
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.active = self.most = 0
+            self.guard = threading.Lock()
+
+        def _search(self, index, body, scroll):
+            with self.guard:
+                self.active += 1
+                self.most = max(self.most, self.active)
+            try:
+                time.sleep(0.002)
+                return super()._search(index, body, scroll)
+            finally:
+                with self.guard:
+                    self.active -= 1
+
+    docs = [(i, f"id{i:02d}", f"d{i}") for i in range(30)]
+    reader = Recording(docs, lose_on={3, 7, 12})
+    reader.max_in_flight = 4
+    reader._slots = threading.BoundedSemaphore(4)  # the reader would let both through: the snapshot must not
+    with reader.snapshot("related", "1m") as snapshot, ThreadPoolExecutor(2) as pool:
+        batches = list(pool.map(lambda _: snapshot.collect({}, SORT, 4), range(2)))
+    assert reader.most == 1
+    assert [sorted(hit["_id"] for hit in batch) for batch in batches] == [sorted(n for *_, n in docs)] * 2
