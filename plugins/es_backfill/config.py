@@ -568,7 +568,7 @@ def _redact_rules(raw: Mapping[str, Any], related_names: list[str], problems: li
     for i, item in enumerate(raw.get("redact", [])):
         rule = RedactRule(item["field"], item["action"], item.get("keep_start", 0), item.get("keep_end", 0))
         where = f"source.redact[{i}]"
-        if "." not in rule.field or rule.section not in sections or not rule.path:
+        if "." not in rule.field or rule.section not in sections or "" in rule.path.split("."):
             problems.append(
                 f"{where}.field {rule.field!r} must be a section and a field path: "
                 f"one of {', '.join(f'{s}.<field>' for s in sections)}"
@@ -581,6 +581,12 @@ def _redact_rules(raw: Mapping[str, Any], related_names: list[str], problems: li
             )
         elif any(r.field == rule.field for r in rules):
             problems.append(f"{where}.field {rule.field!r} has a rule already: one rule per field")
+        elif overlapping := [r.field for r in rules if rule.field.startswith(r.field + ".")
+                             or r.field.startswith(rule.field + ".")]:  # fmt: skip
+            problems.append(
+                f"{where}.field {rule.field!r} lies in or holds {overlapping[0]!r}, which has a rule already: one rule "
+                "would redact what the other did (differently in dotted and nested documents); keep one of them"
+            )
         if rule.action == "hash" and not raw.get("redaction_key_conn_id"):
             problems.append(
                 f"{where} hashes {rule.field!r}, which needs source.redaction_key_conn_id: an Airflow connection "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import threading
 from typing import Any
 
 import orjson
@@ -37,46 +38,74 @@ _NEGATIVE_ZERO = re.compile(r"-0(?:[,\]} \n\r\t]|$)")
 
 class Number(float):
     """A number as the engine wrote it: a ``float`` (so a transform can compute with it) whose :attr:`text`
-    is what :func:`dumps` writes."""
+    (read-only: records may share it) is what :func:`dumps` writes."""
 
-    __slots__ = ("text",)
-    text: str
+    __slots__ = ("_text",)
 
     def __new__(cls, text: str) -> Number:
         number = super().__new__(cls, text)
-        number.text = text
+        number._text = text
         return number
 
+    @property
+    def text(self) -> str:
+        return self._text
+
     def __repr__(self) -> str:
-        return self.text
+        return self._text
 
     def __reduce__(self) -> tuple[type[Number], tuple[str]]:
-        return Number, (self.text,)
+        return Number, (self._text,)
 
 
-def _integer_keeping_negative_zero(text: str) -> int | Number:
-    return Number(text) if text == "-0" else int(text)
+def _integer(text: str) -> int | Number:
+    """An integer token: ``-0`` and integers longer than Python converts (4,300 digits) keep their text."""
+    return Number(text) if text == "-0" or len(text) > 4000 else int(text)
 
 
 _DECODER = json.JSONDecoder(parse_float=Number, parse_constant=Number)
-_DECODER_NEGATIVE_ZERO = json.JSONDecoder(
-    parse_float=Number, parse_constant=Number, parse_int=_integer_keeping_negative_zero
-)
+_DECODER_EVERY_INTEGER = json.JSONDecoder(parse_float=Number, parse_constant=Number, parse_int=_integer)
+
+
+class _CollectorPause:
+    """Pauses the cyclic garbage collector while any thread parses (the reader's threads parse at once): the
+    first parse to start turns it off if it was on, the last to end turns it back on."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._parsing = 0
+        self._was_enabled = False
+
+    def __enter__(self) -> None:
+        with self._lock:
+            if self._parsing == 0:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._parsing += 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        with self._lock:
+            self._parsing -= 1
+            if self._parsing == 0 and self._was_enabled:
+                gc.enable()
+
+
+_PAUSE = _CollectorPause()
 
 
 def loads(data: bytes | bytearray | str) -> Any:
     """Parse ``data``, keeping every number's digits and every string's code points (see the module)."""
     text = data if isinstance(data, str) else bytes(data).decode("utf-8", "surrogatepass")
-    decoder = _DECODER_NEGATIVE_ZERO if _NEGATIVE_ZERO.search(text) else _DECODER
+    decoder = _DECODER_EVERY_INTEGER if _NEGATIVE_ZERO.search(text) else _DECODER
     # A page makes a few hundred thousand objects, none in a cycle: the cyclic collector would walk them again
     # and again as they are made (measured: parsing took 3 times as long with it).
-    collecting = gc.isenabled()
-    gc.disable()
-    try:
-        return decoder.decode(text)
-    finally:
-        if collecting:
-            gc.enable()
+    with _PAUSE:
+        try:
+            return decoder.decode(text)
+        except ValueError as err:
+            if "Exceeds the limit" not in str(err):
+                raise
+            return _DECODER_EVERY_INTEGER.decode(text)  # an integer of thousands of digits: keep its text
 
 
 def _default(value: Any) -> Any:

@@ -170,9 +170,11 @@ def run_window(
                         dropped += 1
                         continue
                     related.update(related_counts(record, config.source.related))
-                    writer.write(
-                        message_id, dumps_document(record) if config.output_format == "json" else dumps_line(record)
-                    )
+                    try:
+                        data = dumps_document(record) if config.output_format == "json" else dumps_line(record)
+                    except TypeError as err:  # only a transform can put what JSON cannot hold in a record
+                        raise shaper.unwritable(record, err) if shaper is not None else err from err
+                    writer.write(message_id, data)
                     ids.wrote(message_id)
                 read += len(page)
                 progress.update(read)

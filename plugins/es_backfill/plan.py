@@ -105,10 +105,16 @@ def _check_paths(reader: Reader, index: str, paths: list[str]) -> list[str]:
     unmapped = []
     for path in dict.fromkeys(paths):
         parent = _multi_field_parent(path, mapped)
+        target = (mapped.get(path) or {}).get("path") if (mapped.get(path) or {}).get("type") == "alias" else None
         if parent is not None:
             problems.append(
                 f"field {path!r} (in _source selection or a redaction rule) of index {index!r} is a multi-field of "
                 f"{parent!r}, which _source does not hold: name {parent!r} instead"
+            )
+        elif target is not None:
+            problems.append(
+                f"field {path!r} (in _source selection or a redaction rule) of index {index!r} is an alias of "
+                f"{target!r}, and _source holds the value under {target!r} only: name {target!r} instead"
             )
         elif not any(fnmatch.fnmatchcase(field, path) or field.startswith(f"{path}.") for field in mapped):
             unmapped.append(path)
@@ -170,6 +176,8 @@ def _stored_unmapped(mapping: dict[str, Any], path: str) -> bool:
             return dynamic in _STORED_NOT_INDEXED
         if key == rest:
             return True  # an object of the mapping (a field would have had a field mapping)
+        if properties[key].get("type", "object") not in ("object", "nested"):
+            return False  # a field holds no fields (its multi-fields are not in _source)
         node, rest = properties[key], rest[len(key) + 1 :]
 
 

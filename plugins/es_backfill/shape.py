@@ -104,12 +104,21 @@ class Shaper:
             self._check_shape(shaped, record)
         return shaped
 
+    def unwritable(self, record: dict[str, Any], err: TypeError) -> TransformError:
+        """The error for a record the transform returned with a value JSON cannot hold (a set, a datetime)."""
+        return TransformError(
+            f"transform {self.transform_name} returned a record that cannot be written as JSON (message "
+            f"{record.get('message_id')!r}): {err}; return only objects, lists, strings, numbers, booleans and null"
+        )
+
     def _check_shape(self, shaped: Any, record: dict[str, Any]) -> None:
         """Raise :class:`TransformError` unless ``shaped`` is still a record of ``record``'s message."""
         if not isinstance(shaped, dict):
             problem = f"returned a {type(shaped).__name__}: return the record (a dict) or None to drop it"
         elif shaped.get("message_id") != record["message_id"] or shaped.get("window") != record["window"]:
             problem = "changed message_id or window, which address the record: keep them as they are"
+        elif not isinstance(shaped.get("message"), dict):
+            problem = "left message out or made it something else than an object: return the message as an object"
         else:
             wrong = [
                 spec.name

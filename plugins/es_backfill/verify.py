@@ -178,7 +178,7 @@ class _Tally:
             record = {}  # counted, and reported below as not of this window
         message_id = record.get("message_id")
         self.seen.ids.add(message_id, f"a record of window {self.window.label}")
-        self._sha.update(f"{message_id}\n".encode())
+        self._sha.update(f"{message_id}\n".encode("utf-8", "surrogatepass"))
         if message_id is not None:
             self._batch.append(str(message_id))
         if record.get("window") != self.window.key or not self._in_window(record.get("message")):

@@ -191,6 +191,10 @@ BAD_CONFS = [
     ({"source": {"redact": [{"field": "message.sender.*", "action": "drop"}]}},
      "source.redact[0].field 'message.sender.*' is a pattern, but a rule names one field"),
     ({"source": {"redact": [{"field": "message.send*", "action": "mask"}]}}, "'message.send*' is a pattern"),
+    ({"source": {"redact": [{"field": "message.sender.", "action": "drop"}]}},
+     "source.redact[0].field 'message.sender.' must be a section and a field path"),
+    ({"source": {"redact": [{"field": "message.a", "action": "drop"}, {"field": "message.a.b", "action": "mask"}]}},
+     "source.redact[1].field 'message.a.b' lies in or holds 'message.a', which has a rule already"),
     # The id and timestamp address the record and its window.
     ({"source": {"redact": [{"field": "message.message_id", "action": "hash"}], "redaction_key_conn_id": "k"}},
      "would redact the messages' id field 'message_id'"),

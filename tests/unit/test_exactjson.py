@@ -43,6 +43,22 @@ def test_a_lone_surrogate_is_written_as_its_escape_instead_of_failing_the_window
     assert exactjson.dumps(exactjson.loads(text)) == rb'{"text":"see you \ud83d"}'
 
 
+def test_integers_of_thousands_of_digits_keep_them_too():
+    text = "[" + "7" * 5000 + ", -" + "3" * 4400 + "]"
+    assert exactjson.dumps(exactjson.loads(text)).decode() == text.replace(" ", "")
+
+
+def test_parsing_in_many_threads_leaves_the_garbage_collector_as_it_found_it():
+    import gc
+    from concurrent.futures import ThreadPoolExecutor
+
+    page = ('{"hits": [' + ", ".join(['{"a": 1.10, "b": [1, 2, 3]}'] * 2000) + "]}").encode()
+    assert gc.isenabled()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(lambda _: exactjson.loads(page), range(200)))
+    assert gc.isenabled()
+
+
 def test_numbers_stay_numbers_a_transform_can_compute_with():
     value = exactjson.loads('{"a": 1.10, "b": 2}')
     assert value["a"] * 2 == 2.2 and isinstance(value["a"], float) and value["b"] + 1 == 3

@@ -104,6 +104,10 @@ def change_id(record):
     return {**record, "message_id": "other"}
 
 
+def drop_message(record):
+    return {**record, "message": ["x"]}
+
+
 def test_each_record_handed_to_a_transform_is_its_own():
     shared, record = _record()
     second = {**record, "message_id": "m2", "window": "w", "message": {"sender": "b"}}
@@ -116,7 +120,11 @@ def test_each_record_handed_to_a_transform_is_its_own():
 
 @pytest.mark.parametrize(
     ("transform", "problem"),
-    [("drop_audit_key", "left audit out or changed its kind"), ("change_id", "changed message_id or window")],
+    [
+        ("drop_audit_key", "left audit out or changed its kind"),
+        ("change_id", "changed message_id or window"),
+        ("drop_message", "left message out or made it something else than an object"),
+    ],
 )
 def test_a_transform_that_breaks_the_record_fails_as_a_transform_error_naming_it(transform, problem):
     _, record = _record()
