@@ -300,8 +300,9 @@ def test_plan_accepts_fields_stored_but_not_mapped_and_refuses_multi_fields_and_
         return []
 
     stored = [{"field": f"message.{path}", "action": "drop"}
-              for path in ("payload.card", "payload", "raw.secret", "raw.deep.pan", "raw.known", "sender")]  # fmt: skip
+              for path in ("payload.card", "raw.secret", "raw.deep.pan", "raw.known", "sender")]  # fmt: skip
     assert problems(stored, source_fields=["message_id", "@timestamp", "payload.iccid", "raw.deep"]) == []
+    assert problems([{"field": "message.payload", "action": "drop"}]) == []  # the object mapped enabled: false
     assert problems([{"field": "message.subject.keyword", "action": "drop"}]) == [
         f"field 'subject.keyword' (in _source selection or a redaction rule) of index {MESSAGES!r} is a multi-field "
         "of 'subject', which _source does not hold: name 'subject' instead"
