@@ -84,19 +84,19 @@ def _reader(config: BackfillConfig) -> Reader:
     tags=["backfill", "elasticsearch", "s3"],
     default_args={"retries": 2, "retry_delay": RETRY_DELAY, "retry_exponential_backoff": True},
     params={
+        # start, end and s3_bucket have no default: a trigger without them is refused, never run on an example.
         "start": Param(
-            "2024-03-01",
             type="string",
             pattern=INSTANT_PATTERN,
             title="Start (UTC, inclusive)",
-            description="First instant to copy: a date (2024-03-01) or date-time (2024-03-01T06:00:00Z).",
+            description="Required. First instant to copy: a date (2024-03-01) or date-time (2024-03-01T06:00:00Z).",
         ),
         "end": Param(
-            "2024-03-08",
             type="string",
             pattern=INSTANT_PATTERN,
             title="End (UTC, exclusive)",
-            description="First instant not copied; must be after start. The range is [start, end).",
+            description="Required. First instant not copied, e.g. 2024-03-08; must be after start. The range is "
+            "[start, end).",
         ),
         "window": Param(
             "1d",
@@ -122,14 +122,18 @@ def _reader(config: BackfillConfig) -> Reader:
             "of the same range resumes into the same keys.",
         ),
         "s3_bucket": Param(
-            "es-backfill",
             type="string",
             pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$",
             title="S3 bucket",
-            description="Bucket that receives the output (through the aws_default connection).",
+            description="Required. Bucket that receives the output (through the aws_default connection), e.g. "
+            "my-team-exports.",
         ),
         "s3_prefix": Param(
-            "es-backfill", type="string", title="S3 prefix", description="Key prefix above the backfill folder."
+            "",
+            type="string",
+            title="S3 prefix",
+            description="Key prefix above the backfill folder; empty: the backfill folder is at the bucket's root "
+            "(as the command line reads the same conf).",
         ),
         "output_format": Param(
             "jsonl.gz",

@@ -8,10 +8,12 @@ One ``messages`` index and three related indices keyed by ``message_id``:
 
 A share of messages (``no_related_ratio``) has no related document at all. Text mixes
 scripts and emoji. Everything is a pure function of the :class:`DatasetSpec`, so the same
-seed gives the same documents; :func:`load` bulk-loads them with the client's bulk
-helpers and returns how many documents each index received.
+seed gives the same documents; :func:`load` creates the indices and bulk-loads them with
+the client's bulk helpers, and returns how many documents each index received. It never
+deletes or writes an index that exists already (:class:`IndexExists`): on a cluster of
+yours, seed under names of your own (``--prefix``).
 
-Command line: ``python -m include.dev.datagen --messages 10000 --start 2024-03-01 --end 2024-03-08``.
+Command line: ``python -m include.dev.datagen --es-url URL --messages 10000 --prefix try-1-``.
 """
 
 from __future__ import annotations
@@ -208,25 +210,34 @@ def _related(
         )
 
 
-def create_indices(es: Any, names: IndexNames, *, recreate: bool = True) -> None:
-    """Create the four indices from the mappings in ``include/mappings`` (dropping old ones if asked)."""
+class IndexExists(RuntimeError):
+    """A seeding helper was asked to write an index that already exists: it only writes indices it creates."""
+
+
+def create_indices(es: Any, names: IndexNames) -> None:
+    """Create the four indices from the mappings in ``include/mappings``. An index that exists already is never
+    deleted or written to (it may be somebody's data): :class:`IndexExists`, before anything is created."""
+    existing = [names.of(role) for role in ROLES if es.indices.exists(index=names.of(role))]
+    if existing:
+        raise IndexExists(
+            f"index {', '.join(existing)} exists on this cluster already; the seeding helpers only write indices "
+            "they create, so they never touch data of yours: seed under other names (IndexNames, or the demo's "
+            "and the bench's own tagged names)"
+        )
     for role in ROLES:
-        body = json.loads((MAPPINGS_DIR / f"{role}.json").read_text())
-        name = names.of(role)
-        if recreate:
-            es.indices.delete(index=name, ignore_unavailable=True)
-        es.indices.create(index=name, body=body)
+        es.indices.create(index=names.of(role), body=json.loads((MAPPINGS_DIR / f"{role}.json").read_text()))
 
 
-def load(es: Any, spec: DatasetSpec, *, chunk_size: int = 2000, recreate: bool = True) -> DatasetCounts:
-    """Create the indices, bulk-load the dataset, refresh, and return the per-index counts. ``es`` is an
-    elasticsearch-py client, or an opensearch-py one (for OpenSearch and Elasticsearch before 7.14)."""
+def load(es: Any, spec: DatasetSpec, *, chunk_size: int = 2000) -> DatasetCounts:
+    """Create the indices (:class:`IndexExists` if one exists), bulk-load the dataset, refresh, and return the
+    per-index counts. ``es`` is an elasticsearch-py client, or an opensearch-py one (for OpenSearch and
+    Elasticsearch before 7.14)."""
     if type(es).__module__.startswith("opensearchpy"):
         from opensearchpy import helpers
     else:
         from elasticsearch import helpers  # type: ignore[no-redef]
 
-    create_indices(es, spec.indices, recreate=recreate)
+    create_indices(es, spec.indices)
     counts = DatasetCounts()
 
     def actions() -> Iterator[dict[str, Any]]:
@@ -255,12 +266,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--start", type=_parse_utc, default=_parse_utc("2024-03-01"))
     parser.add_argument("--end", type=_parse_utc, default=_parse_utc("2024-03-08"))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--prefix", default="", help="put before each index name (e.g. seed-1-): indices are created")
     args = parser.parse_args(argv)
     from elasticsearch import Elasticsearch
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     with Elasticsearch(args.es_url, request_timeout=60) as es:
-        counts = load(es, DatasetSpec(messages=args.messages, start=args.start, end=args.end, seed=args.seed))
+        names = IndexNames(*(f"{args.prefix}{role}" for role in ROLES))
+        spec = DatasetSpec(messages=args.messages, start=args.start, end=args.end, seed=args.seed, indices=names)
+        counts = load(es, spec)
     print(json.dumps(counts.as_dict()))
 
 

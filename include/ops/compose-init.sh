@@ -135,9 +135,13 @@ PY
 step "Seeding Elasticsearch with demo data"
 index_status="$(curl -sS -o /dev/null -w '%{http_code}' "${ES_URL}/${MESSAGES_INDEX}")"
 if [[ "${index_status}" == "200" && "${SEED_FORCE}" != "true" ]]; then
-  # The generator drops and recreates the indices; keep what a previous start loaded.
+  # The generator only creates indices (it never touches one that exists): keep what a previous start loaded.
   echo "Index '${MESSAGES_INDEX}' exists: not seeding again (set SEED_FORCE=true to reload it)"
 else
+  if [[ "${index_status}" == "200" ]]; then
+    # SEED_FORCE=true on this stack's own Elasticsearch: drop the demo indices, then load them afresh.
+    curl -sS -X DELETE "${ES_URL}/messages,history,status,audit?ignore_unavailable=true" >/dev/null
+  fi
   python -m include.dev.datagen --es-url "${ES_URL}" --messages "${SEED_MESSAGES}" \
     --start "${SEED_START}" --end "${SEED_END}"
 fi

@@ -254,3 +254,37 @@ def _render(airflow, page: str, name: str) -> str:
         )  # fmt: skip
     (ARTIFACTS / f"{name}.html").write_text(dom)
     return dom
+
+
+def test_one_conf_file_names_one_root_through_the_rest_api_dag_test_cli_plan_and_verify(
+    stack, seeded, s3_bucket, run_backfill, tmp_path, caplog
+):
+    from es_backfill.cli import main as cli
+    from include.dev.servers.airflow_stack import AirflowStackError
+
+    airflow, _ = stack
+    names, _ = seeded({"messages": 40, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
+    _ready(airflow)
+    # No s3_prefix and no backfill_name: every reader of this file must fall back the same way.
+    conf_file = tmp_path / "conf.json"
+    conf_file.write_text(json.dumps({"start": "2024-03-01", "end": "2024-03-02", "s3_bucket": s3_bucket,
+                                     "source": source_override(names)}))  # fmt: skip
+    conf = json.loads(conf_file.read_text())
+    for required in ("s3_bucket", "start", "end"):  # never run on an example value
+        with pytest.raises(AirflowStackError, match=required):
+            without = {key: value for key, value in conf.items() if key != required}
+            airflow.api("POST", "/dags/es_backfill/dagRuns", {"logical_date": None, "conf": without})
+    run_id = airflow.api("POST", "/dags/es_backfill/dagRuns", {"logical_date": None, "conf": conf})["dag_run_id"]
+    run_path = f"/dags/es_backfill/dagRuns/{quote(run_id)}"
+    assert airflow.wait_for("the run to finish", lambda: _finished(airflow, run_path), timeout=300) == "success"
+    root = "backfill-20240301T000000Z-20240302T000000Z-1d/"
+    written = {k: v for k, v in read_objects(s3_bucket, "").items() if "/dt=" in k}
+    assert written and all(key.startswith(root) for key in read_objects(s3_bucket, ""))
+    run = run_backfill(json.loads(conf_file.read_text()))  # dag.test: resumes into the same root, skipping all
+    assert run.state == "success"
+    assert {k: v for k, v in read_objects(s3_bucket, "").items() if "/dt=" in k} == written
+    with caplog.at_level("INFO"):
+        assert cli(["plan", "--conf", str(conf_file)]) == 0
+        assert cli(["verify", "--conf", str(conf_file)]) == 0
+    assert "Resuming backfill backfill-20240301T000000Z-20240302T000000Z-1d with its 1 planned windows" in caplog.text
+    assert "verified 1 windows: 1 ok, 0 with problems" in caplog.text
