@@ -66,13 +66,17 @@ def _config(params: dict[str, Any] | None) -> BackfillConfig:
         raise AirflowFailException(str(err)) from err  # bad input: retrying cannot help
 
 
-def _reader(config: BackfillConfig) -> Reader:
-    from es_backfill.hooks import search_reader
+def _reader(config: BackfillConfig, *, retry_unreachable: bool = True) -> Reader:
+    from es_backfill.hooks import ClusterUnreachable, search_reader
 
     try:
         return search_reader(config.source)
     except ConfigError as err:
         raise AirflowFailException(str(err)) from err  # a connection that cannot work: retrying cannot help
+    except ClusterUnreachable as err:
+        if retry_unreachable:
+            raise  # a window's task retries later, as a flapping cluster may be back
+        raise AirflowFailException(str(err)) from err  # the plan already retried for ~25s: say so once
 
 
 @dag(
@@ -220,7 +224,14 @@ def es_backfill():
 
         from es_backfill.hooks import object_store, redaction_key
         from es_backfill.lease import Holder, LeaseHeld
-        from es_backfill.plan import check_cluster, check_shaping, dry_run_report, identify_cluster, plan_or_resume
+        from es_backfill.plan import (
+            check_bucket,
+            check_cluster,
+            check_shaping,
+            dry_run_report,
+            identify_cluster,
+            plan_or_resume,
+        )
         from es_backfill.summary import log_dry_run
 
         config = _config(params)
@@ -232,7 +243,11 @@ def es_backfill():
             POOL,
         )
         store = object_store(config)
-        with _reader(config) as reader:
+        try:
+            check_bucket(store)
+        except ConfigError as err:
+            raise AirflowFailException(str(err)) from err
+        with _reader(config, retry_unreachable=False) as reader:
             try:
                 config = identify_cluster(config, reader)
                 check_cluster(config, reader)

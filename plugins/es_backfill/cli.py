@@ -26,11 +26,28 @@ from typing import Any
 
 from es_backfill.config import BackfillConfig, ConfigError, defaults_path, from_params, load_defaults
 from es_backfill.sink import ObjectStore
-from es_backfill.source import Reader
+from es_backfill.source import Reader, SourceError
 
 
 def _conf(text: str) -> dict[str, Any]:
-    return json.loads(text if text.lstrip().startswith("{") else Path(text).read_text())
+    """The conf: ``text`` itself if it is a JSON object, else the file it names; ConfigError naming the file and
+    the line of a mistake."""
+    if text.lstrip().startswith("{"):
+        where, content = "--conf", text
+    else:
+        where = text
+        try:
+            content = Path(text).read_text()
+        except OSError as err:
+            problem = f"--conf {text}: cannot read the file ({err.strerror}); give a JSON file or the JSON itself"
+            raise ConfigError([problem]) from err
+    try:
+        conf = json.loads(content)
+    except json.JSONDecodeError as err:
+        raise ConfigError([f"{where}: not JSON at line {err.lineno}, column {err.colno}: {err.msg}"]) from err
+    if not isinstance(conf, dict):
+        raise ConfigError([f"{where}: the conf must be a JSON object, like the trigger form's"])
+    return conf
 
 
 def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[Reader, ObjectStore]:
@@ -76,8 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = from_params(_conf(args.conf), load_defaults(args.defaults))
         reader, store = _clients(config, args)
-    except (ConfigError, json.JSONDecodeError) as err:
+    except (ConfigError, SourceError) as err:  # a bad conf, a cluster that cannot be read: one line, no traceback
         print(err, file=sys.stderr)
+        return 2
+    problem = store.bucket_problem()
+    if problem:
+        reader.close()
+        print(f"s3_bucket: {problem}", file=sys.stderr)
         return 2
     with reader:
         return _run(args.command, config, reader, store, args.redaction)

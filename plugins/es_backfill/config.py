@@ -85,14 +85,15 @@ REDACT_SCHEMA: dict[str, Any] = {
         "keep_end": {"type": "integer", "minimum": 0, "maximum": 64},
     },
 }
-# As an override in the conf: any of these keys, each replacing the defaults file's.
+# As an override in the conf: any of these keys, each replacing the defaults file's, but for ``messages``, whose
+# keys are merged into the defaults file's (so {"messages": {"index": "x"}} changes the index only).
 SOURCE_SCHEMA: dict[str, Any] = {
     "type": "object",
     "additionalProperties": False,
     "properties": {
         "es_conn_id": _NAME_TEXT,
         "aws_conn_id": _NAME_TEXT,
-        "messages": MESSAGES_SCHEMA,
+        "messages": {key: value for key, value in MESSAGES_SCHEMA.items() if key != "required"},
         "related": {"type": "array", "items": RELATED_SCHEMA},
         "related_page_size": {"type": "integer", "minimum": 1, "maximum": RELATED_PAGE_SIZE_MAX},
         "pit_keep_alive": {"type": "string", "pattern": r"^\d{1,6}[smh]$"},
@@ -106,6 +107,12 @@ SOURCE_SCHEMA: dict[str, Any] = {
         "redaction_key_conn_id": {"type": ["string", "null"], "minLength": 1},
         "transform": {"type": ["string", "null"], "pattern": r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)+$"},
     },
+}
+# The defaults file with the overrides applied: complete.
+MERGED_SOURCE_SCHEMA: dict[str, Any] = {
+    **SOURCE_SCHEMA,
+    "required": ["messages"],
+    "properties": {**SOURCE_SCHEMA["properties"], "messages": MESSAGES_SCHEMA},
 }
 CONF_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -390,8 +397,11 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
 
     source = None
     if "source" not in misshapen:
-        merged = {**defaults, **(params.get("source") or {})}
-        source_problems, _ = _shape_problems(merged, {**SOURCE_SCHEMA, "required": ["messages"]}, "source")
+        override = params.get("source") or {}
+        merged = {**defaults, **override}
+        if isinstance(defaults.get("messages"), dict) and isinstance(override.get("messages"), dict):
+            merged["messages"] = {**defaults["messages"], **override["messages"]}
+        source_problems, _ = _shape_problems(merged, MERGED_SOURCE_SCHEMA, "source")
         problems += source_problems
         source = None if source_problems else _source_config(merged, problems)
 

@@ -25,7 +25,7 @@ from airflow.sdk import BaseHook
 from es_backfill.config import BackfillConfig, ConfigError, SourceConfig
 from es_backfill.engines import AwsAuth, ConnectionSettings, UnsupportedEngine, connect
 from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
-from es_backfill.source import AccessDenied, Reader
+from es_backfill.source import AccessDenied, Reader, RequestRejected, SourceError
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +62,16 @@ class SearchReaderHook(BaseHook):
         self.limits = {"max_retries": max_retries, "max_in_flight": max_in_flight}
 
     def connection_settings(self) -> ConnectionSettings:
-        conn = self.get_connection(self.es_conn_id)
+        from airflow.sdk.exceptions import AirflowNotFoundException
+
+        try:
+            conn = self.get_connection(self.es_conn_id)
+        except AirflowNotFoundException as err:
+            raise ConfigError(
+                [f"connection {self.es_conn_id!r} is not defined: create it (Admin > Connections, "
+                 f"AIRFLOW_CONN_{self.es_conn_id.upper()}, or a Secrets Manager secret airflow/connections/"
+                 f"{self.es_conn_id}), or name another one in source.es_conn_id"]
+            ) from err  # fmt: skip
         return settings_from_connection(
             self.es_conn_id,
             host=conn.host,
@@ -79,9 +88,14 @@ class SearchReaderHook(BaseHook):
         return open_reader(self.connection_settings(), f"connection {self.es_conn_id}", **self.limits)
 
 
+class ClusterUnreachable(SourceError):
+    """``GET /`` got no answer after every retry: a cluster down or out of reach (a task may retry later)."""
+
+
 def open_reader(settings: ConnectionSettings, name: str, **limits: Any) -> Reader:
     """:func:`~es_backfill.engines.connect`, with a refused ``GET /`` or an engine it cannot read turned into
-    a ConfigError that says what to set; ``name`` says where the settings came from."""
+    a ConfigError that says what to set, and no answer at all into :class:`ClusterUnreachable` naming the URL;
+    ``name`` says where the settings came from."""
     try:
         return connect(settings, **limits)
     except AccessDenied as err:
@@ -96,6 +110,14 @@ def open_reader(settings: ConnectionSettings, name: str, **limits: Any) -> Reade
         ) from err  # fmt: skip
     except UnsupportedEngine as err:
         raise ConfigError([f"{name}: {err}"]) from err
+    except SourceError as err:
+        if isinstance(err, RequestRejected):
+            raise  # an answer, which names itself
+        # No answer after every retry: unreachable, or refusing connections.
+        raise ClusterUnreachable(
+            f"{name}: {settings.url} did not answer GET / ({err}); check the URL and port, that the cluster runs "
+            "and that this machine can reach it (VPC, security group, proxy)"
+        ) from err
 
 
 def settings_from_connection(

@@ -45,6 +45,13 @@ def identify_cluster(config: BackfillConfig, reader: Reader) -> BackfillConfig:
     return config.with_cluster(cluster.cluster_uuid)
 
 
+def check_bucket(store: ObjectStore) -> None:
+    """ConfigError unless the output bucket exists and these credentials reach it: before anything is read."""
+    problem = store.bucket_problem()
+    if problem:
+        raise ConfigError([f"s3_bucket: {problem}"])
+
+
 def check_cluster(config: BackfillConfig, reader: Reader) -> None:
     """Every index answers with the fields the run relies on, and the engine accepts the query;
     otherwise a ConfigError that says what is wrong. Needs only index privileges (read, view_index_metadata)."""

@@ -106,6 +106,30 @@ class ObjectStore:
         self.encryption = encryption
         self.write_args = encryption.request_args() if encryption else {}
 
+    def bucket_problem(self) -> str | None:
+        """Why this store cannot be used (no such bucket, no access, no credentials), or None: one request."""
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except NoCredentialsError:
+            return (
+                "no AWS credentials were found: set the aws_default connection (or source.aws_conn_id), or for the "
+                "command line AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+            )
+        except ClientError as err:
+            status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status == 404:
+                return f"bucket {self.bucket!r} does not exist: create it, or fix s3_bucket"
+            if status in (301, 400, 403):
+                return (
+                    f"bucket {self.bucket!r} cannot be used with these credentials (HTTP {status}: "
+                    f"{err.response.get('Error', {}).get('Code')}): check the bucket name, its region and the "
+                    "role's s3:ListBucket, s3:GetObject and s3:PutObject on it"
+                )
+            raise
+        return None
+
     def put(self, key: str, data: bytes, content_type: str = "application/json") -> str:
         """Write ``key``; return its ETag."""
         response = self.client.put_object(

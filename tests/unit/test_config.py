@@ -100,6 +100,15 @@ def test_source_overrides_replace_defaults_and_are_checked():
     assert config.source.messages_index == "messages"
 
 
+def test_a_partial_messages_override_merges_with_the_defaults_files():
+    config = from_params(GOOD | {"source": {"messages": {"index": "messages-2024"}}}, DEFAULTS)
+    assert config.source.messages_index == "messages-2024"
+    assert (config.source.id_field, config.source.timestamp_field) == ("message_id", "@timestamp")
+    with pytest.raises(ConfigError) as err:
+        from_params(GOOD | {"source": {"messages": {"index": 5}}}, DEFAULTS)
+    assert err.value.problems == ["source.messages.index must be a string, not 5"]  # once
+
+
 def test_emptied_form_fields_are_not_set():
     config = from_params(GOOD | {"backfill_name": "", "query": ""}, DEFAULTS)
     assert config.query is None
@@ -171,7 +180,7 @@ BAD_CONFS = [
      "source.related[0].index 'messages' is already source.messages.index"),
     ({"source": {"related": [RELATED[0] | {"name": ""}]}}, "source.related[0].name must not be empty"),
     ({"source": {"messages": "x"}}, 'source.messages must be an object, not "x"'),
-    ({"source": {"messages": {"index": "m"}}}, "source.messages.id_field is required"),
+    ({"source": {"messages": {"index": "m", "id_field": ""}}}, "source.messages.id_field must not be empty"),
     ({"source": {"messages": MESSAGES | {"source_fields": "body"}}}, "source.messages.source_fields must be a list"),
     ({"source": {"messages": MESSAGES | {"idfield": "x"}}}, "unknown key 'idfield' in source.messages"),
     ({"source": {"max_in_flight": 0}}, "source.max_in_flight must be within 1..16, not 0"),
