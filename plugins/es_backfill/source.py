@@ -116,12 +116,18 @@ def rejection(name: str, status: int, reason: str) -> RequestRejected:
 
 
 def error_reason(body: Any, fallback: str) -> str:
-    """The root causes an engine's error ``body`` names (or an AWS gateway's ``message``), else ``fallback``."""
+    """The root causes an engine's error ``body`` names, and the deepest ``caused_by`` where it says more (an AWS
+    gateway's ``message``), else ``fallback``."""
     info = body if isinstance(body, dict) else {}
     error = info.get("error")
     if isinstance(error, dict):
         causes = error.get("root_cause") or [error]
         text = "; ".join(f"{c.get('type')}: {c.get('reason')}" for c in causes if isinstance(c, dict))
+        deepest = error
+        while isinstance(deepest.get("caused_by"), dict):  # "Failed to parse" says less than what caused it
+            deepest = deepest["caused_by"]
+        if deepest is not error and deepest.get("reason") and str(deepest["reason"]) not in text:
+            text += f" (caused by {deepest.get('type')}: {deepest['reason']})"
         if text:
             return text
     if info.get("message"):
