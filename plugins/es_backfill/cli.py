@@ -67,7 +67,8 @@ def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[Reader, 
 
         from es_backfill.sink import S3_CLIENT_CONFIG
 
-        s3 = boto3.client("s3", endpoint_url=args.s3_endpoint_url, config=S3_CLIENT_CONFIG)
+        # A session of its own: credentials as the environment has them now, not as an earlier client cached them.
+        s3 = boto3.session.Session().client("s3", endpoint_url=args.s3_endpoint_url, config=S3_CLIENT_CONFIG)
         store = ObjectStore(s3, config.s3_bucket, config.encryption)
     else:
         from es_backfill.hooks import object_store

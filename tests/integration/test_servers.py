@@ -3,7 +3,9 @@
 import urllib.request
 from datetime import UTC, datetime
 
-from include.dev.datagen import DatasetSpec, IndexNames, load
+import pytest
+
+from include.dev.datagen import DatasetSpec, IndexExists, IndexNames, load
 from include.dev.servers.elasticsearch import ES_VERSION, fetch_archive
 
 
@@ -24,6 +26,11 @@ def test_bulk_loaded_counts_match_what_the_generator_reports(es_client):
     counts = load(es_client, spec, chunk_size=500)
     assert counts.messages == 1500
     assert counts.history > 0 and counts.audit > 0 and counts.status > 0
+    for role, expected in counts.as_dict().items():
+        assert es_client.count(index=names.of(role))["count"] == expected
+    # Loading again never deletes or writes an index that exists: it may be somebody's data.
+    with pytest.raises(IndexExists, match="srv_messages, srv_history, srv_status, srv_audit exists"):
+        load(es_client, spec)
     for role, expected in counts.as_dict().items():
         assert es_client.count(index=names.of(role))["count"] == expected
 
