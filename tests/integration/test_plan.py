@@ -47,8 +47,10 @@ def test_balanced_windows_hold_similar_counts_of_skewed_data(seeded, es_cluster)
     [(r"^GET /[^/]+/_mapping/field/", "may not read the mappings of"), (r"^POST /[^/]+/_count", "may not search")],
 )
 def test_a_missing_index_privilege_is_refused_in_plan_naming_the_privilege(
-    seeded_small, es_cluster, s3_server, s3_bucket, capsys, request_pattern, refused
+    seeded_small, es_cluster, s3_server, s3_bucket, capsys, request_pattern, refused, monkeypatch
 ):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")  # what --s3-endpoint-url reads, as a user sets it
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     denied = es_error(
         403, "security_exception", "action [indices:data/read/search] is unauthorized for user [backfill]"
     )
