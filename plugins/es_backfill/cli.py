@@ -79,15 +79,37 @@ def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[Reader, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="es_backfill.cli", description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["plan", "verify"])
-    parser.add_argument("--conf", required=True, help="the trigger conf: JSON text or a file holding it")
-    parser.add_argument("--defaults", type=Path, default=defaults_path(), help="the defaults file")
-    parser.add_argument("--es-url", help="cluster URL (no auth) instead of the Airflow connection")
-    parser.add_argument("--s3-endpoint-url", help="S3 endpoint instead of the Airflow connection")
-    parser.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--conf", required=True, help="the trigger conf: JSON text or a file holding it")
+    common.add_argument("--defaults", type=Path, default=defaults_path(), help="the defaults file")
+    common.add_argument(
+        "--es-url",
+        help="a cluster URL to use without authentication, instead of the conf's Airflow connection (for local "
+        "test servers; give a real cluster a connection, which carries its credentials and TLS settings)",
+    )
+    common.add_argument(
+        "--s3-endpoint-url",
+        help="an S3 endpoint instead of the conf's Airflow connection; credentials from the usual AWS environment",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{plan,verify}")
+    commands.add_parser(
+        "plan",
+        parents=[common],
+        help="a dry run: check the conf, the cluster and the bucket, print the windows, counts and estimates",
+        description="A dry run, as the DAG's plan task would do it: checks the conf, the cluster and the bucket, "
+        "and prints per-window counts and the size and time estimates. Writes nothing; exits 2 on a bad conf.",
+    ).set_defaults(redaction=False)
+    verify_command = commands.add_parser(
+        "verify",
+        parents=[common],
+        help="check a finished backfill against its manifests and the cluster; never writes",
+        description="Checks a finished backfill: every window's manifest and objects, the records' ids and "
+        "windows, the counts against the cluster. Never writes; exits 1 if it finds a problem.",
+    )
+    verify_command.add_argument(
         "--redaction",
         action="store_true",
-        help="verify also proves the redaction rules on every record: no dropped field, hashes and masks only",
+        help="also prove the redaction rules on every record: no dropped field, only hashes and masks",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
