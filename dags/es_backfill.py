@@ -243,12 +243,9 @@ def es_backfill():
             POOL,
         )
         store = object_store(config)
-        try:
-            check_bucket(store)
-        except ConfigError as err:
-            raise AirflowFailException(str(err)) from err
         with _reader(config, retry_unreachable=False) as reader:
             try:
+                check_bucket(store)
                 config = identify_cluster(config, reader)
                 check_cluster(config, reader)
                 check_shaping(config, redaction_key(config.source))

@@ -119,12 +119,14 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, SourceError) as err:  # a bad conf, a cluster that cannot be read: one line, no traceback
         print(err, file=sys.stderr)
         return 2
-    problem = store.bucket_problem()
-    if problem:
-        reader.close()
-        print(f"s3_bucket: {problem}", file=sys.stderr)
-        return 2
     with reader:
+        from es_backfill.plan import check_bucket
+
+        try:
+            check_bucket(store)
+        except ConfigError as err:
+            print(err, file=sys.stderr)
+            return 2
         return _run(args.command, config, reader, store, args.redaction)
 
 

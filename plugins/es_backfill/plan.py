@@ -112,7 +112,8 @@ def _check_paths(reader: Reader, index: str, paths: list[str]) -> list[str]:
     unmapped = []
     for path in dict.fromkeys(paths):
         parent = _multi_field_parent(path, mapped)
-        target = (mapped.get(path) or {}).get("path") if (mapped.get(path) or {}).get("type") == "alias" else None
+        mapping = mapped.get(path) or {}
+        target = mapping.get("path") if mapping.get("type") == "alias" else None
         if parent is not None:
             problems.append(
                 f"field {path!r} (in _source selection or a redaction rule) of index {index!r} is a multi-field of "

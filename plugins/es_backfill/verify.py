@@ -233,7 +233,7 @@ class RedactionCheck:
         self.values: Counter[str] = Counter()  # values checked per rule
         self.offences: Counter[str] = Counter()
         self.examples: dict[str, list[str]] = {}
-        self._patterns = {rule.field: _redacted_pattern(rule) for rule in rules}
+        self._patterns = {rule.field: _redacted_pattern(rule) for rule in rules if rule.action != "drop"}
 
     def check(self, record: dict[str, Any], where: str) -> None:
         for rule in self.rules:
@@ -269,11 +269,11 @@ class RedactionCheck:
 
 
 def _redacted_pattern(rule: RedactRule) -> re.Pattern[str]:
+    """What a value may look like after a ``hash`` or ``mask`` rule."""
     if rule.action == "hash":
         return re.compile(r"[0-9a-f]{64}")
-    if rule.action == "mask":  # kept characters around at least one '*', or only '*'s when too short to keep any
-        return re.compile(rf"(?s:.{{{rule.keep_start}}}\*+.{{{rule.keep_end}}}|\**)")
-    return re.compile(r"(?!)")  # drop: no value may be left
+    # Kept characters around at least one '*', or only '*'s when too short to keep any.
+    return re.compile(rf"(?s:.{{{rule.keep_start}}}\*+.{{{rule.keep_end}}}|\**)")
 
 
 def _instant(value: Any) -> datetime | None:
