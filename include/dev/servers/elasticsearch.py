@@ -35,7 +35,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -109,15 +109,20 @@ def _distribution(engine: str) -> _Distribution:
         raise ValueError(f"Unknown engine {engine!r}: expected one of {sorted(_DISTRIBUTIONS)}") from None
 
 
-def elasticsearch_connection_uri(url: str, **extra: object) -> str:
-    """The Airflow connection (JSON form) for a cluster at ``url``, e.g. for ``AIRFLOW_CONN_ELASTICSEARCH_DEFAULT``."""
+def elasticsearch_connection_uri(
+    url: str, *, login: str | None = None, password: str | None = None, **extra: object
+) -> str:
+    """The Airflow connection (JSON form) for a cluster at ``url``, e.g. for ``AIRFLOW_CONN_ELASTICSEARCH_DEFAULT``;
+    ``login`` and ``password`` (basic auth) only when given, every other keyword in the extra."""
     parts = urlsplit(url)
+    credentials = {key: value for key, value in (("login", login), ("password", password)) if value is not None}
     return json.dumps(
         {
             "conn_type": "elasticsearch",
             "host": parts.hostname,
             "port": parts.port,
             "schema": parts.scheme,
+            **credentials,
             "extra": extra,
         }
     )
@@ -130,10 +135,16 @@ def _maven_repository() -> Path:
 def fetch_archive(version: str = ES_VERSION, engine: str = "elasticsearch") -> Path:
     """Return the server archive, downloading it through Maven only if it is not cached."""
     dist = _distribution(engine)
-    artifact = f"{dist.maven_group}:{engine}:{version}:zip"
-    archive = _maven_repository() / dist.maven_group.replace(".", "/") / engine / version / f"{engine}-{version}.zip"
+    return fetch_maven_zip(dist.maven_group, engine, version, dist.display_name)
+
+
+def fetch_maven_zip(group: str, artifact_id: str, version: str, display_name: str) -> Path:
+    """Return the zip ``group:artifact_id:version`` (e.g. a server archive or a plugin), downloading it
+    through Maven into the local Maven repository only if it is not there yet."""
+    artifact = f"{group}:{artifact_id}:{version}:zip"
+    archive = _maven_repository() / group.replace(".", "/") / artifact_id / version / f"{artifact_id}-{version}.zip"
     if archive.is_file():
-        log.info("Reusing cached %s archive %s", dist.display_name, archive)
+        log.info("Reusing cached %s archive %s", display_name, archive)
         return archive
     log.info("Downloading %s from Maven Central (once; cached in %s)", artifact, _maven_repository())
     cmd = ["mvn", "-q", "-B", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"]
@@ -277,12 +288,22 @@ def _rewrite_jvm_options(text: str, workdir: Path) -> str:
     return re.sub(r"HeapDumpPath=data\b", lambda _: f"HeapDumpPath={data}", text)
 
 
-def _get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=10) as resp:
+def _get_json(url: str, opener: urllib.request.OpenerDirector | None = None) -> dict:
+    with (opener or urllib.request.build_opener()).open(url, timeout=10) as resp:
         return json.load(resp)
 
 
-def _wait_for_health(url: str, proc: subprocess.Popen, log_file: Path, display_name: str) -> str:
+def _wait_for_health(
+    url: str,
+    proc: subprocess.Popen,
+    log_file: Path,
+    display_name: str,
+    opener: urllib.request.OpenerDirector | None = None,
+) -> str:
+    """Poll the cluster health until yellow; return the node's version. ``opener`` carries what a secured
+    node needs (its CA, credentials); any error answer (e.g. a security plugin's 503 before its index
+    exists) or refused connection counts as not yet up."""
+    opener = opener or urllib.request.build_opener()
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -290,9 +311,9 @@ def _wait_for_health(url: str, proc: subprocess.Popen, log_file: Path, display_n
                 f"{display_name} exited with {proc.returncode} during startup:\n{_tail(log_file)}"
             )
         try:
-            with urllib.request.urlopen(f"{url}/_cluster/health?wait_for_status=yellow&timeout=5s", timeout=10) as resp:
+            with opener.open(f"{url}/_cluster/health?wait_for_status=yellow&timeout=5s", timeout=10) as resp:
                 if resp.status == 200:
-                    nodes = _get_json(f"{url}/_nodes/_local?filter_path=nodes.*.version")
+                    nodes = _get_json(f"{url}/_nodes/_local?filter_path=nodes.*.version", opener)
                     return next(iter(nodes["nodes"].values()))["version"]
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
@@ -300,10 +321,12 @@ def _wait_for_health(url: str, proc: subprocess.Popen, log_file: Path, display_n
     raise ElasticsearchStartError(f"{display_name} did not become healthy in {STARTUP_TIMEOUT_S}s:\n{_tail(log_file)}")
 
 
-def _check_root_document(url: str, engine: str, log_file: Path) -> None:
+def _check_root_document(
+    url: str, engine: str, log_file: Path, opener: urllib.request.OpenerDirector | None = None
+) -> None:
     """Our code tells the engine apart by ``GET /``: fail here, with the node's log, if it does not answer."""
     try:
-        root = _get_json(url)
+        root = _get_json(url, opener)
     except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError) as exc:
         raise ElasticsearchStartError(f"GET {url}/ failed on the new node: {exc}\n{_tail(log_file)}") from exc
     distribution = root.get("version", {}).get("distribution", "elasticsearch")
@@ -322,63 +345,105 @@ def _tail(path: Path, lines: int = 40) -> str:
 def running_engine(engine: str, version: str) -> Iterator[RunningCluster]:
     """Start a single node of ``engine`` ("elasticsearch" or "opensearch") ``version`` here, yield it once
     healthy, and stop it (removing its data) on exit. Each call starts its own node, on its own ports."""
-    dist = _distribution(engine)
     home = install(fetch_archive(version, engine), version, engine)
+    with run_node(engine, version, home) as node:
+        yield RunningCluster(url=node.url, version=node.version, started_here=True, engine=engine)
+
+
+@dataclass(frozen=True)
+class StartedNode:
+    """A node :func:`run_node` started: its address, the version it reports, its process and directory."""
+
+    url: str
+    version: str
+    pid: int
+    workdir: Path
+    startup_s: float
+
+
+@contextlib.contextmanager
+def run_node(
+    engine: str,
+    version: str,
+    home: Path,
+    *,
+    settings: Mapping[str, str] | None = None,
+    prepare_config: Callable[[Path], None] | None = None,
+    scheme: str = "http",
+    opener: urllib.request.OpenerDirector | None = None,
+    description: str = "",
+) -> Iterator[StartedNode]:
+    """Start a node from the installed ``home`` on free ports, with its own copy of the config, its data,
+    logs and temp files in a new temporary directory (as ``nobody`` when we are root); yield it once healthy
+    and ``GET /`` names the engine; stop it and remove the directory on exit.
+
+    For a node set up otherwise (e.g. with the security plugin): ``settings`` are appended to the node's
+    ``<engine>.yml`` after ours, ``prepare_config`` gets the node's config directory to add files to before
+    the node starts (made readable by the node's user afterwards), ``scheme`` is the node's URL scheme and
+    ``opener`` what the health checks send requests with (a CA, credentials); ``description`` follows the
+    version in the line printed when the node is up, e.g. ``" (security, TLS)"``."""
+    dist = _distribution(engine)
     java_home = find_java_home(version, engine)
     workdir = Path(tempfile.mkdtemp(prefix=f"es-backfill-{engine}-node-"))
-    http_port, transport_port = free_port(), free_port()
-    config = workdir / "config"
-    shutil.copytree(home / "config", config)
-    for sub in ("data", "logs", "tmp"):
-        (workdir / sub).mkdir()
-    jvm_options = config / "jvm.options"
-    jvm_options.write_text(_rewrite_jvm_options(jvm_options.read_text(), workdir))
-    with (config / dist.config_file).open("a") as yml:
-        settings = _node_settings(home, workdir, http_port, transport_port)
-        yml.write("\n" + "".join(f"{key}: {value}\n" for key, value in settings.items()))
-    run_as: list[str] = []
-    if os.geteuid() == 0:
-        # Neither engine runs as root.
-        subprocess.run(["chown", "-R", "nobody:nogroup", str(workdir)], check=True, timeout=60)
-        workdir.chmod(0o755)
-        run_as = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
-    prefix = dist.env_prefix
-    env = {
-        **os.environ,
-        f"{prefix}_JAVA_HOME": str(java_home),
-        "JAVA_HOME": str(java_home),  # Elasticsearch 7.10 reads only this one
-        f"{prefix}_PATH_CONF": str(config),
-        f"{prefix}_JAVA_OPTS": f"-Xms{HEAP} -Xmx{HEAP}",
-        f"{prefix}_TMPDIR": str(workdir / "tmp"),
-    }
-    log_file = workdir / "stdout.log"
-    url = f"http://127.0.0.1:{http_port}"
-    started = time.monotonic()
-    with log_file.open("wb") as out:
-        proc = subprocess.Popen(
-            [*run_as, str(home / "bin" / engine)],
-            cwd=home,  # OpenSearch 3's jvm.options names its agent jar relative to the home
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+    proc: subprocess.Popen | None = None
     try:
-        node_version = _wait_for_health(url, proc, log_file, dist.display_name)
-        _check_root_document(url, engine, log_file)
+        http_port, transport_port = free_port(), free_port()
+        config = workdir / "config"
+        shutil.copytree(home / "config", config)
+        for sub in ("data", "logs", "tmp"):
+            (workdir / sub).mkdir()
+        jvm_options = config / "jvm.options"
+        jvm_options.write_text(_rewrite_jvm_options(jvm_options.read_text(), workdir))
+        with (config / dist.config_file).open("a") as yml:
+            all_settings = {**_node_settings(home, workdir, http_port, transport_port), **(settings or {})}
+            yml.write("\n" + "".join(f"{key}: {value}\n" for key, value in all_settings.items()))
+        if prepare_config is not None:
+            prepare_config(config)
+        run_as: list[str] = []
+        if os.geteuid() == 0:
+            # Neither engine runs as root.
+            subprocess.run(["chown", "-R", "nobody:nogroup", str(workdir)], check=True, timeout=60)
+            workdir.chmod(0o755)
+            run_as = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+        prefix = dist.env_prefix
+        env = {
+            **os.environ,
+            f"{prefix}_JAVA_HOME": str(java_home),
+            "JAVA_HOME": str(java_home),  # Elasticsearch 7.10 reads only this one
+            f"{prefix}_PATH_CONF": str(config),
+            f"{prefix}_JAVA_OPTS": f"-Xms{HEAP} -Xmx{HEAP}",
+            f"{prefix}_TMPDIR": str(workdir / "tmp"),
+        }
+        log_file = workdir / "stdout.log"
+        url = f"{scheme}://127.0.0.1:{http_port}"
+        started = time.monotonic()
+        with log_file.open("wb") as out:
+            proc = subprocess.Popen(
+                [*run_as, str(home / "bin" / engine)],
+                cwd=home,  # OpenSearch 3's jvm.options names its agent jar relative to the home
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        node_version = _wait_for_health(url, proc, log_file, dist.display_name, opener)
+        _check_root_document(url, engine, log_file, opener)
+        startup_s = time.monotonic() - started
         log.info(
-            "Started %s %s at %s on Java %s in %.1fs (data in %s)",
+            "Started %s %s%s at %s on Java %s in %.1fs (data in %s)",
             dist.display_name,
             node_version,
+            description,
             url,
             java_home,
-            time.monotonic() - started,
+            startup_s,
             workdir,
         )
-        print(f"{dist.display_name} {node_version} running at {url}", flush=True)
-        yield RunningCluster(url=url, version=node_version, started_here=True, engine=engine)
+        print(f"{dist.display_name} {node_version}{description} running at {url}", flush=True)
+        yield StartedNode(url=url, version=node_version, pid=proc.pid, workdir=workdir, startup_s=startup_s)
     finally:
-        _stop(proc)
+        if proc is not None:
+            _stop(proc)
         shutil.rmtree(workdir, ignore_errors=True)
 
 
