@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.12.3
 UV := .tools/bin/uv
 
-.PHONY: venv system-deps test lint demo bench verify lock clean
+.PHONY: venv system-deps test lint demo servers bench verify lock clean
 
 venv: $(VENV)/.synced
 
@@ -34,6 +34,10 @@ test: lint system-deps
 # DEMO_ENGINE=opensearch:2.19.6 (or elasticsearch:7.10.2 ...) runs it against another engine.
 demo: venv
 	$(BIN)/python -m include.dev.demo
+
+# A local engine (DEMO_ENGINE too) and S3 server with a seeded week, for the CLI, verify and a local Airflow; until Ctrl-C.
+servers: venv
+	$(BIN)/python -m include.dev.servers
 
 # elasticdump for the bench, from npm, into .tools/elasticdump (once per version); include/dev/bench.py runs it there.
 ELASTICDUMP_VERSION := 6.125.1

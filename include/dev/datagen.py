@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 MAPPINGS_DIR = Path(__file__).resolve().parents[1] / "mappings"
 ROLES = ("messages", "history", "status", "audit")
+# The week make demo and make servers seed.
+SEED_WEEK = (datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 8, tzinfo=UTC))
 
 _WORDS = (
     "invoice",
@@ -252,6 +254,17 @@ def load(es: Any, spec: DatasetSpec, *, chunk_size: int = 2000) -> DatasetCounts
     es.indices.refresh(index=",".join(spec.indices.of(role) for role in ROLES))
     log.info("Loaded dataset %s", counts.as_dict())
     return counts
+
+
+def seed_week(url: str, messages: int, names: IndexNames) -> DatasetCounts:
+    """Load ``messages`` synthetic messages of 2024-03-01 .. 2024-03-08 with their related documents into new
+    indices ``names`` at ``url`` (:class:`IndexExists` if one exists): what ``make demo`` and ``make servers``
+    seed."""
+    from opensearchpy import OpenSearch
+
+    # opensearch-py speaks plain JSON, which every engine of the suite accepts.
+    with OpenSearch(url, timeout=60) as es:
+        return load(es, DatasetSpec(messages=messages, start=SEED_WEEK[0], end=SEED_WEEK[1], indices=names))
 
 
 def _parse_utc(text: str) -> datetime:

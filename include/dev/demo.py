@@ -32,7 +32,6 @@ ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "es-backfill-demo"
 CONF = {"start": "2024-03-01", "end": "2024-03-08", "window": "1d", "s3_bucket": BUCKET, "s3_prefix": "demo"}
 MESSAGES = int(os.environ.get("DEMO_MESSAGES", "5000"))
-ENGINE = os.environ.get("DEMO_ENGINE", "")
 
 
 def _airflow_env() -> None:
@@ -40,24 +39,34 @@ def _airflow_env() -> None:
         {
             **local_airflow_env(tempfile.mkdtemp(prefix="es-backfill-demo-airflow-")),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+            # dag.test() records the output's asset event through the alias the way a scheduler does: Airflow
+            # first warns that the asset is not known yet, then creates it. Nothing for a user to do.
+            "AIRFLOW__LOGGING__NAMESPACE_LEVELS": "airflow.assets.manager=ERROR",
         }
     )
     sys.path[:0] = [str(ROOT / "plugins"), str(ROOT / "dags")]
     subprocess.run([sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=600)
 
 
-def main() -> None:
-    # The Amazon provider 9.34 warns about an Airflow-internal deprecation on every S3 hook; it is not ours to fix.
+def _quiet_airflow_internals() -> None:
+    """Hide warnings about Airflow's own internals, which a user cannot act on: the Amazon provider 9.34's use of a
+    deprecated ProvidersManager API, and pathspec's deprecation of the pattern class Airflow reads .airflowignore
+    files with. After Airflow's import, whose own filter would otherwise come first."""
+    import airflow.configuration  # noqa: F401 - installs Airflow's warning filters, which ours must precede
+
     warnings.filterwarnings("ignore", message="ProvidersManager.hooks is deprecated")
+    warnings.filterwarnings("ignore", message=r"GitWildMatchPattern \('gitwildmatch'\) is deprecated")
+
+
+def main() -> None:
     _airflow_env()
-    from opensearchpy import OpenSearch
+    _quiet_airflow_internals()
+    from include.dev.datagen import ROLES, IndexNames, seed_week
+    from include.dev.servers.elasticsearch import elasticsearch_connection_uri
+    from include.dev.servers.local import running_local_servers
+    from include.dev.servers.s3 import aws_connection_uri
 
-    from include.dev.datagen import ROLES, DatasetSpec, IndexNames, load
-    from include.dev.servers.elasticsearch import elasticsearch_connection_uri, running_elasticsearch, running_engine
-    from include.dev.servers.s3 import aws_connection_uri, running_s3
-
-    engine = running_engine(*ENGINE.split(":", 1)) if ENGINE else running_elasticsearch()
-    with engine as cluster, running_s3() as s3:
+    with running_local_servers() as (cluster, s3):
         os.environ["AIRFLOW_CONN_ELASTICSEARCH_DEFAULT"] = elasticsearch_connection_uri(cluster.url)
         os.environ["AIRFLOW_CONN_AWS_DEFAULT"] = aws_connection_uri(s3.endpoint_url)
 
@@ -67,15 +76,7 @@ def main() -> None:
         conf = {**CONF, "source": _source_for(names)} if not cluster.started_here else CONF
         print(f"\n== Seeding {MESSAGES} messages (2024-03-01 .. 2024-03-08) into {cluster.url}, indices "
               f"{', '.join(names.of(r) for r in ROLES)}")  # fmt: skip
-        # opensearch-py speaks plain JSON, which every engine of the suite accepts.
-        with OpenSearch(cluster.url, timeout=60) as es:
-            spec = DatasetSpec(
-                messages=MESSAGES,
-                start=datetime(2024, 3, 1, tzinfo=UTC),
-                end=datetime(2024, 3, 8, tzinfo=UTC),
-                indices=names,
-            )
-            print("   documents per index:", load(es, spec).as_dict())
+        print("   documents per index:", seed_week(cluster.url, MESSAGES, names).as_dict())
 
         from airflow.dag_processing.dagbag import DagBag
         from airflow.providers.amazon.aws.hooks.s3 import S3Hook
@@ -109,23 +110,54 @@ def _source_for(names: Any) -> dict[str, Any]:
 def _show(hook, state: str) -> None:
     client = hook.get_conn()
     keys = sorted(hook.list_keys(bucket_name=BUCKET, prefix="demo/"))
-    print(f"\n== Written to s3://{BUCKET}/ ({len(keys)} objects)")
-    for key in keys:
-        size = client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
-        print(f"   {size:>9}  {key}")
     run_manifest = next((k for k in keys if k.endswith("_run_manifest.json")), None)
     if run_manifest:
         summary = json.loads(hook.read_key(run_manifest, bucket_name=BUCKET))
-        summary.pop("window_keys", None)
-        print("\n== Run manifest\n" + json.dumps(summary, indent=2))
-    part = next((k for k in keys if k.endswith(".jsonl.gz")), None)
+        print("\n== The run, from its manifest " + run_manifest)
+        for label, value in _summary_lines(summary):
+            print(f"   {label:<18} {value}")
+    parts = [k for k in keys if k.rsplit("/", 1)[-1].startswith("part-")]
+    manifests = [k for k in keys if k.endswith("/_manifest.json")]
+    print(
+        f"\n== {len(keys)} objects in s3://{BUCKET}/demo/: {len(parts)} data parts, {len(manifests)} window "
+        f"manifests, {len(keys) - len(parts) - len(manifests)} for the whole backfill (plan, run manifest)"
+    )
+    for key in keys:
+        size = client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
+        print(f"   {size:>9} bytes  {key}")
+    part = next(iter(parts), None)
     if part:
         lines = gzip.decompress(client.get_object(Bucket=BUCKET, Key=part)["Body"].read()).splitlines()
-        print(f"\n== First 2 of {len(lines)} records in {part}")
+        print(f"\n== The first 2 of {len(lines)} records in {part} (long values shortened here, not in the file)")
         for line in lines[:2]:
-            print(json.dumps(json.loads(line), indent=2, ensure_ascii=False)[:1500])
+            print(json.dumps(shortened(json.loads(line)), indent=2, ensure_ascii=False))
     if state != "success":
         sys.exit(f"The DAG run ended {state}")
+
+
+def _summary_lines(summary: dict[str, Any]) -> list[tuple[str, str]]:
+    """The run manifest's figures, each with a label that says what it counts."""
+    related = ", ".join(f"{name} {count}" for name, count in sorted(summary["related"].items()))
+    return [
+        ("windows", f"{summary['windows']} (written {summary['written']}, skipped {summary['skipped']}, "
+                    f"failed {summary['failed']})"),
+        ("messages", f"{summary['messages']} (the cluster counts {summary['es_count']} in the range)"),
+        ("related documents", related or "none"),
+        ("data parts", f"{summary['objects']} objects, {summary['bytes']} bytes"),
+    ]  # fmt: skip
+
+
+def shortened(value: Any, chars: int = 60, items: int = 3) -> Any:
+    """``value`` with strings longer than ``chars`` and lists longer than ``items`` cut short, as values: the
+    result is still whole JSON, each cut saying how much it left out."""
+    if isinstance(value, str) and len(value) > chars:
+        return f"{value[:chars]}… (+{len(value) - chars} characters)"
+    if isinstance(value, list):
+        kept = [shortened(item, chars, items) for item in value[:items]]
+        return [*kept, f"… (+{len(value) - items} more)"] if len(value) > items else kept
+    if isinstance(value, dict):
+        return {key: shortened(item, chars, items) for key, item in value.items()}
+    return value
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """``make demo`` against a cluster of the user's own (``ES_URL``): indices named like the defaults' (messages,
 history, status, audit), holding somebody's data, are left exactly as they were; the demo writes only indices it
-creates, under its own tagged names, and completes."""
+creates, under its own tagged names, and completes. What it prints can be trusted: whole records, labelled
+counts, and no warning a user cannot act on."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -30,3 +32,24 @@ def test_the_demo_on_your_cluster_leaves_indices_of_the_default_names_untouched(
     created = sorted(i for i in es_client.indices.get(index="es-backfill-demo-*") if i.endswith(ROLES))
     assert len(created) == 4 and "curl -X DELETE" in result.stdout
     es_client.indices.delete(index=",".join(created))
+    output = result.stdout + result.stderr
+    warnings = [line for line in output.splitlines() if "warning" in line.lower()]
+    assert all(OUR_POOL_WARNING in line for line in warnings), warnings
+    assert "   windows            7 (written 7, skipped 0, failed 0)" in result.stdout
+    assert "16 objects in s3://es-backfill-demo/demo/: 7 data parts, 7 window manifests, 2 for" in result.stdout
+    records = _printed_records(result.stdout)
+    assert len(records) == 2 and all(set(r) == {"message_id", "window", "message", *ROLES[1:]} for r in records)
+
+
+OUR_POOL_WARNING = "Extract tasks run in pool 'es_backfill', which this task cannot check"
+
+
+def _printed_records(stdout: str) -> list[dict]:
+    """The records the demo prints after its heading, each a whole JSON object."""
+    text = stdout[stdout.index("== The first 2 of") :].split("\n", 1)[1]
+    decoder, records = json.JSONDecoder(), []
+    while text.strip():
+        record, end = decoder.raw_decode(text.lstrip())
+        records.append(record)
+        text = text.lstrip()[end:]
+    return records

@@ -45,6 +45,8 @@ class AirflowStackError(RuntimeError):
 class AirflowStack:
     url: str
     home: Path
+    # The environment the components run with: an Airflow CLI command run with it talks to the same database.
+    env: dict[str, str]
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         """Call the REST API (``path`` below ``/api/v2``) and return the decoded JSON answer."""
@@ -106,7 +108,7 @@ def running_airflow(sql_alchemy_conn: str, env: dict[str, str] | None = None) ->
                 procs.append(
                     subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
                 )
-        stack = AirflowStack(url=url, home=home)
+        stack = AirflowStack(url=url, home=home, env=full_env)
         _wait_healthy(stack, procs)
         log.info("Airflow is up at %s (home %s)", url, home)
         yield stack
