@@ -21,7 +21,9 @@ TARGET is one of:
 
 ``secret`` writes the connection to AWS Secrets Manager as ``{prefix}/{conn_id}`` (default prefix
 ``airflow/connections``), which MWAA's ``SecretsManagerBackend`` reads: the way to keep credentials
-on MWAA out of the metadata database and out of CLI requests.
+on MWAA out of the metadata database and out of CLI requests. It refuses a connection id that
+:data:`CONNECTIONS_LOOKUP_PATTERN`, the backend's recommended ``connections_lookup_pattern``, does not
+match: the backend would never look that secret up.
 
 ``--file`` (or ``-`` for stdin) holds one connection in Airflow's JSON form, the same for every
 target and for the secret: ``{"conn_type": "elasticsearch", "host": "es.example.com", "port": 9243,
@@ -36,6 +38,7 @@ import base64
 import json
 import logging
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -51,6 +54,12 @@ log = logging.getLogger(__name__)
 POOL_NAME = "es_backfill"
 POOL_DESCRIPTION = "windows reading Elasticsearch at once"
 CONNECTIONS_PREFIX = "airflow/connections"  # SecretsManagerBackend's connections_prefix
+# The naming rule of the connections the backfill reads from Secrets Manager: the cluster's (es_conn_id, by default
+# elasticsearch_default) and the redaction key's (redaction_key_conn_id, e.g. backfill_hmac). The backend looks up
+# only ids matching the pattern, so aws_default stays MWAA's own, the execution role; the IAM policies in
+# include/ops/iam/ grant exactly these secret names.
+SECRET_CONN_ID_PREFIXES = ("elasticsearch_", "backfill_")
+CONNECTIONS_LOOKUP_PATTERN = f"^({'|'.join(SECRET_CONN_ID_PREFIXES)})"
 CONNECTION_FIELDS = frozenset({"conn_type", "description", "host", "port", "schema", "login", "password", "extra"})
 CONNECT_TIMEOUT_S = 10
 READ_TIMEOUT_S = 60
@@ -279,6 +288,17 @@ def apply_on_mwaa(
 # AWS Secrets Manager (what MWAA's SecretsManagerBackend reads)
 
 
+def check_secret_conn_id(conn_id: str) -> None:
+    """Refuse a connection id that :data:`CONNECTIONS_LOOKUP_PATTERN` does not match: its secret would never be
+    read. Case-sensitive, as the IAM policies' secret names are (the backend itself ignores case)."""
+    if not re.match(CONNECTIONS_LOOKUP_PATTERN, conn_id):
+        names = " or ".join(f"{prefix}..." for prefix in SECRET_CONN_ID_PREFIXES)
+        raise AdminError(
+            f"connection id {conn_id!r} does not match connections_lookup_pattern {CONNECTIONS_LOOKUP_PATTERN!r}, "
+            f"so MWAA would never read this secret; name the connection {names}"
+        )
+
+
 def secret_value(conn: Mapping[str, Any]) -> str:
     """The secret's JSON: the connection's fields, ``extra`` as an object."""
     value = {k: v for k, v in conn.items() if v is not None}
@@ -354,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         if args.command == "secret":
+            check_secret_conn_id(args.conn_id)
             conn = load_connection(sys.stdin.read() if args.file == "-" else Path(args.file).read_text())
             put_connection_secret(_boto_client("secretsmanager", args.region), args.conn_id, conn, args.prefix)
             return 0

@@ -3,6 +3,8 @@
     python -m include.ops.mwaa_deploy --environment NAME [--region R] [--dry-run] [--pool-slots N]
                                   [--private-network] [--startup-script PATH] [--delete-removed]
                                   [--project-root DIR]
+    python -m include.ops.mwaa_deploy --build-only DIR [--private-network] [--startup-script PATH]
+                                  [--project-root DIR]
 
 The tool reads the environment (``GetEnvironment``) for its bucket and S3 paths, builds the
 artifacts deterministically (an unchanged tree gives byte-identical objects), compares them
@@ -24,6 +26,9 @@ update: MWAA syncs ``DagS3Path`` by itself.
   created or resized to ``--pool-slots`` (or reported missing), and the connections the defaults
   file names are checked; where ``InvokeRestApi`` is unavailable, the pool goes through the CLI
   endpoint instead.
+* ``--build-only DIR``: build the same artifacts and write them into ``DIR`` (new or empty) at the keys a
+  new environment gives them (``dags/...``, ``plugins.zip``, ``requirements.txt``, ``startup.sh``), for
+  inspection; no AWS API is called, so it needs neither ``--environment`` nor credentials.
 
 The bucket must have versioning enabled (MWAA requires it). Credentials and region come from
 the usual AWS chain (``AWS_PROFILE``, ``AWS_REGION``...). Exit status: 0 done (or nothing to do),
@@ -68,6 +73,7 @@ WHEELS_IN_ZIP = "wheels"
 # MWAA runs Amazon Linux 2023 (glibc 2.34) on x86_64: manylinux wheels up to 2_34 fit.
 MWAA_PLATFORMS = ("manylinux2014_x86_64", "manylinux_2_17_x86_64", "manylinux_2_28_x86_64", "manylinux_2_34_x86_64")
 DOWNLOAD_TIMEOUT_S = 1800
+DEFAULT_DAG_PATH = "dags"  # an environment's DagS3Path when it names none, and where --build-only puts the DAGs
 DEFAULT_KEYS = {"plugins": "plugins.zip", "requirements": "requirements.txt", "startup": "startup.sh"}
 # The UpdateEnvironment parameters of each environment-level artifact.
 ENV_FIELDS = {
@@ -180,7 +186,7 @@ def get_environment(mwaa: Any, name: str) -> Environment:
         status=env.get("Status", "UNKNOWN"),
         airflow_version=env.get("AirflowVersion"),
         bucket=arn.split(":::", 1)[1],
-        dag_path=(env.get("DagS3Path") or "dags").strip("/"),
+        dag_path=(env.get("DagS3Path") or DEFAULT_DAG_PATH).strip("/"),
         paths={kind: env.get(path) for kind, (path, _) in ENV_FIELDS.items()},
         versions={kind: env.get(version) for kind, (_, version) in ENV_FIELDS.items()},
     )
@@ -298,21 +304,52 @@ def build_requirements(root: Path, private_network: bool = False) -> bytes:
 
 
 def build_artifacts(
-    root: Path, env: Environment, startup_script: Path | None = None, wheels: list[Path] | None = None
+    root: Path, env: Environment | None, startup_script: Path | None = None, wheels: list[Path] | None = None
 ) -> list[Artifact]:
-    """What a deploy uploads; with ``wheels`` (see :func:`download_wheels`), for an environment without internet."""
-    dags = [Artifact("dag", f"{env.dag_path}/{name}", path.read_bytes()) for name, path in _files(root / "dags")]
+    """What a deploy uploads, at the keys ``env`` uses (None: those of a new environment, which names no paths);
+    with ``wheels`` (see :func:`download_wheels`), for an environment without internet."""
+    dag_path = env.dag_path if env else DEFAULT_DAG_PATH
+    key = env.key if env else DEFAULT_KEYS.__getitem__
+    dags = [Artifact("dag", f"{dag_path}/{name}", path.read_bytes()) for name, path in _files(root / "dags")]
     if not dags:
         raise DeployError(f"no DAG files under {root / 'dags'}")
     artifacts = [
         *dags,
-        Artifact("plugins", env.key("plugins"), build_plugins_zip(root, wheels)),
-        Artifact("requirements", env.key("requirements"), build_requirements(root, private_network=bool(wheels))),
+        Artifact("plugins", key("plugins"), build_plugins_zip(root, wheels)),
+        Artifact("requirements", key("requirements"), build_requirements(root, private_network=bool(wheels))),
     ]
     if startup_script is not None:
         if not startup_script.is_file():
             raise DeployError(f"startup script {startup_script} does not exist")
-        artifacts.append(Artifact("startup", env.key("startup"), startup_script.read_bytes()))
+        artifacts.append(Artifact("startup", key("startup"), startup_script.read_bytes()))
+    return artifacts
+
+
+def write_build(
+    root: Path,
+    dest: Path,
+    startup_script: Path | None = None,
+    wheels: list[Path] | None = None,
+    out: TextIO | None = None,
+) -> list[Artifact]:
+    """Write what a deploy uploads into ``dest``, each artifact at the key a new environment gives it, and list
+    them (to ``out``, default stdout) with their SHA-256, which a deploy stores as ``x-amz-meta-sha256``.
+
+    The bytes are those a deploy uploads; no AWS API is called. ``dest`` must be new or empty, so that nothing
+    in it is left over from another build.
+    """
+    out = out or sys.stdout
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise DeployError(f"{dest} is not an empty directory; --build-only writes into a new or empty one")
+    artifacts = build_artifacts(root, None, startup_script, wheels)
+    for artifact in artifacts:
+        path = dest / artifact.key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(artifact.body)
+    print(f"Built into {dest} (what a deploy uploads; nothing sent to AWS):", file=out)
+    width = max(len(a.key) for a in artifacts)
+    for artifact in artifacts:
+        print(f"  {artifact.key:<{width}}  {len(artifact.body):>10} bytes  sha256 {artifact.sha256}", file=out)
     return artifacts
 
 
@@ -544,7 +581,7 @@ def _positive(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m include.ops.mwaa_deploy", description=__doc__.splitlines()[0])
-    parser.add_argument("--environment", required=True, help="the MWAA environment's name")
+    parser.add_argument("--environment", help="the MWAA environment's name (required, but with --build-only)")
     parser.add_argument("--region", help="AWS region (default: the AWS configuration's)")
     parser.add_argument("--dry-run", action="store_true", help="print the plan; upload and update nothing")
     parser.add_argument("--startup-script", type=Path, help="a shell script MWAA runs before Airflow starts")
@@ -558,13 +595,36 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="for an environment without internet: pack every wheel into plugins.zip and install from there",
     )
+    parser.add_argument(
+        "--build-only",
+        type=Path,
+        metavar="DIR",
+        help="write the artifacts a deploy uploads into DIR (new or empty) and stop: no AWS call, no credentials",
+    )
     args = parser.parse_args(argv)
+    if args.build_only is None and not args.environment:
+        parser.error("--environment is required (or --build-only DIR, which calls no AWS API)")
+    if args.build_only is not None:
+        given = {
+            "--environment": args.environment,
+            "--region": args.region,
+            "--dry-run": args.dry_run,
+            "--delete-removed": args.delete_removed,
+            "--pool-slots": args.pool_slots,
+        }
+        pointless = [option for option, value in given.items() if value]
+        if pointless:
+            parser.error(f"--build-only calls no AWS API, so {', '.join(pointless)} would do nothing")
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     from botocore.exceptions import BotoCoreError, ClientError
 
-    mwaa, s3 = clients(args.region)
     try:
         with tempfile.TemporaryDirectory(prefix="mwaa-wheels-") as folder:
+            wheels = download_wheels(args.project_root, Path(folder)) if args.private_network else None
+            if args.build_only is not None:
+                write_build(args.project_root, args.build_only, args.startup_script, wheels)
+                return 0
+            mwaa, s3 = clients(args.region)
             deploy(
                 mwaa=mwaa,
                 s3=s3,
@@ -573,7 +633,7 @@ def main(argv: list[str] | None = None) -> int:
                 startup_script=args.startup_script,
                 dry_run=args.dry_run,
                 delete_removed=args.delete_removed,
-                wheels=download_wheels(args.project_root, Path(folder)) if args.private_network else None,
+                wheels=wheels,
             )
         with airflow_admin.http_client() as http:
             prepare_airflow(

@@ -2,12 +2,14 @@
 
 moto has no MWAA backend, so the MWAA calls go through ``botocore.stub.Stubber`` on a real
 ``mwaa`` client, which checks every request and response against the service's API model.
-S3 is the moto server from ``tests/conftest.py``, with a versioned bucket per test.
+S3 is the moto server from ``tests/conftest.py``, with a versioned bucket per test; so is Secrets Manager.
+Every call a deploy makes is also checked against the deployer's IAM policy (``include/ops/iam/deployer.json``).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import re
@@ -23,15 +25,28 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import botocore.client
 import pytest
+from botocore import xform_name
 from botocore.stub import Stubber
 
 from include.ops import airflow_admin, mwaa_deploy
-from include.ops.mwaa_deploy import CONSTRAINT_LINE, DeployError, build_plugins_zip, deploy
+from include.ops.mwaa_deploy import CONSTRAINT_LINE, MWAA_PLUGINS_DIR, DeployError, build_plugins_zip, deploy
+from tests.unit.test_iam_policies import (
+    DEPLOY_CODE,
+    EXAMPLE,
+    allowed,
+    filled_policy,
+    iam_requests,
+    operations_called,
+    readme_backend_kwargs,
+    readme_redaction_key_conn_ids,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_NAME = "es-backfill-test"
-ENV_ARN = f"arn:aws:airflow:us-east-1:123456789012:environment/{ENV_NAME}"
+REGION, ACCOUNT = "us-east-1", "123456789012"
+ENV_ARN = f"arn:aws:airflow:{REGION}:{ACCOUNT}:environment/{ENV_NAME}"
 CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 
 
@@ -136,21 +151,37 @@ def read(s3: Any, bucket: str, key: str) -> bytes:
     return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
-def first_deploy(project: Path, s3: Any, bucket: str, mwaa: tuple[Any, Stubber], **kwargs: Any):
-    """Deploy to a new environment; return the result and the environment's fields afterwards."""
+def first_deploy(project: Path, s3: Any, bucket: str, mwaa: tuple[Any, Stubber], deploy_s3: Any = None, **kwargs: Any):
+    """Deploy to a new environment (through ``deploy_s3``, default ``s3``); return the result and the environment's
+    fields afterwards."""
     client, stubber = mwaa
     expect_get(stubber, environment(bucket))
-    expect_update(
-        stubber,
-        {
-            "PluginsS3Path": "plugins.zip",
-            "PluginsS3ObjectVersion": LatestVersionOf(s3, bucket, "plugins.zip"),
-            "RequirementsS3Path": "requirements.txt",
-            "RequirementsS3ObjectVersion": LatestVersionOf(s3, bucket, "requirements.txt"),
-        },
-    )
-    result = deploy(mwaa=client, s3=s3, environment=ENV_NAME, root=project, out=io.StringIO(), **kwargs)
+    fields = {
+        "PluginsS3Path": "plugins.zip",
+        "PluginsS3ObjectVersion": LatestVersionOf(s3, bucket, "plugins.zip"),
+        "RequirementsS3Path": "requirements.txt",
+        "RequirementsS3ObjectVersion": LatestVersionOf(s3, bucket, "requirements.txt"),
+    }
+    if kwargs.get("startup_script"):
+        fields |= {
+            "StartupScriptS3Path": "startup.sh",
+            "StartupScriptS3ObjectVersion": LatestVersionOf(s3, bucket, "startup.sh"),
+        }
+    expect_update(stubber, fields)
+    result = deploy(mwaa=client, s3=deploy_s3 or s3, environment=ENV_NAME, root=project, out=io.StringIO(), **kwargs)
     return result, in_use(result)
+
+
+def record_calls(*clients: Any) -> list[tuple[str, str, dict[str, Any]]]:
+    """Every API call the clients make from now on: (service, operation, parameters), stubbed calls included."""
+    calls: list[tuple[str, str, dict[str, Any]]] = []
+
+    def record(params: dict[str, Any], model: Any, **_: Any) -> None:
+        calls.append((model.service_model.service_name, xform_name(model.name), dict(params)))
+
+    for client in clients:
+        client.meta.events.register("before-parameter-build", record)
+    return calls
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -445,6 +476,87 @@ def test_command_line_dry_run_exits_0_and_a_refused_deploy_exits_2(project, s3, 
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Building without deploying
+
+
+def test_build_only_writes_the_bytes_a_deploy_uploads_without_credentials_or_any_aws_call(
+    project, s3, bucket, mwaa, tmp_path, monkeypatch, capsys
+):
+    startup = project / "startup.sh"
+    startup.write_text("#!/bin/sh\nexport ES_BACKFILL_EXAMPLE=1\n")
+    build = tmp_path / "build"
+
+    def no_aws_call(client: Any, operation: str, params: Any) -> None:
+        pytest.fail(f"--build-only called AWS: {operation}")
+
+    with monkeypatch.context() as offline:  # no credentials, no configuration, no instance metadata, no API
+        for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_REGION"):
+            offline.delenv(name, raising=False)
+        offline.delenv("AWS_DEFAULT_REGION", raising=False)
+        for name in ("AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE"):
+            offline.setenv(name, str(tmp_path / "no-such-file"))
+        offline.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        offline.setattr(botocore.client.BaseClient, "_make_api_call", no_aws_call)
+        args = ["--build-only", str(build), "--project-root", str(project), "--startup-script", str(startup)]
+
+        code = mwaa_deploy.main(args)
+
+    assert code == 0
+    files = {path.relative_to(build).as_posix(): path.read_bytes() for path in build.rglob("*") if path.is_file()}
+    assert set(files) == {"dags/es_backfill.py", "plugins.zip", "requirements.txt", "startup.sh"}
+    assert files["plugins.zip"] == build_plugins_zip(project)
+    assert files["requirements.txt"].decode().splitlines()[0] == CONSTRAINT_LINE
+    listing = capsys.readouterr().out
+    assert all(f"sha256 {hashlib.sha256(body).hexdigest()}" in listing for body in files.values())
+    first_deploy(project, s3, bucket, mwaa, startup_script=startup)
+    assert {key: read(s3, bucket, key) for key in files} == files  # what a deploy uploads, byte for byte
+
+
+def test_build_only_for_a_private_network_packs_the_wheels_and_sends_pip_to_them(project, tmp_path, monkeypatch):
+    (project / "constraints").mkdir()
+    shutil.copy2(ROOT / mwaa_deploy.CONSTRAINTS_SOURCE, project / mwaa_deploy.CONSTRAINTS_SOURCE)
+    wheel = tmp_path / "example-1.0-py3-none-any.whl"
+    wheel.write_bytes(b"a wheel's bytes")
+
+    def download_wheels(root: Path, dest: Path) -> list[Path]:  # as pip download would, without PyPI
+        assert root == project
+        return [Path(shutil.copy2(wheel, dest))]
+
+    monkeypatch.setattr(mwaa_deploy, "download_wheels", download_wheels)
+    build = tmp_path / "build"
+
+    assert mwaa_deploy.main(["--build-only", str(build), "--project-root", str(project), "--private-network"]) == 0
+
+    assert (build / "plugins.zip").read_bytes() == build_plugins_zip(project, [wheel])
+    with zipfile.ZipFile(build / "plugins.zip") as archive:
+        assert "wheels/example-1.0-py3-none-any.whl" in archive.namelist()
+    requirements = (build / "requirements.txt").read_text().splitlines()
+    assert requirements[:2] == [f"--find-links {MWAA_PLUGINS_DIR}/wheels", "--no-index"]
+
+
+def test_build_only_refuses_options_that_need_aws_and_a_directory_that_is_not_empty(project, tmp_path, capsys):
+    with pytest.raises(SystemExit) as usage:
+        mwaa_deploy.main(["--build-only", str(tmp_path / "b"), "--environment", ENV_NAME, "--pool-slots", "4"])
+    assert usage.value.code == 2
+    assert "--build-only calls no AWS API, so --environment, --pool-slots would do nothing" in capsys.readouterr().err
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine\n")
+
+    assert mwaa_deploy.main(["--build-only", str(used), "--project-root", str(project)]) == 2
+
+    assert f"{used} is not an empty directory" in capsys.readouterr().err
+    assert [path.name for path in used.iterdir()] == ["notes.txt"]
+
+
+def test_deploy_needs_an_environment_unless_it_only_builds(capsys):
+    with pytest.raises(SystemExit) as usage:
+        mwaa_deploy.main(["--dry-run"])
+    assert usage.value.code == 2
+    assert "--environment is required (or --build-only DIR, which calls no AWS API)" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Pools and connections
 
 
@@ -723,6 +835,62 @@ def test_connection_secret_is_read_back_by_the_secrets_manager_backend(s3_server
     assert found.extra_dejson == {"api_key": "abc", "verify_certs": True}
 
 
+def test_secrets_manager_backend_set_up_as_the_readme_says_reads_the_backfills_connections_and_skips_aws_default(
+    s3_server, monkeypatch
+):
+    from airflow.providers.amazon.aws.secrets.secrets_manager import SecretsManagerBackend
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    secrets = boto3.client("secretsmanager", endpoint_url=s3_server.endpoint_url, **CREDENTIALS)
+    kwargs = readme_backend_kwargs()
+    prefix = f"{kwargs['connections_prefix']}-{uuid.uuid4().hex[:8]}"
+    (key_conn_id,) = readme_redaction_key_conn_ids()
+    stored = {
+        "elasticsearch_default": {"conn_type": "elasticsearch", "host": "es.example.com", "port": 9243},
+        key_conn_id: {"conn_type": "generic", "password": "example-key"},
+        "aws_default": {"conn_type": "aws", "login": "AKIAEXAMPLE", "password": "not-the-execution-role"},
+    }
+    for conn_id, conn in stored.items():  # all three exist: only the pattern keeps aws_default out
+        secrets.create_secret(Name=f"{prefix}/{conn_id}", SecretString=json.dumps(conn))
+    backend = SecretsManagerBackend(
+        **{**kwargs, "connections_prefix": prefix}, endpoint_url=s3_server.endpoint_url, region_name=REGION
+    )
+    asked = record_calls(backend.client)
+
+    assert backend.get_connection("elasticsearch_default").host == "es.example.com"
+    assert backend.get_connection(key_conn_id).password == "example-key"
+    assert backend.get_connection("aws_default") is None
+    assert [params["SecretId"] for _, _, params in asked] == [
+        f"{prefix}/elasticsearch_default",
+        f"{prefix}/{key_conn_id}",
+    ]
+
+
+def test_secret_command_writes_only_connections_the_lookup_pattern_reads(s3_server, tmp_path, monkeypatch, capsys):
+    secrets = boto3.client("secretsmanager", endpoint_url=s3_server.endpoint_url, **CREDENTIALS)
+    monkeypatch.setattr(airflow_admin, "_boto_client", lambda service, region: secrets)
+    conn = tmp_path / "conn.json"
+    conn.write_text('{"conn_type": "generic", "password": "example-key"}')
+    prefix = f"airflow/connections-{uuid.uuid4().hex[:8]}"
+    command = ["secret", "--file", str(conn), "--prefix", prefix, "--conn-id"]
+
+    assert airflow_admin.main([*command, "aws_default"]) == 1
+    assert airflow_admin.main([*command, "Backfill_hmac"]) == 1  # the policies' secret names are lower case
+    assert airflow_admin.main([*command, "backfill_hmac"]) == 0
+
+    errors = capsys.readouterr().err.splitlines()
+    assert errors == [
+        "Failed: connection id 'aws_default' does not match connections_lookup_pattern '^(elasticsearch_|backfill_)', "
+        "so MWAA would never read this secret; name the connection elasticsearch_... or backfill_...",
+        "Failed: connection id 'Backfill_hmac' does not match connections_lookup_pattern "
+        "'^(elasticsearch_|backfill_)', so MWAA would never read this secret; name the connection "
+        "elasticsearch_... or backfill_...",
+    ]
+    names = [s["Name"] for s in secrets.list_secrets()["SecretList"] if s["Name"].startswith(f"{prefix}/")]
+    assert names == [f"{prefix}/backfill_hmac"]
+
+
 def test_local_cli_creates_then_resizes_the_pool_and_replaces_a_connection(airflow_db):
     """The same commands MWAA's CLI endpoint runs, run by the real ``airflow`` CLI on the test database."""
     run = airflow_admin.run_local_cli
@@ -742,3 +910,66 @@ def test_local_cli_creates_then_resizes_the_pool_and_replaces_a_connection(airfl
     (connection,) = json.loads(found.stdout)
     assert (connection["host"], int(connection["port"])) == ("es.example.com", 9243)
     assert connection["extra_dejson"] == {"api_key": "k"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The deployer's IAM policy
+
+
+def test_every_aws_call_of_the_deploy_tools_is_allowed_by_the_deployer_policy(project, s3, bucket, mwaa, s3_server):
+    """A first deploy, a deploy that finishes an interrupted one and deletes a removed DAG, the pool through
+    InvokeRestApi and through the CLI endpoint, and a connection secret created then updated: each call they make
+    is checked against ``include/ops/iam/deployer.json``, filled in for this environment."""
+    import httpx
+
+    client, stubber = mwaa
+    deploy_s3 = boto3.client("s3", endpoint_url=s3_server.endpoint_url, **CREDENTIALS)
+    secrets = boto3.client("secretsmanager", endpoint_url=s3_server.endpoint_url, **CREDENTIALS)
+    calls = record_calls(client, deploy_s3, secrets)
+    startup = project / "startup.sh"
+    startup.write_text("#!/bin/sh\n")
+    _, fields = first_deploy(project, s3, bucket, mwaa, deploy_s3=deploy_s3, startup_script=startup)
+    module = project / "plugins" / "es_backfill" / "windows.py"
+    module.write_text(module.read_text() + "\n# changed\n")
+    interrupted = mwaa_deploy.upload(
+        s3, bucket, mwaa_deploy.Artifact("plugins", "plugins.zip", build_plugins_zip(project))
+    )
+    s3.put_object(Bucket=bucket, Key="dags/old_dag.py", Body=b"# gone from dags/\n")
+    expect_get(stubber, environment(bucket, **fields))
+    expect_update(stubber, {"PluginsS3ObjectVersion": interrupted})
+    deploy(
+        mwaa=client,
+        s3=deploy_s3,
+        environment=ENV_NAME,
+        root=project,
+        startup_script=startup,
+        delete_removed=True,
+        out=io.StringIO(),
+    )
+    expect_rest(stubber, "GET", "/pools/es_backfill", {"detail": "Pool not found"}, status=404)
+    expect_rest(stubber, "PATCH", "/pools", {"create": {"success": ["es_backfill"], "errors": []}}, body=POOL_BULK)
+    for conn_id in ("elasticsearch_default", "aws_default"):
+        expect_rest(stubber, "GET", f"/connections/{conn_id}", {"connection_id": conn_id})
+    prepare(mwaa, project, pool_slots=4, dry_run=False)
+    stubber.add_client_error("invoke_rest_api", service_error_code="AccessDeniedException", http_status_code=403)
+    token = {"CliToken": "t0k", "WebServerHostname": "mwaa.example"}
+    stubber.add_response("create_cli_token", token, {"Name": ENV_NAME})
+    created = {"stdout": base64.b64encode(b"Pool es_backfill created").decode(), "stderr": ""}
+    with httpx.Client(transport=httpx.MockTransport(lambda request: httpx.Response(200, json=created))) as http:
+        prepare(mwaa, project, http=http, pool_slots=4, dry_run=False)
+    conn_id = f"backfill_hmac_{uuid.uuid4().hex[:8]}"
+    for key in ("first-key", "second-key"):  # CreateSecret, then PutSecretValue
+        airflow_admin.put_connection_secret(secrets, conn_id, {"conn_type": "generic", "password": key})
+
+    names = {**EXAMPLE, "REGION": REGION, "ACCOUNT": ACCOUNT, "ENV": ENV_NAME, "MWAA_BUCKET": bucket}
+    policy = filled_policy("deployer.json", names)
+    requests = [
+        request
+        for service, operation, params in calls
+        for request in iam_requests(
+            service, operation, params, region=REGION, account=ACCOUNT, execution_role=names["EXECUTION_ROLE"]
+        )
+    ]
+    assert [r for r in requests if not allowed(policy, r)] == []
+    assert {(service, operation) for service, operation, _ in calls} == operations_called(DEPLOY_CODE)
+    assert {r.action for r in requests} >= {"s3:GetObjectVersion", "s3:DeleteObject", "airflow:CreateCliToken"}
