@@ -25,7 +25,7 @@ from airflow.sdk import BaseHook
 from es_backfill.config import BackfillConfig, ConfigError, SourceConfig
 from es_backfill.engines import AwsAuth, ConnectionSettings, UnsupportedEngine, connect
 from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
-from es_backfill.source import AccessDenied, Reader, RequestRejected, SourceError
+from es_backfill.source import AccessDenied, Reader, RequestRejected, SourceError, TlsRefused
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,11 @@ def open_reader(settings: ConnectionSettings, name: str, **limits: Any) -> Reade
         ) from err  # fmt: skip
     except UnsupportedEngine as err:
         raise ConfigError([f"{name}: {err}"]) from err
+    except TlsRefused as err:
+        raise ConfigError(
+            [f"{name}: {settings.url}: {err}; set the connection's extra ca_certs to the file of the CA that signed "
+             "the cluster's certificate (or check the host name and that the port speaks HTTPS)"]
+        ) from err  # fmt: skip
     except SourceError as err:
         if isinstance(err, RequestRejected):
             raise  # an answer, which names itself

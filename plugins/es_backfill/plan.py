@@ -27,7 +27,7 @@ from es_backfill.lease import Holder
 from es_backfill.records import build_record, dumps_line
 from es_backfill.shape import Shaper
 from es_backfill.sink import ObjectStore
-from es_backfill.source import AccessDenied, BadRequest, NotFound, Reader
+from es_backfill.source import SCROLL, AccessDenied, BadRequest, NotFound, Reader
 from es_backfill.windows import Window, WindowError, balance, iso, split
 
 log = logging.getLogger(__name__)
@@ -76,13 +76,47 @@ def check_cluster(config: BackfillConfig, reader: Reader) -> None:
         raise ConfigError([f"connection {source.es_conn_id}: {_denied(source.messages_index, 'read', err)}"]) from err
     except BadRequest as err:
         raise ConfigError([f"the cluster rejected the query: {err.reason}; fix the query param"]) from err
+    _check_snapshots(reader, list(needed), source.es_conn_id)
+
+
+def _check_snapshots(reader: Reader, indices: list[str], conn_id: str) -> None:
+    """Each index can be read the way a window reads it: a point in time (or scroll) opened, searched and
+    released. A role may allow searches but not these; found here, before any window runs."""
+    problems = []
+    for index in dict.fromkeys(indices):
+        try:
+            reader.probe_snapshot(index)
+        except AccessDenied as err:
+            what = "scroll" if reader.cluster.strategy == SCROLL else "point in time"
+            problems.append(
+                f"connection {conn_id}: the credentials may not open, search or release a {what} on index "
+                f"{index!r} ({err.reason}); grant the index privilege read (OpenSearch's security plugin: "
+                f"{SNAPSHOT_ACTIONS[what]})"
+            )
+    if problems:
+        raise ConfigError(problems)
+
+
+# The OpenSearch security plugin's permissions for reading a snapshot, besides indices:data/read/search.
+SNAPSHOT_ACTIONS = {
+    "point in time": "the index permissions indices:data/read/point_in_time/create and "
+    "indices:data/read/point_in_time/delete",
+    "scroll": "the cluster permissions indices:data/read/scroll and indices:data/read/scroll/clear",
+}
 
 
 def _check_fields(reader: Reader, index: str, fields: list[str]) -> list[str]:
     try:
         mapped = reader.field_mappings(index, fields)
-    except NotFound:
-        return [f"index {index!r} does not exist (or matches nothing) on the cluster"]
+    except NotFound as err:
+        if "index_not_found" in err.reason or "no such index" in err.reason:
+            return [f"index {index!r} does not exist (or matches nothing) on the cluster"]
+        # OpenSearch's security plugin denies a sub-action of the field-mapping request silently: 404, body {}.
+        return [
+            f"index {index!r}: its field mappings answered 404 without naming a missing index ({err.reason}), "
+            "as OpenSearch's security plugin does for a role with indices:admin/mappings/fields/get but not its "
+            "sub-actions: grant indices:admin/mappings/fields/get* (Elasticsearch: view_index_metadata)"
+        ]
     except AccessDenied as err:
         return [_denied(index, "view_index_metadata", err)]
     return [

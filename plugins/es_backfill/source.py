@@ -34,7 +34,7 @@ import time
 from abc import ABC, abstractmethod
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -78,6 +78,21 @@ class AccessDenied(RequestRejected):
 
 class NotFound(RequestRejected):
     """HTTP 404: an index (or another resource) does not exist."""
+
+
+class TlsRefused(SourceError):
+    """TLS with the cluster failed in a way no retry changes: a certificate the client does not trust (another
+    CA, an expired or self-signed one, another host name) or HTTPS to a port that speaks plain HTTP."""
+
+
+# What the TLS libraries say when the failure is the certificate or the protocol, not the network.
+_TLS_REFUSALS = ("certificate verify failed", "wrong version number", "hostname mismatch", "doesn't match")
+
+
+def tls_refusal(reason: str) -> bool:
+    """Whether ``reason`` (of a request that got no answer) is a TLS failure no retry changes."""
+    text = reason.lower()
+    return any(marker in text for marker in _TLS_REFUSALS)
 
 
 class SnapshotLost(RequestRejected):
@@ -218,7 +233,10 @@ class Reader(ABC):
 
     def _is_transient(self, exc: BaseException) -> bool:
         described = self._error_status(exc)
-        return described is not None and (described[0] is None or described[0] in TRANSIENT_STATUSES)
+        if described is None:
+            return False
+        status, reason = described
+        return (status is None and not tls_refusal(reason)) or status in TRANSIENT_STATUSES
 
     def call(self, name: str, fn: Callable[..., T], **kwargs: Any) -> T:
         """``fn(**kwargs)``, counted as ``name``, retried while it fails transiently; an error answer
@@ -245,6 +263,8 @@ class Reader(ABC):
             if described is None:
                 raise
             status, reason = described
+            if status is None and tls_refusal(reason):
+                raise TlsRefused(f"{name} failed in TLS: {reason}") from exc
             if status is None or status in TRANSIENT_STATUSES:
                 raise SourceError(f"{name} still failing after {self._max_attempts} attempts: {reason}") from exc
             raise rejection(name, status, reason) from exc
@@ -307,6 +327,27 @@ class Reader(ABC):
 
     def clear_scroll(self, scroll_id: str) -> None:
         self.call("clear_scroll", self._clear_scroll, scroll_id=scroll_id)
+
+    def probe_snapshot(self, index: str, keep_alive: str = "1m") -> None:
+        """Open a snapshot of ``index`` in the cluster's read strategy, search it and release it, reading no hit:
+        each request a window makes of a snapshot, once, so a refused one (:class:`AccessDenied`) is found before
+        any window runs. Unlike :meth:`Snapshot.close`, a refused release raises too."""
+        query: dict[str, Any] = {"query": {"match_none": {}}, "size": 1}
+        handle: str
+        if self.cluster.strategy == SCROLL:
+            handle = self.search(index, {**query, "sort": ["_doc"]}, scroll=keep_alive)["_scroll_id"]
+            use, release = (lambda: self.scroll(handle, keep_alive)), self.clear_scroll
+        else:
+            handle = self.open_pit(index, keep_alive)
+            use = lambda: self.search(None, {**query, "pit": {"id": handle, "keep_alive": keep_alive}})  # noqa: E731
+            release = self.close_pit
+        try:
+            use()
+        except SourceError:
+            with suppress(SourceError):
+                release(handle)
+            raise
+        release(handle)
 
     def snapshot(self, index: str, keep_alive: str) -> Snapshot:
         """A consistent view of ``index`` to page through, in the cluster's read strategy."""

@@ -71,3 +71,15 @@ def engine(request, pytestconfig):
     with running_engine(*request.param) as cluster:
         _announce(pytestconfig, f"{cluster.engine} {cluster.version} at {cluster.url}")
         yield cluster
+
+
+@pytest.fixture(scope="session")
+def secured_cluster(pytestconfig):
+    """OpenSearch with its security plugin, over HTTPS with this run's own CA, started once per session: ``admin``
+    seeds, ``backfill_reader`` holds only the role README documents, on the indices ``eng_*`` and ``lp_*``."""
+    from include.dev.servers.secured import running_secured_opensearch
+    from tests.conftest import _announce
+
+    with running_secured_opensearch(["eng_*", "lp_*"]) as cluster:
+        _announce(pytestconfig, f"OpenSearch {cluster.version} (security plugin, HTTPS) at {cluster.url}")
+        yield cluster

@@ -130,6 +130,27 @@ def test_a_full_dag_run_writes_the_same_bytes_as_on_elasticsearch_9(seeded_engin
     assert plan["source"]["product"] == seeded_engine.engine and plan["source"]["version"] == seeded_engine.version
 
 
+def test_the_least_privilege_reader_over_https_writes_the_same_bytes_resumes_dry_runs_and_verifies(
+    secured_cluster, reference, run_backfill, s3_bucket, monkeypatch
+):
+    """OpenSearch 2.19.4 with its security plugin, read over HTTPS (this run's CA verified) by ``backfill_reader``,
+    whose only role is the one README documents: the same bytes as Elasticsearch 9.5, and every operation works."""
+    from es_backfill.cli import main as cli
+
+    with secured_cluster.admin_client() as admin:
+        _seed(admin)
+    monkeypatch.setenv("AIRFLOW_CONN_SECURED_READER", secured_cluster.connection_json())
+    conf = _conf(s3_bucket, "secured_reader")
+    assert run_backfill(conf).state == "success"
+    assert _parts(s3_bucket) == reference
+    windows = {k: v for k, v in read_objects(s3_bucket, "out/").items() if "/dt=" in k}
+    assert run_backfill(conf).state == "success"  # a resume: every window skipped, nothing rewritten
+    assert {k: v for k, v in read_objects(s3_bucket, "out/").items() if "/dt=" in k} == windows
+    assert run_backfill(conf | {"dry_run": True}).state == "success"
+    assert cli(["plan", "--conf", json.dumps(conf)]) == 0
+    assert cli(["verify", "--conf", json.dumps(conf)]) == 0
+
+
 def _release(engine: Any, body: bytes) -> bool:
     """Release, on the cluster itself, the point in time or scroll a request names, and let the request
     through: the engine answers with its own error for a lost context."""
