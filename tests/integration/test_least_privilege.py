@@ -119,9 +119,10 @@ def test_the_exact_field_mappings_action_without_its_wildcard_is_named_not_taken
     assert code == 2 and "grant indices:admin/mappings/fields/get*" in err and "does not exist" not in err
 
 
+UNAUTHORIZED = ["refused GET /", "(Unauthorized)", "check the credentials"]
 REFUSALS = {
-    "a wrong password": ({"conn_id": "lp_wrong_password"}, ["refused GET /", "(Unauthorized)", "check the credentials"]),
-    "no credentials": ({"conn_id": "lp_no_credentials"}, ["refused GET /", "(Unauthorized)", "check the credentials"]),
+    "a wrong password": ({"conn_id": "lp_wrong_password"}, UNAUTHORIZED),
+    "no credentials": ({"conn_id": "lp_no_credentials"}, UNAUTHORIZED),
     "a CA that did not sign the node's certificate": (
         {"conn_id": "lp_other_ca"}, ["failed in TLS", "certificate verify failed", "extra ca_certs to the file of"]
     ),

@@ -58,7 +58,9 @@ itself and does not forward that header, accepts ``Content-Length`` and chunked
 request bodies and forwards them with a ``Content-Length``, streams upstream
 bodies of known length and buffers chunked or close-delimited ones to send them
 with a ``Content-Length``, and drops hop-by-hop headers in both directions. If
-the upstream cannot be reached it answers 502 (logged with ``injected=None``).
+the upstream cannot be reached it answers 502 (logged with ``injected=None``). An ``https`` upstream is
+verified with ``upstream_ssl_context`` when given (e.g. against a test run's own CA), else with
+:mod:`http.client`'s default context.
 """
 
 from __future__ import annotations
@@ -70,6 +72,7 @@ import logging
 import re
 import socket
 import socketserver
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Iterable, Mapping
@@ -393,6 +396,10 @@ class FaultProxy:
     from the upstream server. ``gate``, when given, decides first whether a
     request may pass at all (see the module documentation); the attribute
     :attr:`gate` may also be set or cleared while the proxy runs.
+    ``upstream_ssl_context``, for an ``https`` upstream, is the TLS context the
+    proxy connects with, e.g. ``ssl.create_default_context(cafile=...)`` to
+    verify a server whose certificate a private CA signed; ``None`` (the
+    default) keeps :class:`http.client.HTTPSConnection`'s own default context.
     """
 
     def __init__(
@@ -403,13 +410,17 @@ class FaultProxy:
         port: int = 0,
         upstream_timeout: float = 120.0,
         gate: Gate | None = None,
+        upstream_ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         parts = urlsplit(upstream_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"upstream must be an http(s) URL, got {upstream_url!r}")
+        if upstream_ssl_context is not None and parts.scheme != "https":
+            raise ValueError(f"upstream_ssl_context is for an https upstream, not {upstream_url!r}")
         self.upstream_url = upstream_url.rstrip("/")
         self.upstream_timeout = upstream_timeout
         self.gate = gate
+        self.upstream_ssl_context = upstream_ssl_context
         self._upstream_https = parts.scheme == "https"
         self._upstream_host = parts.hostname
         self._upstream_port = parts.port or (443 if self._upstream_https else 80)
@@ -556,7 +567,12 @@ class FaultProxy:
 
     def _new_upstream_connection(self) -> http.client.HTTPConnection:
         if self._upstream_https:
-            return http.client.HTTPSConnection(self._upstream_host, self._upstream_port, timeout=self.upstream_timeout)
+            return http.client.HTTPSConnection(
+                self._upstream_host,
+                self._upstream_port,
+                timeout=self.upstream_timeout,
+                context=self.upstream_ssl_context,  # None: http.client's own default context
+            )
         return http.client.HTTPConnection(self._upstream_host, self._upstream_port, timeout=self.upstream_timeout)
 
 
