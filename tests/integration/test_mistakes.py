@@ -43,12 +43,14 @@ def test_no_aws_credentials_for_the_command_line(conf, s3_server, monkeypatch, t
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     code, err = _cli(capsys, "verify", "--conf", json.dumps(conf), "--s3-endpoint-url", s3_server.endpoint_url)
     assert code == 2 and "no AWS credentials were found" in err and "AWS_ACCESS_KEY_ID" in err
+    assert read_objects(conf["s3_bucket"], "") == {}  # nothing written
 
 
 def test_a_connection_that_is_not_defined(conf, capsys):
     conf["source"]["es_conn_id"] = "no_such_connection"
     code, err = _cli(capsys, "verify", "--conf", json.dumps(conf))
     assert code == 2 and "connection 'no_such_connection' is not defined: create it" in err
+    assert read_objects(conf["s3_bucket"], "") == {}  # nothing written
 
 
 def test_a_cluster_that_does_not_answer_is_named_after_the_retries(conf, capsys):
@@ -56,6 +58,7 @@ def test_a_cluster_that_does_not_answer_is_named_after_the_retries(conf, capsys)
     code, err = _cli(capsys, "plan", "--conf", json.dumps(conf), "--es-url", url)
     assert code == 2 and f"--es-url: {url} did not answer GET / (info still failing after 2 attempts" in err
     assert "check the URL and port" in err
+    assert read_objects(conf["s3_bucket"], "") == {}  # nothing written
 
 
 def test_a_conf_file_that_is_missing_or_not_json_is_named_with_the_line(tmp_path, capsys):
@@ -70,6 +73,7 @@ def test_a_query_the_cluster_rejects_shows_the_clusters_reason(conf, capsys):
     code, err = _cli(capsys, "plan", "--conf", json.dumps(conf | {"query": {"match_al": {}}}))
     assert code == 2 and "the cluster rejected the query: parsing_exception: Failed to parse (caused by " in err
     assert "unknown field [match_al]" in err  # the cluster's own words for what is wrong
+    assert read_objects(conf["s3_bucket"], "") == {}  # nothing written
 
 
 def test_the_plan_task_stops_once_on_a_missing_bucket_without_retries(conf, run_backfill):
