@@ -87,6 +87,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl
 
+from include.dev.nodecpu import NodeMeter, clear_caches
+
 ROOT = Path(__file__).resolve().parents[2]
 # Airflow puts the plugins folder on sys.path for the DAG; a plain `python -m` run has to do it itself.
 if str(ROOT / "plugins") not in sys.path:
@@ -695,7 +697,7 @@ def child_main(role: str, job: Job, result_file: Path) -> None:
     result_file.write_text(json.dumps(report))
 
 
-def run_child(role: str, job: Job) -> dict[str, Any]:
+def run_child(role: str, job: Job, cores: set[int] | None = None) -> dict[str, Any]:
     """Run ``role`` in a fresh interpreter and return what it reports.
 
     A process started with fork/vfork + exec inherits its parent's peak RSS in ``ru_maxrss``
@@ -708,13 +710,34 @@ def run_child(role: str, job: Job) -> dict[str, Any]:
         cmd = [sys.executable, "-m", "include.dev.bench", "--role", role, "--job", json.dumps(asdict(job))]
         cmd += ["--result-file", str(result_file)]
         log.info("Starting child process: %s", role)
-        completed = subprocess.run(cmd, cwd=ROOT, check=False, timeout=CHILD_TIMEOUT_S)
+        pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
+        completed = subprocess.run(cmd, cwd=ROOT, check=False, timeout=CHILD_TIMEOUT_S, preexec_fn=pin)
         if completed.returncode != 0 or not result_file.is_file():
             raise RuntimeError(f"the {role} child process failed (exit status {completed.returncode}); see its log")
         return json.loads(result_file.read_text())
 
 
 # --- orchestration and report ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the contenders run and how the node's CPU is read: with ``contender_cores`` the servers keep the
+    orchestrator's cores (pinned before they start) and each contender runs on these, as a cluster on its own
+    machines and a task on a worker would; ``None``: every process shares every core."""
+
+    meter: NodeMeter
+    contender_cores: set[int] | None
+
+    def run(self, role: str, job: Job) -> Result:
+        """``role`` on a cold cache (``POST /_cache/clear`` first), with the node's CPU time it cost."""
+        clear_caches(job.es_url)
+        before = self.meter.usage()
+        result = Result(**run_child(role, job, self.contender_cores))
+        spent = self.meter.usage().minus(before)
+        result.notes["node_cpu_s"] = spent.total_s
+        result.notes["node_threads"] = spent.threads
+        return result
 
 
 @dataclass(frozen=True)
@@ -730,6 +753,8 @@ class Setup:
     end: datetime
     page_size: int
     orchestrator_peak_rss_kib: int
+    placement: str
+    node_cpu_source: str
 
     @property
     def messages(self) -> int:
@@ -791,6 +816,9 @@ ROWS: tuple[tuple[str, Callable[[Result], float | None], int], ...] = (
     ("seconds", lambda r: r.seconds, 1),
     ("records/s", lambda r: r.rate, 1),
     ("CPU seconds in the contender", lambda r: r.cpu_seconds, 1),
+    ("  per 1,000 messages", lambda r: r.cpu_seconds * 1000 / max(r.messages, 1), 3),
+    ("CPU seconds in the node", lambda r: r.notes.get("node_cpu_s"), 1),
+    ("  per 1,000 messages", lambda r: r.notes["node_cpu_s"] * 1000 / max(r.messages, 1), 3),
     ("ES requests", lambda r: r.es_total if r.es_requests else None, 0),
     ("ES requests per 1,000 messages", lambda r: r.per_1000(r.es_total) if r.es_requests else None, 2),
     ("ES requests in flight at most", lambda r: r.notes.get("peak_in_flight"), 0),
@@ -849,7 +877,6 @@ def report(setup: Setup, rounds: list[Mapping[str, Result]], narrow: Result) -> 
     pipeline, ceiling, dump, naive = (results[role] for role in ("pipeline", "ceiling", "elasticdump", "naive"))
     slow_pipeline, slow_ceiling, big = (results[role] for role in (*LATENCY_CONTENDERS, "pipeline_big"))
     cores = os.cpu_count() or 0
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else cores
     es_where = "started here" if setup.es_started_here else "from ES_URL"
     s3_where = "moto, started here" if setup.s3_started_here else "from S3_ENDPOINT_URL"
     windows = f"{pipeline.notes.get('windows', '?')} windows of {pipeline.notes.get('window', '?')}"
@@ -857,8 +884,8 @@ def report(setup: Setup, rounds: list[Mapping[str, Result]], narrow: Result) -> 
         "",
         "=== es-backfill benchmark ===",
         f"Elasticsearch {setup.es_version} at {setup.es_url} ({es_where}); S3 at {setup.s3_url} ({s3_where})",
-        f"Machine: {cores} cores ({usable} usable), {_cpu_model()}; Python {sys.version.split()[0]}; "
-        "Elasticsearch, S3 and the contender share these cores",
+        f"Machine: {cores} cores, {_cpu_model()}; Python {sys.version.split()[0]}; {setup.placement}",
+        f"Node CPU: {setup.node_cpu_source}; caches cleared (POST /_cache/clear) before every contender",
         f"Dataset: {_fmt(setup.messages)} messages over {DAYS} days "
         f"[{setup.start:%Y-%m-%d}, {setup.end:%Y-%m-%d}) + {_fmt(setup.related_docs)} related documents; "
         f"seeded in {setup.seed_seconds:.1f}s (not part of the figures)",
@@ -893,6 +920,7 @@ def report(setup: Setup, rounds: list[Mapping[str, Result]], narrow: Result) -> 
     lines += [
         "",
         *ratio_lines,
+        *_cpu_lines(rounds),
         f"requests per 1,000 messages: pipeline {pipe_per_1000:.2f}, ceiling {ceiling.per_1000(ceiling.es_total):.2f}",
         f"requests in flight at most: {in_flight} (max_in_flight {pipeline.notes['max_in_flight']}, every round)",
         f"peak RSS default window: {pipeline.peak_rss_kib / 1024:.2f} MiB",
@@ -931,6 +959,48 @@ def report(setup: Setup, rounds: list[Mapping[str, Result]], narrow: Result) -> 
     return "\n".join(lines)
 
 
+def _per_1000(result: Result, seconds: float) -> float:
+    return seconds * 1000 / max(result.messages, 1)
+
+
+def _spread(values: list[float]) -> str:
+    values = sorted(values)
+    return f"{statistics.median(values):.3f} ({values[0]:.3f}–{values[-1]:.3f})"
+
+
+def _cpu_lines(rounds: list[Mapping[str, Result]]) -> list[str]:
+    """CPU seconds per 1,000 messages, in the node and in the contender, as medians (min-max over the rounds),
+    the pipeline's over elasticdump's, and where the node's time went by thread group (median round)."""
+    roles = ("pipeline", "ceiling", "ceiling_latency", "elasticdump")
+    node = {role: [_per_1000(r[role], r[role].notes["node_cpu_s"]) for r in rounds] for role in roles}
+    task = {role: [_per_1000(r[role], r[role].cpu_seconds) for r in rounds] for role in roles}
+    over = [
+        _per_1000(r["pipeline"], r["pipeline"].notes["node_cpu_s"])
+        / max(_per_1000(r["elasticdump"], r["elasticdump"].notes["node_cpu_s"]), 1e-9)
+        for r in rounds
+    ]
+    task_over = [r["pipeline"].cpu_seconds / max(r["elasticdump"].cpu_seconds, 1e-9) for r in rounds]
+    lines = [
+        "cluster CPU per 1,000 messages (median, min–max): "
+        + ", ".join(f"{role} {_spread(values)}" for role, values in node.items())
+        + f"; pipeline/elasticdump {_spread(over)}",
+        "task CPU per 1,000 messages (median, min–max): "
+        + ", ".join(f"{role} {_spread(values)}" for role, values in task.items())
+        + f"; pipeline/elasticdump {_spread(task_over)}",
+        "Where the node's CPU went, by thread group (CPU seconds, the contender's median round):",
+    ]
+    for role in (*roles, "pipeline_latency"):
+        run = _median_run([r[role] for r in rounds])
+        groups = sorted(run.notes["node_threads"].items(), key=lambda kv: -kv[1])
+        shown = ", ".join(f"{name} {seconds:.2f}" for name, seconds in groups[:8]) or "not known (ES_URL)"
+        lines.append(f"  {role:<17} {run.notes['node_cpu_s']:.2f} in all: {shown}")
+    return lines
+
+
+def _cores(cores: set[int] | None) -> str:
+    return ",".join(map(str, sorted(cores or ())))
+
+
 def _count_problems(rounds: list[Mapping[str, Result]], counts: Mapping[str, int]) -> list[str]:
     """In every round, every contender that reads the whole range read every seeded message, and elasticdump
     wrote every document."""
@@ -947,7 +1017,7 @@ def _count_problems(rounds: list[Mapping[str, Result]], counts: Mapping[str, int
     return problems
 
 
-def _run_with_latency(job: Job) -> dict[str, Result]:
+def _run_with_latency(job: Job, placement: Placement) -> dict[str, Result]:
     """The latency contenders, through a fault proxy (in this process) delaying every request by LATENCY_S.
     The proxy's log also shows whether the ceiling sent the pipeline's requests: method, path and parameters."""
     from include.dev.servers.faultproxy import FaultProxy, delay
@@ -957,7 +1027,7 @@ def _run_with_latency(job: Job) -> dict[str, Result]:
         proxy.add_fault(".", delay(LATENCY_S), times=None)  # "." matches every request line
         for role in LATENCY_CONTENDERS:
             first = len(proxy.requests)
-            results[role] = Result(**run_child(role, replace(job, es_url=proxy.url)))
+            results[role] = placement.run(role, replace(job, es_url=proxy.url))
             records = proxy.requests[first:]
             results[role].notes["delayed"] = sum(1 for r in records if r.injected == "delay")
             seen[role] = Counter(f"{r.method} {r.path} {sorted(parse_qsl(r.query))}" for r in records)
@@ -966,15 +1036,15 @@ def _run_with_latency(job: Job) -> dict[str, Result]:
     return results
 
 
-def _round(job: Job, jobs: Mapping[str, Job], number: int) -> dict[str, Result]:
+def _round(job: Job, jobs: Mapping[str, Job], number: int, placement: Placement) -> dict[str, Result]:
     """Every contender once, in the order of CONTENDERS rotated by ``number``; then the latency pair."""
     order = CONTENDERS[number % len(CONTENDERS) :] + CONTENDERS[: number % len(CONTENDERS)]
     log.info("Round %s: %s, then %s", number + 1, ", ".join(order), ", ".join(LATENCY_CONTENDERS))
-    results = {role: Result(**run_child(role, jobs[role])) for role in order}
-    return results | _run_with_latency(job)
+    results = {role: placement.run(role, jobs[role]) for role in order}
+    return results | _run_with_latency(job, placement)
 
 
-def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int) -> None:
+def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int, shared_cores: bool = False) -> None:
     # Only light modules here: whatever this process holds, its children's ru_maxrss starts from.
     from include.dev.datagen import ROLES as DATAGEN_ROLES
     from include.dev.servers.elasticsearch import running_elasticsearch
@@ -982,7 +1052,12 @@ def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int) 
 
     tag = uuid.uuid4().hex[:8]
     start, end = START, START + timedelta(days=DAYS)
+    cores = sorted(os.sched_getaffinity(0))
+    contender_cores = None if shared_cores or len(cores) < 2 else set(cores[len(cores) // 2 :])
+    if contender_cores:  # the servers started below inherit the other half
+        os.sched_setaffinity(0, set(cores[: len(cores) // 2]))
     with running_elasticsearch() as cluster, running_s3() as s3_server:
+        placement = Placement(NodeMeter(cluster.url, cluster.pid, cluster.java_home), contender_cores)
         job = Job(
             es_url=cluster.url,
             s3_url=s3_server.endpoint_url,
@@ -1000,10 +1075,10 @@ def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int) 
         try:
             seeded = run_child("seed", job)
             log.info("Warm-up: one untimed pipeline pass")
-            run_child("pipeline", job)
-            measured = [_round(job, jobs, number) for number in range(rounds)]
+            run_child("pipeline", job, contender_cores)
+            measured = [_round(job, jobs, number, placement) for number in range(rounds)]
             log.info("The ceiling once more, reading a narrow _source")
-            narrow = Result(**run_child(NARROW_ROLE, replace(job, narrow=True)))
+            narrow = placement.run(NARROW_ROLE, replace(job, narrow=True))
         except BaseException:
             if external:
                 try:
@@ -1025,7 +1100,11 @@ def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int) 
         end=end,
         page_size=page_size,
         orchestrator_peak_rss_kib=_peak_rss_kib(),
-    )
+        placement=(f"Elasticsearch and S3 on core(s) {_cores(set(cores) - contender_cores)}, each contender on "
+                   f"core(s) {_cores(contender_cores)} (taskset; --shared-cores to share them)") if contender_cores
+        else "Elasticsearch, S3 and the contender share these cores",
+        node_cpu_source=placement.meter.source,
+    )  # fmt: skip
     print(report(setup, measured, narrow), flush=True)
     problems = _count_problems(measured, setup.counts)
     print(f"Counts: {'; '.join(problems) or 'every contender read every message; elasticdump wrote them all'}")
@@ -1069,6 +1148,12 @@ def main(argv: list[str] | None = None) -> int:
         default=DEFAULT_ROUNDS,
         help=f"rounds of every contender after the warm-up; medians are reported (default {DEFAULT_ROUNDS})",
     )
+    parser.add_argument(
+        "--shared-cores",
+        action="store_true",
+        help="run the servers and the contenders on all cores alike (default: the servers on half the cores, "
+        "each contender on the other half)",
+    )
     # Internal: how the benchmark runs seeding and each contender in a child process.
     parser.add_argument("--role", choices=("seed", *ROLES, "cleanup"), help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -1087,7 +1172,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.role:
             child_main(args.role, Job(**json.loads(args.job)), args.result_file)
         else:
-            main_bench(args.messages, args.naive_messages, args.page_size, args.rounds)
+            main_bench(args.messages, args.naive_messages, args.page_size, args.rounds, args.shared_cores)
     except Exception:
         log.exception("Benchmark failed")
         return 1

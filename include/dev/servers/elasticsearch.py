@@ -72,6 +72,8 @@ class RunningCluster:
     version: str
     started_here: bool
     engine: str = "elasticsearch"
+    pid: int | None = None  # of the node's launcher, where it was started here
+    java_home: Path | None = None  # the JDK it runs on (its jcmd can attach to it)
 
 
 @dataclass(frozen=True)
@@ -347,7 +349,10 @@ def running_engine(engine: str, version: str) -> Iterator[RunningCluster]:
     healthy, and stop it (removing its data) on exit. Each call starts its own node, on its own ports."""
     home = install(fetch_archive(version, engine), version, engine)
     with run_node(engine, version, home) as node:
-        yield RunningCluster(url=node.url, version=node.version, started_here=True, engine=engine)
+        yield RunningCluster(
+            url=node.url, version=node.version, started_here=True, engine=engine, pid=node.pid,
+            java_home=find_java_home(version, engine),
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
