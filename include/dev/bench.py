@@ -414,24 +414,30 @@ class _CeilingLookup:
         self._stack.close()
 
     def fetch(self, message_ids: list[str]) -> int:
+        from es_backfill.enrich import complete_ids
+
         found = 0
         for spec in self.related if message_ids else ():
-            query = {"bool": {"filter": [{"terms": {spec.join_field: message_ids}}]}}
             sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
-            body = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
+            body = {"sort": sort, "size": self.page_size, "track_total_hits": False}
             source = spec.source_filter()
             docvalues = None if source is True else [spec.join_field]  # as enrich reads the join field
             if docvalues:
                 body |= {"_source": source, "docvalue_fields": docvalues}
-            hits = len(self.es.search(spec.index, body)["hits"]["hits"])
-            if hits >= self.page_size:
-                if spec.name not in self._pits:
-                    self._pits[spec.name] = self._stack.enter_context(
-                        self.es.point_in_time(spec.index, self.keep_alive)
-                    )
-                pages = self.es.pages(self._pits[spec.name], query, sort, self.page_size, source, docvalues)
-                hits = sum(len(page) for page in pages)
-            found += hits
+            remaining = list(dict.fromkeys(message_ids))
+            while remaining:  # as enrich does: ids a full answer holds completely are not asked for again
+                query = {"bool": {"filter": [{"terms": {spec.join_field: remaining}}]}}
+                hits = self.es.search(spec.index, {**body, "query": query})["hits"]["hits"]
+                done, remaining = complete_ids(hits, remaining, self.page_size)
+                if not done:
+                    if spec.name not in self._pits:
+                        self._pits[spec.name] = self._stack.enter_context(
+                            self.es.point_in_time(spec.index, self.keep_alive)
+                        )
+                    pages = self.es.pages(self._pits[spec.name], query, sort, self.page_size, source, docvalues)
+                    found += sum(len(page) for page in pages)
+                    break
+                found += sum(1 for hit in hits if hit["sort"][0] in done)
         return found
 
 

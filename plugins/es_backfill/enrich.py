@@ -1,8 +1,10 @@
 """Batched lookups of the documents related to a page of messages.
 
 For each related index, one ``terms`` query on the join field covers a whole page of
-message ids; only when a batch has more hits than one request returns is it paged with
-a consistent snapshot. Never one request per message; the related indices are asked at the same
+message ids. When a batch has more hits than one request returns, the ids the full answer holds completely
+are kept and only the others are asked for again (each id is looked up about once, where reading the batch
+again in pages looked every id up once per page); only one message's documents filling a request are paged
+with a consistent snapshot. Never one request per message; the related indices are asked at the same
 time (the reader bounds how many requests are in flight). Related documents come
 back grouped by message id, ordered by the index's sort fields and then by index and
 document id, so the output is the same however Elasticsearch orders ties. A document
@@ -71,25 +73,44 @@ class RelatedLookup:
         return lambda: {name: future.result() for name, future in futures.items()}
 
     def _fetch_one(self, spec: RelatedIndex, message_ids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
-        query = {"bool": {"filter": [{"terms": {spec.join_field: list(message_ids)}}]}}
         sort = [{spec.join_field: "asc"}, *({f: "asc"} for f in spec.sort)]
         # Usually a page's related documents fit in one request, which needs no point in time.
-        body: dict[str, Any] = {"query": query, "sort": sort, "size": self.page_size, "track_total_hits": False}
+        body: dict[str, Any] = {"sort": sort, "size": self.page_size, "track_total_hits": False}
         source = spec.source_filter()
         # With a selection, _source may lack the join field: its every value is read from the doc values instead.
         docvalues = None if source is True else [spec.join_field]
         if docvalues:
             body["_source"] = source  # only the fields asked for are read
             body["docvalue_fields"] = docvalues
-        found = self.reader.search(spec.index, body)["hits"]["hits"]
-        if len(found) >= self.page_size:
-            found = self._snapshot(spec).collect(query, sort, self.page_size, source, docvalues)
-        wanted = set(message_ids)
         grouped: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for hit in found:
-            for message_id in _join_values(hit, spec.join_field, wanted):
-                grouped[message_id].append(hit)
+        remaining = list(dict.fromkeys(message_ids))
+        while remaining:
+            query = {"bool": {"filter": [{"terms": {spec.join_field: remaining}}]}}
+            found = self.reader.search(spec.index, {**body, "query": query})["hits"]["hits"]
+            done, remaining = complete_ids(found, remaining, self.page_size)
+            split = bool(done)
+            if not split:  # one message's documents fill a request (or ids are sorted as other values)
+                found = self._snapshot(spec).collect(query, sort, self.page_size, source, docvalues)
+                done, remaining = set(remaining), []
+            for hit in found:
+                # Of a split answer, a document joins only the ids it completed; the others are asked for again.
+                for message_id in _join_values(hit, spec.join_field, done, exact=split):
+                    grouped[message_id].append(hit)
         return {message_id: _ordered(hits, len(sort)) for message_id, hits in grouped.items()}
+
+
+def complete_ids(found: list[dict[str, Any]], ids: list[str], page_size: int) -> tuple[set[str], list[str]]:
+    """The ids whose every document ``found`` holds, and the ids to ask for again. A request that returned less
+    than a page holds them all. A full one is sorted by join value first: every id it shows as a sort value
+    before its last hit's is complete (a document sorts by its smallest join value, which is no larger), so only
+    the others are asked for again, instead of reading the whole batch again in pages. Comparing the engine's own
+    sort values keeps its order, whatever a normaliser does to the ids."""
+    if len(found) < page_size:
+        return set(ids), []
+    last = found[-1]["sort"][0]
+    seen = {hit["sort"][0] for hit in found}
+    done = {i for i in ids if i in seen and isinstance(last, str) and i < last}
+    return done, [i for i in ids if i not in done]
 
 
 def _ordered(hits: list[dict[str, Any]], sort_fields: int) -> list[dict[str, Any]]:
@@ -105,11 +126,11 @@ def _ordered(hits: list[dict[str, Any]], sort_fields: int) -> list[dict[str, Any
     return [hit["_source"] for hit in hits]
 
 
-def _join_values(hit: dict[str, Any], field: str, wanted: set[str]) -> list[str]:
+def _join_values(hit: dict[str, Any], field: str, wanted: set[str], exact: bool = False) -> list[str]:
     """The message ids of ``wanted`` a related document names: every value of its join field, from the doc
     values where they were asked for (a ``_source`` selection), else from ``_source`` in any form (the sort value
     is only the smallest); if none of those is a wanted id as written (a normaliser, a multi-field such as
-    ``message_id.keyword``), the value it was sorted by."""
+    ``message_id.keyword``), the value it was sorted by, unless ``exact``."""
     if "fields" in hit and field in hit["fields"]:
         candidates = hit["fields"][field]
     else:
@@ -118,7 +139,7 @@ def _join_values(hit: dict[str, Any], field: str, wanted: set[str]) -> list[str]
             return [value]
         candidates = fieldpath.values(hit["_source"], field)
     found = [v for v in dict.fromkeys(str(v) for v in candidates if v is not None) if v in wanted]
-    return found or [str(hit["sort"][0])]
+    return found or ([] if exact else [str(hit["sort"][0])])
 
 
 def _order_key(hit: dict[str, Any], sort_fields: int) -> tuple[Any, ...]:
