@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -62,15 +63,29 @@ def run_backfill(airflow_db, es_connection, s3_server):
 
 
 @pytest.fixture(scope="session")
-def engine(request, pytestconfig):
-    """A node of the engine ``request.param`` ((engine, version) from ``ENGINES``), started once per session
-    when a test first asks for it; parametrize indirectly, and pytest runs each engine's tests together."""
+def engine_nodes(pytestconfig) -> Iterator[Callable[[tuple[str, str]], Any]]:
+    """The engine nodes of the session, each started once, when a test first asks for it, and stopped at the
+    session's end. (pytest keys a parametrized fixture by its parameter's position in each ``parametrize``, so
+    the same engine in two lists would otherwise be a second node.)"""
     from include.dev.servers.elasticsearch import running_engine
     from tests.conftest import _announce
 
-    with running_engine(*request.param) as cluster:
-        _announce(pytestconfig, f"{cluster.engine} {cluster.version} at {cluster.url}")
-        yield cluster
+    with contextlib.ExitStack() as stack:
+        nodes: dict[tuple[str, str], Any] = {}
+
+        def node(key: tuple[str, str]) -> Any:
+            if key not in nodes:
+                nodes[key] = stack.enter_context(running_engine(*key))
+                _announce(pytestconfig, f"{nodes[key].engine} {nodes[key].version} at {nodes[key].url}")
+            return nodes[key]
+
+        yield node
+
+
+@pytest.fixture(scope="session")
+def engine(request, engine_nodes):
+    """A node of the engine ``request.param`` ((engine, version) from ``ENGINES``); parametrize indirectly."""
+    return engine_nodes(tuple(request.param))
 
 
 @pytest.fixture(scope="session")
