@@ -85,7 +85,7 @@ def verify(config: BackfillConfig, reader: Reader, store: ObjectStore, *, redact
     report.findings += [
         Finding(BACKFILL, "unaccounted object", key) for key in manifest.foreign_objects(store, config, windows)
     ]
-    seen = _Seen(MessageIds("message_id"), RedactionCheck(config.source.redact) if redaction else None)
+    seen = _Seen(MessageIds("message_id", spill=True), RedactionCheck(config.source.redact) if redaction else None)
     live_counts = window_counts(config, reader, windows)
     for window, live in zip(windows, live_counts, strict=True):
         for kind, detail in _verify_window(config, window, live, reader, store, seen):

@@ -903,8 +903,6 @@ def test_local_cli_creates_then_resizes_the_pool_and_replaces_a_connection(airfl
 
     pool = run(["pools", "get", pool_name, "-o", "json"])
     found = run(["connections", "get", conn_id, "-o", "json"])
-    run(["pools", "delete", pool_name])
-    run(["connections", "delete", conn_id])
 
     assert [(p["pool"], int(p["slots"])) for p in json.loads(pool.stdout)] == [(pool_name, 5)]
     (connection,) = json.loads(found.stdout)
