@@ -87,9 +87,10 @@ class RelatedLookup:
         while remaining:
             query = {"bool": {"filter": [{"terms": {spec.join_field: remaining}}]}}
             found = self.reader.search(spec.index, {**body, "query": query})["hits"]["hits"]
+            full = len(found) >= self.page_size
             done, remaining = complete_ids(found, remaining, self.page_size)
-            split = bool(done)
-            if not split:  # one message's documents fill a request (or ids are sorted as other values)
+            split = full and bool(done)
+            if not done:  # one message's documents fill a request (or ids are sorted as other values)
                 found = self._snapshot(spec).collect(query, sort, self.page_size, source, docvalues)
                 done, remaining = set(remaining), []
             for hit in found:
@@ -130,7 +131,7 @@ def _join_values(hit: dict[str, Any], field: str, wanted: set[str], exact: bool 
     """The message ids of ``wanted`` a related document names: every value of its join field, from the doc
     values where they were asked for (a ``_source`` selection), else from ``_source`` in any form (the sort value
     is only the smallest); if none of those is a wanted id as written (a normaliser, a multi-field such as
-    ``message_id.keyword``), the value it was sorted by, unless ``exact``."""
+    ``message_id.keyword``), the value it was sorted by; with ``exact`` (a split answer), only if that is wanted."""
     if "fields" in hit and field in hit["fields"]:
         candidates = hit["fields"][field]
     else:
@@ -139,7 +140,10 @@ def _join_values(hit: dict[str, Any], field: str, wanted: set[str], exact: bool 
             return [value]
         candidates = fieldpath.values(hit["_source"], field)
     found = [v for v in dict.fromkeys(str(v) for v in candidates if v is not None) if v in wanted]
-    return found or ([] if exact else [str(hit["sort"][0])])
+    if found:
+        return found
+    sorted_by = str(hit["sort"][0])
+    return [sorted_by] if not exact or sorted_by in wanted else []
 
 
 def _order_key(hit: dict[str, Any], sort_fields: int) -> tuple[Any, ...]:

@@ -42,7 +42,7 @@ class TermsEngine(Reader):
         pass
 
     def _search(self, index: str | None, body: dict[str, Any], scroll: str | None) -> dict[str, Any]:
-        ids = set(body["query"]["bool"]["filter"][0]["terms"]["message_id"])
+        (ids,) = (set(values) for values in body["query"]["bool"]["filter"][0]["terms"].values())
         self.looked_up += len(ids)
         tiebreaker = "_shard_doc" in body["sort"]
         hits = sorted(
@@ -96,6 +96,17 @@ def test_every_message_gets_exactly_its_documents_however_the_batch_splits(raw, 
     docs = [(f"d{n:02}", values, ts) for n, (values, ts) in enumerate(raw)]
     engine = TermsEngine(docs)
     with RelatedLookup(engine, [SPEC], "1m", page_size=page_size) as lookup:
+        assert lookup.fetch(ids)["history"] == _expected(docs, ids)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from("abcdefgh"), st.integers(0, 5)), max_size=30), st.integers(1, 7))
+def test_a_join_on_a_multi_field_joins_by_the_value_sorted_by_whether_or_not_the_batch_splits(raw, page_size):
+    # "message_id.keyword" is not in _source: the join value is the one each document was sorted by.
+    docs = [(f"d{n:02}", [value], ts) for n, (value, ts) in enumerate(raw)]
+    keyword = RelatedIndex("history", "history", "message_id.keyword", ("ts",), "many")
+    ids = list("abcdefgh")
+    with RelatedLookup(TermsEngine(docs), [keyword], "1m", page_size=page_size) as lookup:
         assert lookup.fetch(ids)["history"] == _expected(docs, ids)
 
 
