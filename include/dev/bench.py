@@ -10,14 +10,14 @@ What it measures, in one run, on the same seeded data:
 2. **pipeline**: ``es_backfill.extract.run_window`` over every window of ``1008m`` (7 days / 10),
    one after the other, as the DAG's mapped tasks would run them, with the reader
    ``es_backfill.engines.connect`` makes (``max_in_flight`` from the defaults file): point in
-   time + ``search_after`` pages of ``--page-size`` messages, one batched ``terms`` lookup per
+   time + ``search_after`` pages of ``--page-size`` messages, batched ``terms`` lookups per
    related index and page, ``jsonl.gz`` parts on S3, a manifest per window. Every message of
    the range. The reader reports the most requests it had in flight at once.
 3. **ceiling**: the Elasticsearch requests the pipeline sends for the same windows, with the same
    bodies and parameters: ``GET /``; per window the
-   count, the missing-id check, a point in time, its pages, per page one ``terms`` lookup per
-   related index, paged in a point in time of that index where ``related_page_size`` hits come
-   back, as the pipeline does; the points in time closed. Sent
+   count, the missing-id check, a point in time, its pages, per page the ``terms`` lookups per
+   related index, a full answer split where it ends (``es_backfill.enrich.complete_ids``), as the
+   pipeline does; the points in time closed. Sent
    back to back over ONE keep-alive connection (urllib3, ``maxsize=1``) and parsed with
    ``orjson.loads`` only for the next ``search_after`` key and the page's message ids. No
    records, nothing written: what the pipeline's requests cost by themselves, one at a time.
@@ -51,17 +51,21 @@ line. Targets are printed as information only: the exit status is non-zero only 
 something fails: a contender, or a check of the counts (the contenders that read the whole
 range read every seeded message; elasticdump's lines equal the seeded counts), printed last.
 
-This machine is shared and a cold cluster is about twice as slow as a warm one, so one untimed
-pipeline pass warms the caches first; then ``--rounds`` rounds (default 3) each run every contender
-once, the order rotated by one each round. The table shows each contender's median run; each ratio
-is computed within each round and reported as its median with the min-max.
+One untimed pipeline pass warms the JVM first; then ``--rounds`` rounds (default 3) each run every
+contender once, the order rotated by one each round, the node's caches cleared before each
+(``POST /_cache/clear``) and its CPU time read before and after (``include.dev.nodecpu``: in all and
+by thread group). The table shows each contender's median run; each ratio is computed within each round
+and reported as its median with the min-max; the node's and the task's CPU per 1,000 messages too.
 
 Run it from the project root (``make bench`` installs elasticdump first)::
 
     .venv/bin/python -m include.dev.bench [--messages N] [--naive-messages M] [--page-size P] [--rounds R]
+                                          [--shared-cores]
 
-The contenders share this machine with Elasticsearch and the S3 server, so the figures
-describe this machine; the ratios are what carries over.
+By default Elasticsearch and the S3 server run on half the cores and each contender on the other half
+(``sched_setaffinity``), as a cluster on its own machines and a task on a worker would; with
+``--shared-cores`` they all share every core. The figures describe this machine; the ratios are what
+carries over.
 """
 
 from __future__ import annotations
