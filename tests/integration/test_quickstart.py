@@ -83,7 +83,7 @@ def test_the_quickstart_runs_as_written_on_the_local_servers(tmp_path, monkeypat
     with _make_servers(tmp_path / "servers.log") as printed, running_postgres() as db, running_airflow(db) as airflow:
         exports = dict(pair.split("=", 1) for pair in shlex.split(printed["export"]))
         subprocess.run(printed["cp"], shell=True, cwd=workdir, check=True, timeout=30)  # noqa: S602 - its own line
-        airflow.wait_for("the DAG to be parsed", lambda: _dag_parsed(airflow))
+        airflow.wait_for("the DAG to be parsed", lambda: airflow.has_dag("es_backfill"))
         env = {k: v for k, v in airflow.env.items() if not k.startswith("AIRFLOW_CONN_")} | exports
         result = subprocess.run(
             ["bash", "-c", _script()], cwd=workdir, env=env, capture_output=True, text=True, timeout=1500
@@ -151,13 +151,6 @@ class _make_servers:
                 for _ in range(60):
                     socket.create_connection((address.hostname, address.port), timeout=2).close()
                     time.sleep(1)
-
-
-def _dag_parsed(airflow) -> bool:
-    try:
-        return bool(airflow.api("GET", "/dags/es_backfill"))
-    except Exception:
-        return False
 
 
 def _records(exports: dict[str, str]) -> list[dict]:

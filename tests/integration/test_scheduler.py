@@ -197,7 +197,7 @@ def test_of_two_runs_of_one_backfill_the_second_is_refused_and_two_backfills_run
 def _ready(airflow) -> None:
     """The pool set as the README says, the DAG parsed and unpaused."""
     _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
-    airflow.wait_for("the DAG to be parsed", lambda: _dag_exists(airflow))
+    airflow.wait_for("the DAG to be parsed", lambda: airflow.has_dag("es_backfill"))
     airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
 
 
@@ -209,13 +209,6 @@ def _set_pool_with_the_admin_script(airflow, slots: int) -> None:
         [sys.executable, "-m", "include.ops.airflow_admin", "pool", "--slots", str(slots), "--api-url", airflow.url],
         env={**os.environ, "AIRFLOW_API_TOKEN": token}, check=True, capture_output=True, timeout=60,
     )  # fmt: skip
-
-
-def _dag_exists(airflow) -> bool:
-    try:
-        return bool(airflow.api("GET", "/dags/es_backfill"))
-    except Exception:
-        return False
 
 
 def _finished(airflow, run_path: str) -> str | None:

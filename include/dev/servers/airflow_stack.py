@@ -61,6 +61,13 @@ class AirflowStack:
             raise AirflowStackError(f"{method} {path} -> {err.code}: {err.read()[:2000]!r}") from err
         return json.loads(payload) if payload else None
 
+    def has_dag(self, dag_id: str) -> bool:
+        """Whether the dag-processor has parsed ``dag_id`` (the REST API knows it)."""
+        try:
+            return bool(self.api("GET", f"/dags/{dag_id}"))
+        except (AirflowStackError, OSError):
+            return False
+
     def wait_for(self, what: str, check, timeout: float = 300, every: float = 2) -> Any:
         """Poll ``check()`` until it returns something truthy; fail naming ``what`` after ``timeout``."""
         deadline = time.monotonic() + timeout
