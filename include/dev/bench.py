@@ -60,7 +60,10 @@ and reported as its median with the min-max; the node's and the task's CPU per 1
 Run it from the project root (``make bench`` installs elasticdump first)::
 
     .venv/bin/python -m include.dev.bench [--messages N] [--naive-messages M] [--page-size P] [--rounds R]
-                                          [--shared-cores]
+                                          [--shared-cores] [--profile DIR]
+
+With ``--profile DIR``, py-spy (in the dev lock) samples the pipeline and the ceiling in every round and writes
+their collapsed stacks to ``DIR/<role>-<round>.txt``, read with flamegraph.pl or speedscope.
 
 By default Elasticsearch and the S3 server run on half the cores and each contender on the other half
 (``sched_setaffinity``), as a cluster on its own machines and a task on a worker would; with
@@ -139,6 +142,7 @@ NARROW_ROLE = "ceiling_narrow"
 CONTENDERS = ("pipeline", "ceiling", "elasticdump", "naive", "pipeline_big")
 LATENCY_CONTENDERS = ("pipeline_latency", "ceiling_latency")
 ROLES = (*CONTENDERS, *LATENCY_CONTENDERS, NARROW_ROLE)
+PROFILED = ("pipeline", "ceiling")  # the Python contenders whose own CPU --profile samples
 NOT_MEASURED = "—"
 
 
@@ -707,18 +711,22 @@ def child_main(role: str, job: Job, result_file: Path) -> None:
     result_file.write_text(json.dumps(report))
 
 
-def run_child(role: str, job: Job, cores: set[int] | None = None) -> dict[str, Any]:
+def run_child(role: str, job: Job, cores: set[int] | None = None, profile: Path | None = None) -> dict[str, Any]:
     """Run ``role`` in a fresh interpreter and return what it reports.
 
     A process started with fork/vfork + exec inherits its parent's peak RSS in ``ru_maxrss``
     (Linux keeps the larger of the two across exec). The orchestrator therefore never imports
     the clients nor holds data: seeding runs in a child as well, and the contenders' figures
     are their own. Each contender also reports ``VmHWM`` (reset by exec) as a cross-check.
+    With ``profile``, py-spy samples the child (100 Hz, active threads only) into that file as collapsed stacks.
     """
     with tempfile.TemporaryDirectory(prefix="es-backfill-bench-") as tmp:
         result_file = Path(tmp) / "result.json"
         cmd = [sys.executable, "-m", "include.dev.bench", "--role", role, "--job", json.dumps(asdict(job))]
         cmd += ["--result-file", str(result_file)]
+        if profile:
+            cmd = [str(Path(sys.executable).with_name("py-spy")), "record", "--format", "raw", "--rate", "100",
+                   "--nonblocking", "-o", str(profile), "--", *cmd]  # fmt: skip
         log.info("Starting child process: %s", role)
         pin = (lambda: os.sched_setaffinity(0, cores)) if cores else None
         completed = subprocess.run(cmd, cwd=ROOT, check=False, timeout=CHILD_TIMEOUT_S, preexec_fn=pin)
@@ -738,12 +746,14 @@ class Placement:
 
     meter: NodeMeter
     contender_cores: set[int] | None
+    profile_dir: Path | None = None
 
-    def run(self, role: str, job: Job) -> Result:
+    def run(self, role: str, job: Job, number: int = 0) -> Result:
         """``role`` on a cold cache (``POST /_cache/clear`` first), with the node's CPU time it cost."""
         clear_caches(job.es_url)
         before = self.meter.usage()
-        result = Result(**run_child(role, job, self.contender_cores))
+        profile = self.profile_dir / f"{role}-{number + 1}.txt" if self.profile_dir and role in PROFILED else None
+        result = Result(**run_child(role, job, self.contender_cores, profile))
         spent = self.meter.usage().minus(before)
         result.notes["node_cpu_s"] = spent.total_s
         result.notes["node_threads"] = spent.threads
@@ -1050,11 +1060,18 @@ def _round(job: Job, jobs: Mapping[str, Job], number: int, placement: Placement)
     """Every contender once, in the order of CONTENDERS rotated by ``number``; then the latency pair."""
     order = CONTENDERS[number % len(CONTENDERS) :] + CONTENDERS[: number % len(CONTENDERS)]
     log.info("Round %s: %s, then %s", number + 1, ", ".join(order), ", ".join(LATENCY_CONTENDERS))
-    results = {role: placement.run(role, jobs[role]) for role in order}
+    results = {role: placement.run(role, jobs[role], number) for role in order}
     return results | _run_with_latency(job, placement)
 
 
-def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int, shared_cores: bool = False) -> None:
+def main_bench(
+    messages: int,
+    naive_messages: int,
+    page_size: int,
+    rounds: int,
+    shared_cores: bool = False,
+    profile_dir: Path | None = None,
+) -> None:
     # Only light modules here: whatever this process holds, its children's ru_maxrss starts from.
     from include.dev.datagen import ROLES as DATAGEN_ROLES
     from include.dev.servers.elasticsearch import running_elasticsearch
@@ -1067,7 +1084,7 @@ def main_bench(messages: int, naive_messages: int, page_size: int, rounds: int, 
     if contender_cores:  # the servers started below inherit the other half
         os.sched_setaffinity(0, set(cores[: len(cores) // 2]))
     with running_elasticsearch() as cluster, running_s3() as s3_server:
-        placement = Placement(NodeMeter(cluster.url, cluster.pid, cluster.java_home), contender_cores)
+        placement = Placement(NodeMeter(cluster.url, cluster.pid, cluster.java_home), contender_cores, profile_dir)
         job = Job(
             es_url=cluster.url,
             s3_url=s3_server.endpoint_url,
@@ -1164,6 +1181,13 @@ def main(argv: list[str] | None = None) -> int:
         help="run the servers and the contenders on all cores alike (default: the servers on half the cores, "
         "each contender on the other half)",
     )
+    parser.add_argument(
+        "--profile",
+        type=Path,
+        metavar="DIR",
+        help=f"sample {' and '.join(PROFILED)} with py-spy in every round and write their collapsed stacks to "
+        "DIR/<role>-<round>.txt (flamegraph.pl and speedscope read them)",
+    )
     # Internal: how the benchmark runs seeding and each contender in a child process.
     parser.add_argument("--role", choices=("seed", *ROLES, "cleanup"), help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
@@ -1182,7 +1206,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.role:
             child_main(args.role, Job(**json.loads(args.job)), args.result_file)
         else:
-            main_bench(args.messages, args.naive_messages, args.page_size, args.rounds, args.shared_cores)
+            if args.profile:
+                args.profile.mkdir(parents=True, exist_ok=True)
+            main_bench(args.messages, args.naive_messages, args.page_size, args.rounds, args.shared_cores, args.profile)
     except Exception:
         log.exception("Benchmark failed")
         return 1
