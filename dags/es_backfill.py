@@ -266,7 +266,9 @@ def es_backfill():
         retry_exponential_backoff=True,
         max_retry_delay=pendulum.duration(minutes=10),
     )
-    def extract(window: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None) -> dict[str, Any]:
+    def extract(
+        window: dict[str, Any], params: dict[str, Any] | None = None, dag_run: Any = None, ti: Any = None
+    ) -> dict[str, Any]:
         from es_backfill.extract import run_window
         from es_backfill.hooks import object_store, redaction_key
         from es_backfill.lease import Holder, LeaseHeld
@@ -281,7 +283,8 @@ def es_backfill():
         with _reader(config) as reader:
             try:
                 key = redaction_key(config.source)
-                return run_window(config, Window.from_dict(window), reader, store, Holder.of(dag_run), key).to_dict()
+                holder = Holder.of(dag_run, ti)  # the try number: a later attempt's claim stops this one
+                return run_window(config, Window.from_dict(window), reader, store, holder, key).to_dict()
             except (MessageIdError, StalePlanError, LeaseHeld, ConfigError, TransformError) as err:
                 raise AirflowFailException(str(err)) from err  # retrying the same task cannot help
 

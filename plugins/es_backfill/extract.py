@@ -97,8 +97,9 @@ def run_window(
     and before its manifest, and fails with :class:`LeaseHeld` if another run took it over. Records go through
     the run's redaction rules (``hash`` ones keyed by ``redaction_key``) and transform before they are written."""
     started = time.monotonic()
-    heartbeat = Heartbeat(store, config, holder)
     manifest_key = manifest.window_manifest_key(config, window)
+    claim_key = manifest.window_claim_key(config, window)
+    heartbeat = Heartbeat(store, config, holder, claim_key)
     if not config.force:
         existing = manifest.read(store, manifest_key)
         if manifest.completeness_problem(existing, config, window) is None:
@@ -118,6 +119,7 @@ def run_window(
     _require_planned_cluster(config, reader)
     manifest.require_in_plan(store, config, window)
     heartbeat.now()
+    heartbeat.claim()
     prefix = window_prefix(config.root_prefix, window.day, window.key)
     # No manifest may exist while the window's objects are being replaced.
     store.delete([manifest_key])
@@ -195,7 +197,8 @@ def run_window(
     written = {o.key for o in objects}
     listed = list(store.list(prefix + "/"))
     _require_own_bytes(window, listed, writer.etags)
-    stale = [o["Key"] for o in listed if o["Key"] not in written and o["Key"] != manifest_key]
+    heartbeat.now()  # still this attempt's window before anything is deleted
+    stale = [o["Key"] for o in listed if o["Key"] not in written | {manifest_key, claim_key}]
     if stale:
         log.info("Deleting %s objects an earlier attempt left behind", len(stale))
         store.delete(stale)
@@ -209,7 +212,7 @@ def run_window(
         objects=objects,
         message_ids=ids.summary(),
     )
-    heartbeat.now()
+    heartbeat.finish()
     store.put(manifest_key, manifest.dumps(body))
     seconds = time.monotonic() - started
     log.info(

@@ -9,6 +9,13 @@ them. The holder's ``extract`` tasks renew it as they write (a cleared task of t
 working), ``summarise`` releases it, and a lease whose holder died expires ``LEASE_TTL`` after its last
 heartbeat; ``force_lease`` takes it over at once. Backfills with other names or prefixes have other
 leases and run side by side.
+
+Within the run, each attempt at a window claims it: ``_attempt.json`` in the window's folder holds a token
+only that attempt knows (and its try number), written when it starts. Before every object it commits, before
+it deletes what an earlier attempt left and before its manifest, an attempt checks that the claim is still its
+own, and stops with :class:`AttemptSuperseded` if a later attempt (Airflow's retry, or the task cleared) has
+claimed the window since: a worker Airflow gave up on (paused, cut off from the scheduler) that wakes up
+writes nothing over the retry's output. The claim is deleted just before the manifest is written.
 """
 
 from __future__ import annotations
@@ -40,36 +47,78 @@ class LeaseHeld(RuntimeError):
     """Another live run owns this backfill's output."""
 
 
+class AttemptSuperseded(RuntimeError):
+    """A later attempt at the same window has claimed it: this one must write nothing more."""
+
+
 @dataclass(frozen=True)
 class Holder:
-    """The DAG run that wants the lease."""
+    """The DAG run that wants the lease, and which try of a window's task is writing (``None`` outside one)."""
 
     run_id: str
     run_started: str  # ISO 8601, as the run reports it
+    try_number: int | None = None
 
     @classmethod
-    def of(cls, dag_run: Any) -> Holder:
-        """The holder for an Airflow DAG run (a task's ``dag_run``)."""
-        return cls(dag_run.run_id, iso(dag_run.start_date) if dag_run.start_date else "")
+    def of(cls, dag_run: Any, ti: Any = None) -> Holder:
+        """The holder for an Airflow DAG run (a task's ``dag_run``), and for its task instance ``ti`` if given."""
+        started = iso(dag_run.start_date) if dag_run.start_date else ""
+        return cls(dag_run.run_id, started, ti.try_number if ti is not None else None)
 
 
 class Heartbeat:
     """Renews ``holder``'s lease at most every ``HEARTBEAT_EVERY`` while a window runs (``beat``), and at once
     with ``now``: a window renews it before it writes anything and before it commits its manifest; ``confirm``
-    checks it before each object is committed."""
+    checks it before each object is committed. Once the window is claimed (``claim``), each of these also checks
+    that no later attempt has claimed it since."""
 
     CONFIRM_EVERY_S = 1.0
 
-    def __init__(self, store: ObjectStore, config: BackfillConfig, holder: Holder | None) -> None:
-        self.store, self.config, self.holder = store, config, holder
+    def __init__(self, store: ObjectStore, config: BackfillConfig, holder: Holder | None, claim_key: str = "") -> None:
+        self.store, self.config, self.holder, self.claim_key = store, config, holder, claim_key
         self._next = 0.0
         self._confirmed = -self.CONFIRM_EVERY_S
         self._lock = threading.Lock()
+        self._token = ""
 
     def now(self) -> None:
         if self.holder is not None:
+            self._require_claim()  # first: a superseded attempt must not take a lease its run has released
             hold(self.store, self.config, self.holder)
             self._next = time.monotonic() + HEARTBEAT_EVERY.total_seconds()
+
+    def claim(self) -> None:
+        """Claim the window for this attempt (a later claim, by a retry, supersedes it)."""
+        if self.holder is None or not self.claim_key:
+            return
+        token = uuid.uuid4().hex
+        body = {"run_id": self.holder.run_id, "try_number": self.holder.try_number, "token": token,
+                "claimed": iso(datetime.now(UTC))}  # fmt: skip
+        self.store.put(self.claim_key, orjson.dumps(body))
+        self._token = token
+
+    def finish(self) -> None:
+        """Just before the manifest: the lease renewed, the claim still this attempt's, then the claim removed."""
+        self.now()
+        if self._token:
+            self.store.delete([self.claim_key])
+            self._token = ""
+
+    def _require_claim(self) -> None:
+        if not self._token:
+            return
+        data = self.store.get(self.claim_key)
+        claim = _read_claim(data)
+        if claim.get("token") == self._token:
+            return
+        assert self.holder is not None  # a token is only made with a holder
+        by = (f"try {claim.get('try_number')} of run {claim.get('run_id')!r} claimed it at {claim.get('claimed')}"
+              if claim else "its claim is gone (a later attempt finished it)")  # fmt: skip
+        raise AttemptSuperseded(
+            f"{self.claim_key.rsplit('/', 1)[0]}: try {self.holder.try_number} stops writing, because {by}. Airflow "
+            "gave this attempt up (its worker stopped heartbeating) or the task was cleared; the later attempt "
+            "writes the window"
+        )
 
     def beat(self) -> None:
         if self.holder is not None and time.monotonic() >= self._next:
@@ -160,6 +209,14 @@ def _parse(data: bytes) -> tuple[dict[str, Any], datetime]:
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as err:
         log.warning("The lease cannot be read (%s): taking it as expired", err)
         return {}, datetime.min.replace(tzinfo=UTC)
+
+
+def _read_claim(data: bytes | None) -> dict[str, Any]:
+    try:
+        claim = orjson.loads(data) if data else {}
+    except orjson.JSONDecodeError:
+        return {}
+    return claim if isinstance(claim, dict) else {}
 
 
 def release(store: ObjectStore, config: BackfillConfig, holder: Holder) -> bool:

@@ -24,6 +24,7 @@ VERSION = 2  # 2: fingerprints cover the source cluster; window manifests prove 
 RUN_MANIFEST_NAME = "_run_manifest.json"
 PLAN_NAME = "_plan.json"
 LEASE_NAME = "_lease.json"  # see es_backfill.lease
+CLAIM_NAME = "_attempt.json"  # in a window's folder while an attempt writes it (es_backfill.lease)
 # A window's folder, relative to the backfill's root: dt=YYYY-MM-DD/{start}_{end}/
 WINDOW_FOLDER = re.compile(r"^dt=\d{4}-\d{2}-\d{2}/\d{8}T\d{6}Z_\d{8}T\d{6}Z/")
 
@@ -61,6 +62,10 @@ def window_folder(config: BackfillConfig, window: Window) -> str:
 
 def window_manifest_key(config: BackfillConfig, window: Window) -> str:
     return f"{window_folder(config, window)}{MANIFEST_NAME}"
+
+
+def window_claim_key(config: BackfillConfig, window: Window) -> str:
+    return f"{window_folder(config, window)}{CLAIM_NAME}"
 
 
 def run_manifest_key(config: BackfillConfig) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -12,6 +13,8 @@ import pytest
 from include.dev.datagen import DatasetSpec, IndexNames, generate, load
 from include.dev.servers.elasticsearch import elasticsearch_connection_uri
 from tests.integration.support import unique_indices, utc
+
+HEARTBEAT_TIMEOUT_S = 30  # [scheduler] task_instance_heartbeat_timeout of the scheduler stack (default 300)
 
 
 @pytest.fixture(scope="session")
@@ -98,3 +101,38 @@ def secured_cluster(pytestconfig):
     with running_secured_opensearch(["eng_*", "lp_*"]) as cluster:
         _announce(pytestconfig, f"OpenSearch {cluster.version} (security plugin, HTTPS) at {cluster.url}")
         yield cluster
+
+
+@dataclass(frozen=True)
+class SchedulerStack:
+    """The real Airflow of the scheduler-level tests, with the test cluster and S3 each behind a fault proxy."""
+
+    airflow: Any
+    es_proxy: Any
+    s3_proxy: Any
+
+
+@pytest.fixture(scope="session")
+def scheduler_stack(es_cluster, s3_server) -> Iterator[SchedulerStack]:
+    """One Airflow (api-server, scheduler, dag-processor, LocalExecutor, PostgreSQL) for the session: retries
+    after 1 s, and a task whose worker stops heartbeating is given up after ``HEARTBEAT_TIMEOUT_S``. Each test
+    leaves the proxies without faults."""
+    from include.dev.servers.airflow_stack import running_airflow
+    from include.dev.servers.faultproxy import FaultProxy
+    from include.dev.servers.postgres import running_postgres
+    from include.dev.servers.s3 import aws_connection_uri
+
+    with (
+        FaultProxy(es_cluster.url) as es_proxy,
+        FaultProxy(s3_server.endpoint_url) as s3_proxy,
+        running_postgres() as db,
+    ):
+        env = {
+            "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": elasticsearch_connection_uri(es_proxy.url),
+            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection_uri(s3_proxy.url),
+            "ES_BACKFILL_RETRY_DELAY_S": "1",
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
+            "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",
+        }
+        with running_airflow(db, env) as airflow:
+            yield SchedulerStack(airflow, es_proxy, s3_proxy)

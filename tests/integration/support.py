@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import gzip
+import json
+import os
 import re
+import subprocess
+import sys
+import tempfile
+import urllib.request
 import uuid
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 
@@ -14,6 +22,7 @@ from es_backfill.engines import ConnectionSettings, connect
 from es_backfill.source import Reader
 from include.dev.datagen import IndexNames
 
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"  # UI screenshots and their DOM
 RELATED_SORT = {"history": ("@timestamp", "event_id"), "audit": ("@timestamp", "audit_id")}
 
 
@@ -158,3 +167,36 @@ def not_read_only(requests: list[Any]) -> list[str]:
         for r in requests
         if not any(method.match(r.method) and path.match(r.path) for method, path in allowed)
     ]
+
+
+def ready_for_runs(airflow: Any, slots: int) -> None:
+    """A real Airflow ready to run the DAG: the pool set the documented way (``python -m include.ops.airflow_admin
+    pool --slots N --api-url URL``), the DAG parsed and unpaused."""
+    with urllib.request.urlopen(f"{airflow.url}/auth/token", timeout=10) as response:  # noqa: S310 - local http
+        token = json.load(response)["access_token"]
+    subprocess.run(
+        [sys.executable, "-m", "include.ops.airflow_admin", "pool", "--slots", str(slots), "--api-url", airflow.url],
+        env={**os.environ, "AIRFLOW_API_TOKEN": token}, check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    airflow.wait_for("the DAG to be parsed", lambda: airflow.has_dag("es_backfill"))
+    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
+
+
+def render_ui_page(airflow: Any, page: str, name: str) -> str:
+    """Headless Chromium renders ``page`` of the UI: its DOM and a screenshot go to ``artifacts/{name}.*``."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    url = f"{airflow.url}/auth/token/login?next={quote(page)}"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--window-size=1600,1000", "--virtual-time-budget=15000"]  # fmt: skip
+    with tempfile.TemporaryDirectory() as profile:
+        dom = subprocess.run(
+            ["chromium", *flags, f"--user-data-dir={profile}", "--dump-dom", url],
+            capture_output=True, text=True, timeout=120, check=True,
+        ).stdout  # fmt: skip
+        subprocess.run(
+            ["chromium", *flags, f"--user-data-dir={profile}", f"--screenshot={ARTIFACTS / f'{name}.png'}", url],
+            capture_output=True, timeout=120, check=True,
+        )  # fmt: skip
+    (ARTIFACTS / f"{name}.html").write_text(dom)
+    return dom

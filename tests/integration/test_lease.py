@@ -3,6 +3,7 @@ renewed by its holder, taken over only once expired or forced, released by its h
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -153,3 +154,31 @@ def test_plan_refuses_an_s3_that_ignores_conditional_writes(store, s3_bucket, mo
     with pytest.raises(ConfigError, match="accepted a second If-None-Match"):
         require_conditional_writes(store, config)
     assert list(store.list("leases/")) == []  # the probe is gone
+
+
+def test_an_attempt_whose_window_a_later_try_claimed_commits_nothing_more(store, s3_bucket):
+    from es_backfill.lease import AttemptSuperseded, Heartbeat
+    from es_backfill.sink import PartWriter
+
+    config = _config(s3_bucket)
+    claim_key = "leases/w/_attempt.json"
+    first_try, second_try = (Holder(FIRST.run_id, FIRST.run_started, try_number) for try_number in (1, 2))
+    paused = Heartbeat(store, config, first_try, claim_key)
+    paused.now()
+    paused.claim()
+    writer = PartWriter(store, "leases/w", "jsonl", max_records=1, max_bytes=10**9, before_commit=paused.confirm)
+    writer.write("m1", b'{"a":1}\n')  # committed while the window is the first try's
+    retry = Heartbeat(store, config, second_try, claim_key)  # Airflow gave the first try up: the retry starts
+    retry.now()
+    retry.claim()
+    paused._confirmed = float("-inf")  # the paused worker wakes up, a while later
+    with pytest.raises(
+        AttemptSuperseded, match=re.escape(f"try 1 stops writing, because try 2 of run '{FIRST.run_id}'")
+    ):
+        writer.write("m2", b'{"a":2}\n')
+    writer.abort()
+    assert sorted(o["Key"] for o in store.list("leases/w/")) == ["leases/w/_attempt.json", "leases/w/part-00000.jsonl"]
+    retry.finish()  # the retry's manifest comes next: its claim is gone, and the first try still may not write
+    assert [o["Key"] for o in store.list("leases/w/")] == ["leases/w/part-00000.jsonl"]
+    with pytest.raises(AttemptSuperseded, match="its claim is gone"):
+        paused.finish()

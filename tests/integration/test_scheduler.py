@@ -2,53 +2,40 @@
 the UI names the mapped tasks after their windows, only the run that reconciles announces its output as
 an asset event (REST API and the asset's page in the UI), and of two runs of one backfill only one writes.
 
-Airflow (api-server, scheduler, dag-processor, LocalExecutor, PostgreSQL) runs as users run it; the test
-drives it only through the REST API and a headless browser.
+Airflow (api-server, scheduler, dag-processor, LocalExecutor, PostgreSQL: ``scheduler_stack``, shared with
+``test_worker_faults``) runs as users run it; the test drives it only through the REST API and a headless
+browser.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import tempfile
-import urllib.request
 from datetime import datetime
-from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
-from include.dev.servers.airflow_stack import running_airflow
-from include.dev.servers.elasticsearch import elasticsearch_connection_uri
-from include.dev.servers.faultproxy import FaultProxy, delay, es_error
-from include.dev.servers.postgres import running_postgres
-from include.dev.servers.s3 import aws_connection_uri
+from include.dev.servers.faultproxy import delay, es_error
 from tests.integration.support import (
+    ARTIFACTS,
     decode_records,
     expected_records,
     read_objects,
+    ready_for_runs,
+    render_ui_page,
     source_override,
     utc,
     window_objects,
 )
 
 POOL_SLOTS = 2
-ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 FAILING_WINDOW = "2024-03-01T18:00:00Z"
 
 
-@pytest.fixture(scope="module")
-def stack(es_cluster, s3_server):
-    with FaultProxy(es_cluster.url) as es_proxy, running_postgres() as db:
-        env = {
-            "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": elasticsearch_connection_uri(es_proxy.url),
-            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection_uri(s3_server.endpoint_url),
-            "ES_BACKFILL_RETRY_DELAY_S": "1",
-        }
-        with running_airflow(db, env) as airflow:
-            yield airflow, es_proxy
+@pytest.fixture
+def stack(scheduler_stack):
+    yield scheduler_stack.airflow, scheduler_stack.es_proxy
+    scheduler_stack.es_proxy.clear_faults()
 
 
 def _intervals(task_instances):
@@ -67,7 +54,7 @@ def _max_overlap(intervals) -> int:
 def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(stack, seeded, s3_bucket):
     airflow, es_proxy = stack
     names, docs = seeded({"messages": 480, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
-    _ready(airflow)
+    ready_for_runs(airflow, POOL_SLOTS)
     assert airflow.api("GET", "/pools/es_backfill")["slots"] == POOL_SLOTS
 
     # Each window holds its point in time open a while, so concurrent windows overlap measurably;
@@ -127,17 +114,17 @@ def test_pool_caps_windows_and_clearing_the_failed_map_index_completes_the_run(s
     assert extra["run_manifest"] == f"{output_uri}/_run_manifest.json"
 
     labels = [t["rendered_map_index"] for t in after]
-    dom = _render(airflow, f"/dags/es_backfill/runs/{quote(run_id)}/tasks/extract/mapped", "ui-mapped-extract")
+    dom = render_ui_page(airflow, f"/dags/es_backfill/runs/{quote(run_id)}/tasks/extract/mapped", "ui-mapped-extract")
     missing = [label for label in labels if label not in dom]
     assert not missing, f"the UI does not show windows {missing}; see {ARTIFACTS}"
-    dom = _render(airflow, f"/assets/{asset['id']}", "ui-asset")
+    dom = render_ui_page(airflow, f"/assets/{asset['id']}", "ui-asset")
     assert output_uri in dom, f"the asset's page does not show {output_uri}; see {ARTIFACTS}"
 
 
 def test_emptied_form_fields_reach_the_dag_as_not_set(stack, seeded, s3_bucket):
     airflow, _ = stack
     names, docs = seeded({"messages": 40, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
-    _ready(airflow)
+    ready_for_runs(airflow, POOL_SLOTS)
     # What the trigger form sends for a name and a filter left empty: "" (the REST API the form posts to).
     conf = {"start": "2024-03-01", "end": "2024-03-02", "s3_bucket": s3_bucket, "s3_prefix": "form",
             "backfill_name": "", "query": "", "source": source_override(names)}  # fmt: skip
@@ -152,7 +139,7 @@ def test_emptied_form_fields_reach_the_dag_as_not_set(stack, seeded, s3_bucket):
 def test_of_two_runs_of_one_backfill_the_second_is_refused_and_two_backfills_run_side_by_side(stack, seeded, s3_bucket):
     airflow, es_proxy = stack
     names, docs = seeded({"messages": 160, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
-    _ready(airflow)
+    ready_for_runs(airflow, POOL_SLOTS)
     es_proxy.clear_faults()
     es_proxy.add_fault(r"^POST /m_[^/]+/_pit", delay(1.0), times=None)  # runs last long enough to overlap
     conf = {"start": "2024-03-01", "end": "2024-03-03", "window": "12h", "s3_bucket": s3_bucket,
@@ -194,23 +181,6 @@ def test_of_two_runs_of_one_backfill_the_second_is_refused_and_two_backfills_run
         assert sorted(r["message_id"] for r in records) == sorted(expected_records(docs))
 
 
-def _ready(airflow) -> None:
-    """The pool set as the README says, the DAG parsed and unpaused."""
-    _set_pool_with_the_admin_script(airflow, POOL_SLOTS)
-    airflow.wait_for("the DAG to be parsed", lambda: airflow.has_dag("es_backfill"))
-    airflow.api("PATCH", "/dags/es_backfill", {"is_paused": False})
-
-
-def _set_pool_with_the_admin_script(airflow, slots: int) -> None:
-    """The documented way: ``python -m include.ops.airflow_admin pool --slots N --api-url URL``."""
-    with urllib.request.urlopen(f"{airflow.url}/auth/token", timeout=10) as response:  # noqa: S310 - local http
-        token = json.load(response)["access_token"]
-    subprocess.run(
-        [sys.executable, "-m", "include.ops.airflow_admin", "pool", "--slots", str(slots), "--api-url", airflow.url],
-        env={**os.environ, "AIRFLOW_API_TOKEN": token}, check=True, capture_output=True, timeout=60,
-    )  # fmt: skip
-
-
 def _finished(airflow, run_path: str) -> str | None:
     state = airflow.api("GET", run_path)["state"]
     return state if state in {"success", "failed"} else None
@@ -229,26 +199,6 @@ def _assets(airflow, uri: str) -> list[dict]:
     ]
 
 
-def _render(airflow, page: str, name: str) -> str:
-    """Headless Chromium renders ``page`` of the UI: its DOM and a screenshot go to ``artifacts/{name}.*``."""
-    ARTIFACTS.mkdir(exist_ok=True)
-    url = f"{airflow.url}/auth/token/login?next={quote(page)}"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--window-size=1600,1000", "--virtual-time-budget=15000"]  # fmt: skip
-    with tempfile.TemporaryDirectory() as profile:
-        dom = subprocess.run(
-            ["chromium", *flags, f"--user-data-dir={profile}", "--dump-dom", url],
-            capture_output=True, text=True, timeout=120, check=True,
-        ).stdout  # fmt: skip
-        subprocess.run(
-            ["chromium", *flags, f"--user-data-dir={profile}", f"--screenshot={ARTIFACTS / f'{name}.png'}", url],
-            capture_output=True, timeout=120, check=True,
-        )  # fmt: skip
-    (ARTIFACTS / f"{name}.html").write_text(dom)
-    return dom
-
-
 def test_one_conf_file_names_one_root_through_the_rest_api_dag_test_cli_plan_and_verify(
     stack, seeded, s3_bucket, run_backfill, tmp_path, caplog
 ):
@@ -257,7 +207,7 @@ def test_one_conf_file_names_one_root_through_the_rest_api_dag_test_cli_plan_and
 
     airflow, _ = stack
     names, _ = seeded({"messages": 40, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
-    _ready(airflow)
+    ready_for_runs(airflow, POOL_SLOTS)
     # No s3_prefix and no backfill_name: every reader of this file must fall back the same way.
     conf_file = tmp_path / "conf.json"
     conf_file.write_text(json.dumps({"start": "2024-03-01", "end": "2024-03-02", "s3_bucket": s3_bucket,

@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,27 @@ class AirflowStack:
     home: Path
     # The environment the components run with: an Airflow CLI command run with it talks to the same database.
     env: dict[str, str]
+    port: int = 0
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    killed: list[subprocess.Popen] = field(default_factory=list)  # their groups are stopped with the stack
+
+    def start(self, component: str) -> subprocess.Popen:
+        """Start ``component`` (one of :data:`COMPONENTS`) in its own session, its output appended to its log."""
+        args = dict(COMPONENTS)[component]
+        cmd = [sys.executable, "-m", "airflow", *args, *([str(self.port)] if component == "api-server" else [])]
+        with (self.home / f"{component}.log").open("ab") as out:
+            self.procs[component] = subprocess.Popen(
+                cmd, env=self.env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self.procs[component]
+
+    def kill(self, component: str) -> None:
+        """``SIGKILL`` to ``component``'s own process only, as a crash would: processes it started (the
+        LocalExecutor's workers and their tasks, for the scheduler) are left running."""
+        proc = self.procs[component]
+        proc.kill()
+        proc.wait(timeout=30)
+        self.killed.append(proc)
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         """Call the REST API (``path`` below ``/api/v2``) and return the decoded JSON answer."""
@@ -107,23 +128,21 @@ def running_airflow(sql_alchemy_conn: str, env: dict[str, str] | None = None) ->
     subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"], env=full_env, check=True, capture_output=True, timeout=600
     )
-    procs: list[subprocess.Popen] = []
+    stack = AirflowStack(url=url, home=home, env=full_env, port=port)
     try:
-        for name, args in COMPONENTS:
-            cmd = [sys.executable, "-m", "airflow", *args, *([str(port)] if name == "api-server" else [])]
-            with (home / f"{name}.log").open("wb") as out:
-                procs.append(
-                    subprocess.Popen(cmd, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-                )
-        stack = AirflowStack(url=url, home=home, env=full_env)
-        _wait_healthy(stack, procs)
+        for name, _ in COMPONENTS:
+            stack.start(name)
+        wait_healthy(stack)
         log.info("Airflow is up at %s (home %s)", url, home)
         yield stack
     finally:
-        for proc in procs:
+        for proc in stack.killed:  # what a killed component left running
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in stack.procs.values():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
+        for proc in stack.procs.values():
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -131,10 +150,11 @@ def running_airflow(sql_alchemy_conn: str, env: dict[str, str] | None = None) ->
                 proc.wait(timeout=30)
 
 
-def _wait_healthy(stack: AirflowStack, procs: list[subprocess.Popen]) -> None:
+def wait_healthy(stack: AirflowStack) -> None:
+    """Until the API answers and names the scheduler healthy; fail naming a component that exited."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        for (name, _), proc in zip(COMPONENTS, procs, strict=True):
+        for name, proc in stack.procs.items():
             if proc.poll() is not None:
                 raise AirflowStackError(f"airflow {name} exited with {proc.returncode}:\n{stack.logs(name)[-3000:]}")
         with contextlib.suppress(AirflowStackError, urllib.error.URLError, ConnectionError, TimeoutError):

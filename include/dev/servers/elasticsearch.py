@@ -74,6 +74,7 @@ class RunningCluster:
     engine: str = "elasticsearch"
     pid: int | None = None  # of the node's launcher, where it was started here
     java_home: Path | None = None  # the JDK it runs on (its jcmd can attach to it)
+    restart: Callable[[], int] | None = None  # where started here: see StartedNode
 
 
 @dataclass(frozen=True)
@@ -351,7 +352,7 @@ def running_engine(engine: str, version: str) -> Iterator[RunningCluster]:
     with run_node(engine, version, home) as node:
         yield RunningCluster(
             url=node.url, version=node.version, started_here=True, engine=engine, pid=node.pid,
-            java_home=find_java_home(version, engine),
+            java_home=find_java_home(version, engine), restart=node.restart,
         )  # fmt: skip
 
 
@@ -364,6 +365,7 @@ class StartedNode:
     pid: int
     workdir: Path
     startup_s: float
+    restart: Callable[[], int]  # stops the node and starts it on the same ports and data; returns the new pid
 
 
 @contextlib.contextmanager
@@ -422,16 +424,29 @@ def run_node(
         log_file = workdir / "stdout.log"
         url = f"{scheme}://127.0.0.1:{http_port}"
         started = time.monotonic()
-        with log_file.open("wb") as out:
-            proc = subprocess.Popen(
-                [*run_as, str(home / "bin" / engine)],
-                cwd=home,  # OpenSearch 3's jvm.options names its agent jar relative to the home
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        node_version = _wait_for_health(url, proc, log_file, dist.display_name, opener)
+
+        def launch() -> tuple[subprocess.Popen, str]:
+            with log_file.open("ab") as out:
+                launched = subprocess.Popen(
+                    [*run_as, str(home / "bin" / engine)],
+                    cwd=home,  # OpenSearch 3's jvm.options names its agent jar relative to the home
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            return launched, _wait_for_health(url, launched, log_file, dist.display_name, opener)
+
+        def restart() -> int:
+            """Stop the node and start it again on the same ports and data; its new pid once healthy."""
+            nonlocal proc
+            assert proc is not None
+            _stop(proc)
+            proc = None
+            proc, _ = launch()
+            return proc.pid
+
+        proc, node_version = launch()
         _check_root_document(url, engine, log_file, opener)
         startup_s = time.monotonic() - started
         log.info(
@@ -445,7 +460,9 @@ def run_node(
             workdir,
         )
         print(f"{dist.display_name} {node_version}{description} running at {url}", flush=True)
-        yield StartedNode(url=url, version=node_version, pid=proc.pid, workdir=workdir, startup_s=startup_s)
+        yield StartedNode(
+            url=url, version=node_version, pid=proc.pid, workdir=workdir, startup_s=startup_s, restart=restart
+        )
     finally:
         if proc is not None:
             _stop(proc)
