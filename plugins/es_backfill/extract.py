@@ -13,7 +13,9 @@ whose messages lack ids fails with :class:`~es_backfill.records.MessageIdError` 
 reading them, one whose messages share ids before its manifest is written; a window that
 its backfill's saved plan no longer has (it was re-planned with ``force``) fails with
 :class:`~es_backfill.manifest.StalePlanError` before anything is written, or, if the
-re-plan came while it ran, with its objects deleted instead of its manifest written.
+re-plan came while it ran, with its objects deleted instead of its manifest written. An attempt
+that finds its window finished by another attempt after it began (Airflow gave it up
+meanwhile) skips it; see :mod:`es_backfill.lease` for how attempts claim windows.
 """
 
 from __future__ import annotations
@@ -100,26 +102,19 @@ def run_window(
     manifest_key = manifest.window_manifest_key(config, window)
     claim_key = manifest.window_claim_key(config, window)
     heartbeat = Heartbeat(store, config, holder, claim_key)
-    if not config.force:
-        existing = manifest.read(store, manifest_key)
-        if manifest.completeness_problem(existing, config, window) is None:
-            assert existing is not None
-            log.info("Window %s is complete (%s messages); skipping", window.label, existing["messages"])
-            return WindowResult(
-                window=window.to_dict(),
-                status="skipped",
-                es_count=existing["es_count"],
-                messages=existing["messages"],
-                related=existing["related"],
-                dropped=existing.get("dropped", 0),
-                objects=len(existing["objects"]),
-                bytes=existing["bytes"],
-            )
+    existing = manifest.read(store, manifest_key)
+    if not config.force and manifest.completeness_problem(existing, config, window) is None:
+        return _skipped(window, existing)
 
     _require_planned_cluster(config, reader)
     manifest.require_in_plan(store, config, window)
-    heartbeat.now()
     heartbeat.claim()
+    finished = manifest.read(store, manifest_key)
+    if finished != existing and manifest.completeness_problem(finished, config, window) is None:
+        # Another attempt wrote the window's manifest since this one began (this one was given up meanwhile).
+        heartbeat.withdraw()
+        return _skipped(window, finished)
+    heartbeat.now()
     prefix = window_prefix(config.root_prefix, window.day, window.key)
     # No manifest may exist while the window's objects are being replaced.
     store.delete([manifest_key])
@@ -236,6 +231,22 @@ def run_window(
         bytes=body["bytes"],
         seconds=round(seconds, 3),
         es_requests=reader.total_requests,
+    )
+
+
+def _skipped(window: Window, existing: dict[str, Any] | None) -> WindowResult:
+    """The result of a window whose manifest ``existing`` proves it complete."""
+    assert existing is not None
+    log.info("Window %s is complete (%s messages); skipping", window.label, existing["messages"])
+    return WindowResult(
+        window=window.to_dict(),
+        status="skipped",
+        es_count=existing["es_count"],
+        messages=existing["messages"],
+        related=existing["related"],
+        dropped=existing.get("dropped", 0),
+        objects=len(existing["objects"]),
+        bytes=existing["bytes"],
     )
 
 

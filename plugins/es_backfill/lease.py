@@ -11,15 +11,19 @@ heartbeat; ``force_lease`` takes it over at once. Backfills with other names or 
 leases and run side by side.
 
 Within the run, each attempt at a window claims it: ``_attempt.json`` in the window's folder holds a token
-only that attempt knows (and its try number), written when it starts. Before every object it commits, before
-it deletes what an earlier attempt left and before its manifest, an attempt checks that the claim is still its
-own, and stops with :class:`AttemptSuperseded` if a later attempt (Airflow's retry, or the task cleared) has
-claimed the window since: a worker Airflow gave up on (paused, cut off from the scheduler) that wakes up
-writes nothing over the retry's output. The claim is deleted just before the manifest is written.
+only that attempt knows (and its run and try number), written with a conditional write once the window's checks
+pass and before the attempt takes the lease or writes anything else. An attempt does not claim a window that a
+later try of its run has claimed (it was given up before it began). Before every object it commits, before it
+deletes what an earlier attempt left and before its manifest, an attempt checks that the claim is still its own,
+and stops with :class:`AttemptSuperseded` if a later attempt (Airflow's retry, or the task cleared) has claimed
+the window since: a worker Airflow gave up on (paused, cut off from the scheduler) that wakes up writes nothing
+over the retry's output, and takes no lease its run has released. The claim is deleted just before the manifest
+is written, only if it is still unchanged (``If-Match``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import threading
@@ -80,6 +84,7 @@ class Heartbeat:
         self._confirmed = -self.CONFIRM_EVERY_S
         self._lock = threading.Lock()
         self._token = ""
+        self._etag = ""
 
     def now(self) -> None:
         if self.holder is not None:
@@ -88,33 +93,68 @@ class Heartbeat:
             self._next = time.monotonic() + HEARTBEAT_EVERY.total_seconds()
 
     def claim(self) -> None:
-        """Claim the window for this attempt (a later claim, by a retry, supersedes it)."""
+        """Claim the window for this attempt (a later claim, by a retry, supersedes it). Raises
+        :class:`AttemptSuperseded` instead if a later try of the same run has claimed it already: Airflow gave
+        this attempt up before it got here. Conditional, so of two attempts claiming at once one wins and the
+        other reads its claim."""
         if self.holder is None or not self.claim_key:
             return
         token = uuid.uuid4().hex
-        body = {"run_id": self.holder.run_id, "try_number": self.holder.try_number, "token": token,
-                "claimed": iso(datetime.now(UTC))}  # fmt: skip
-        self.store.put(self.claim_key, orjson.dumps(body))
-        self._token = token
+        body = orjson.dumps({"run_id": self.holder.run_id, "try_number": self.holder.try_number, "token": token,
+                             "claimed": iso(datetime.now(UTC))})  # fmt: skip
+        for attempt in range(MAX_RACES):
+            current = self.store.get_with_etag(self.claim_key)
+            if current is not None and self._is_later_try(claim := _read_claim(current[0])):
+                raise self._superseded(claim)
+            try:
+                self._etag = self.store.put_conditional(
+                    self.claim_key, body, if_none_match=current is None, if_match=current[1] if current else None
+                )
+            except PreconditionFailed:
+                time.sleep(random.uniform(0, 0.05 * (attempt + 1)))
+                continue
+            self._token = token
+            return
+        raise AttemptSuperseded(f"could not claim {self.claim_key}: it kept changing ({MAX_RACES} tries)")
+
+    def withdraw(self) -> None:
+        """Drop this attempt's claim without writing the window (another attempt finished it): only if the claim
+        is unchanged, so a later attempt's claim stays."""
+        if self._token:
+            self._token = ""
+            with contextlib.suppress(PreconditionFailed):
+                self.store.delete_conditional(self.claim_key, if_match=self._etag)
 
     def finish(self) -> None:
-        """Just before the manifest: the lease renewed, the claim still this attempt's, then the claim removed."""
+        """Just before the manifest: the claim still this attempt's, the lease renewed, then the claim removed, on
+        condition that it is unchanged (a later attempt claiming after the check keeps its claim, and this one
+        stops)."""
         self.now()
         if self._token:
-            self.store.delete([self.claim_key])
+            try:
+                self.store.delete_conditional(self.claim_key, if_match=self._etag)
+            except PreconditionFailed as err:
+                raise self._superseded(_read_claim(self.store.get(self.claim_key))) from err
             self._token = ""
+
+    def _is_later_try(self, claim: dict[str, Any]) -> bool:
+        assert self.holder is not None
+        mine, theirs = self.holder.try_number, claim.get("try_number")
+        return (claim.get("run_id") == self.holder.run_id and isinstance(mine, int) and isinstance(theirs, int)
+                and theirs > mine)  # fmt: skip
 
     def _require_claim(self) -> None:
         if not self._token:
             return
-        data = self.store.get(self.claim_key)
-        claim = _read_claim(data)
-        if claim.get("token") == self._token:
-            return
-        assert self.holder is not None  # a token is only made with a holder
+        claim = _read_claim(self.store.get(self.claim_key))
+        if claim.get("token") != self._token:
+            raise self._superseded(claim)
+
+    def _superseded(self, claim: dict[str, Any]) -> AttemptSuperseded:
+        assert self.holder is not None  # a window is only claimed with a holder
         by = (f"try {claim.get('try_number')} of run {claim.get('run_id')!r} claimed it at {claim.get('claimed')}"
               if claim else "its claim is gone (a later attempt finished it)")  # fmt: skip
-        raise AttemptSuperseded(
+        return AttemptSuperseded(
             f"{self.claim_key.rsplit('/', 1)[0]}: try {self.holder.try_number} stops writing, because {by}. Airflow "
             "gave this attempt up (its worker stopped heartbeating) or the task was cleared; the later attempt "
             "writes the window"

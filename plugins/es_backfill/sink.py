@@ -411,10 +411,14 @@ class DocumentWriter:
     def write(self, record_id: str, data: bytes) -> None:
         key = f"{self.prefix}/{safe_id(record_id)}.json"
         self.objects.append(ObjectInfo(key, 1, len(data), hashlib.sha256(data).hexdigest()))
-        self.before_commit()
-        self._in_flight.append((key, self._pool.submit(self.store.put, key, data, CONTENT_TYPES["json"])))
+        self._in_flight.append((key, self._pool.submit(self._put, key, data)))
         if len(self._in_flight) >= self.MAX_IN_FLIGHT:
             self._drain()
+
+    def _put(self, key: str, data: bytes) -> str:
+        """On an uploading thread: the check right before the object is committed, not when it was queued."""
+        self.before_commit()
+        return self.store.put(key, data, CONTENT_TYPES["json"])
 
     def _drain(self) -> None:
         in_flight, self._in_flight = self._in_flight, []

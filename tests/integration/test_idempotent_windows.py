@@ -123,3 +123,45 @@ def test_complete_window_is_skipped_without_reading_elasticsearch(seeded, client
     assert again.messages == first.messages == 50
     forced = run_window(replace(config, force=True), WINDOW, reader, ObjectStore(s3, s3_bucket))
     assert forced.status == "written" and reader.total_requests > before
+
+
+class WokenLate(ObjectStore):
+    """The store of an attempt Airflow gave up on while it was paused between its checks and its claim: when it
+    wakes (its first claim read), ``meanwhile`` has already run."""
+
+    def __init__(self, client, bucket: str, meanwhile) -> None:
+        super().__init__(client, bucket)
+        self.meanwhile = meanwhile
+
+    def get_with_etag(self, key: str):
+        if key.endswith("/_attempt.json") and self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return super().get_with_etag(key)
+
+
+def test_an_attempt_woken_after_its_retry_finished_the_window_writes_nothing_and_takes_no_lease(
+    seeded, clients, s3_bucket
+):
+    from es_backfill.lease import Holder, release
+
+    names, _ = seeded({"messages": 120, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2)})
+    reader, s3 = clients
+    store = ObjectStore(s3, s3_bucket)
+    config = _config(names, s3_bucket, "woken")
+    run, started = "manual__2026-11-30T10:00:00+00:00", "2026-11-30T10:00:01Z"
+    retry, first_try = (Holder(run, started, try_number) for try_number in (2, 1))
+    finished: dict[str, bytes] = {}
+
+    def retry_finishes_and_the_run_ends() -> None:
+        assert run_window(config, WINDOW, reader, store, retry).status == "written"
+        assert release(store, config, retry)  # summarise
+        finished.update(read_objects(s3_bucket, "woken/"))
+
+    woken = WokenLate(s3, s3_bucket, retry_finishes_and_the_run_ends)
+    result = run_window(config, WINDOW, reader, woken, first_try)
+    assert woken.meanwhile is None and finished  # the retry ran while the first try was paused
+    assert result.status == "skipped" and result.messages == 120
+    after = read_objects(s3_bucket, "woken/")
+    assert after == finished  # the retry's output, untouched
+    assert not any(k.endswith(("/_lease.json", "/_attempt.json")) for k in after)  # no lease taken again

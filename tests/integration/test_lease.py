@@ -164,13 +164,13 @@ def test_an_attempt_whose_window_a_later_try_claimed_commits_nothing_more(store,
     claim_key = "leases/w/_attempt.json"
     first_try, second_try = (Holder(FIRST.run_id, FIRST.run_started, try_number) for try_number in (1, 2))
     paused = Heartbeat(store, config, first_try, claim_key)
-    paused.now()
     paused.claim()
+    paused.now()
     writer = PartWriter(store, "leases/w", "jsonl", max_records=1, max_bytes=10**9, before_commit=paused.confirm)
     writer.write("m1", b'{"a":1}\n')  # committed while the window is the first try's
     retry = Heartbeat(store, config, second_try, claim_key)  # Airflow gave the first try up: the retry starts
-    retry.now()
     retry.claim()
+    retry.now()
     paused._confirmed = float("-inf")  # the paused worker wakes up, a while later
     with pytest.raises(
         AttemptSuperseded, match=re.escape(f"try 1 stops writing, because try 2 of run '{FIRST.run_id}'")
@@ -182,3 +182,49 @@ def test_an_attempt_whose_window_a_later_try_claimed_commits_nothing_more(store,
     assert [o["Key"] for o in store.list("leases/w/")] == ["leases/w/part-00000.jsonl"]
     with pytest.raises(AttemptSuperseded, match="its claim is gone"):
         paused.finish()
+
+
+def test_an_attempt_given_up_before_it_claimed_its_window_neither_claims_it_nor_takes_the_lease(store, s3_bucket):
+    from es_backfill.lease import AttemptSuperseded, Heartbeat
+
+    config = _config(s3_bucket)
+    claim_key = "leases/w/_attempt.json"
+    retry = Heartbeat(store, config, Holder(FIRST.run_id, FIRST.run_started, 2), claim_key)
+    retry.claim()
+    claimed = store.get(claim_key)
+    paused = Heartbeat(store, config, Holder(FIRST.run_id, FIRST.run_started, 1), claim_key)
+    with pytest.raises(
+        AttemptSuperseded, match=re.escape(f"try 1 stops writing, because try 2 of run '{FIRST.run_id}'")
+    ):
+        paused.claim()
+    assert store.get(claim_key) == claimed and store.get(lease_key(config)) is None
+    # A cleared task's next try, or another run, claims the window over an earlier claim.
+    Heartbeat(store, config, Holder(FIRST.run_id, FIRST.run_started, 3), claim_key).claim()
+    Heartbeat(store, config, SECOND, claim_key).claim()
+    assert orjson.loads(store.get(claim_key))["run_id"] == SECOND.run_id
+
+
+class ClaimedInTheGap(ObjectStore):
+    """A store on which a later attempt claims the window between an attempt's last check and its removing the claim."""
+
+    def __init__(self, store: ObjectStore, later) -> None:
+        super().__init__(store.client, store.bucket)
+        self.later = later
+
+    def delete_conditional(self, key: str, *, if_match: str) -> None:
+        if key.endswith("/_attempt.json"):
+            self.later.claim()
+        super().delete_conditional(key, if_match=if_match)
+
+
+def test_an_attempt_finishing_as_a_later_one_claims_the_window_leaves_that_claim_and_stops(store, s3_bucket):
+    from es_backfill.lease import AttemptSuperseded, Heartbeat
+
+    config = _config(s3_bucket)
+    claim_key = "leases/w/_attempt.json"
+    retry = Heartbeat(store, config, Holder(FIRST.run_id, FIRST.run_started, 2), claim_key)
+    paused = Heartbeat(ClaimedInTheGap(store, retry), config, Holder(FIRST.run_id, FIRST.run_started, 1), claim_key)
+    paused.claim()
+    with pytest.raises(AttemptSuperseded, match="because try 2 of run"):
+        paused.finish()
+    assert orjson.loads(store.get(claim_key))["try_number"] == 2
