@@ -28,8 +28,9 @@ lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# pytest in two processes side by side (include/dev/run-tests.sh); PYTEST_ARGS go to both.
 test: lint system-deps
-	$(BIN)/pytest
+	bash include/dev/run-tests.sh $(PYTEST_ARGS)
 
 # DEMO_ENGINE=opensearch:2.19.6 (or elasticsearch:7.10.2 ...) runs it against another engine.
 demo: venv

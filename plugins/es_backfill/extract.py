@@ -43,6 +43,7 @@ from es_backfill.records import (
 from es_backfill.shape import Shaper
 from es_backfill.sink import DocumentWriter, ObjectStore, PartWriter, window_prefix
 from es_backfill.source import Hit, Reader, throttled
+from es_backfill.table import Misfits
 from es_backfill.windows import Window, iso
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class WindowResult:
     bytes: int = 0
     seconds: float = 0.0
     es_requests: int = 0
+    misfits: list[list[str]] = field(default_factory=list)  # fields the table's types do not fit (es_backfill.table)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -107,7 +109,8 @@ def run_window(
         return _skipped(window, existing)
 
     _require_planned_cluster(config, reader)
-    manifest.require_in_plan(store, config, window)
+    saved = manifest.require_in_plan(store, config, window)
+    misfits = Misfits(saved.table) if saved is not None and saved.table is not None else None
     heartbeat.claim()
     finished = manifest.read(store, manifest_key)
     if finished != existing and manifest.completeness_problem(finished, config, window) is None:
@@ -166,6 +169,8 @@ def run_window(
                     if shaper is not None and (record := shaper.apply(record)) is None:
                         dropped += 1
                         continue
+                    if misfits is not None:
+                        misfits.check(record)
                     related.update(related_counts(record, config.source.related))
                     try:
                         data = dumps_document(record) if config.output_format == "json" else dumps_line(record)
@@ -206,6 +211,7 @@ def run_window(
         related=dict(related),
         objects=objects,
         message_ids=ids.summary(),
+        misfits=misfits.found() if misfits is not None else None,
     )
     heartbeat.finish()
     store.put(manifest_key, manifest.dumps(body))
@@ -231,6 +237,7 @@ def run_window(
         bytes=body["bytes"],
         seconds=round(seconds, 3),
         es_requests=reader.total_requests,
+        misfits=body.get("table_misfits", []),
     )
 
 
@@ -247,6 +254,7 @@ def _skipped(window: Window, existing: dict[str, Any] | None) -> WindowResult:
         dropped=existing.get("dropped", 0),
         objects=len(existing["objects"]),
         bytes=existing["bytes"],
+        misfits=existing.get("table_misfits", []),
     )
 
 

@@ -24,6 +24,7 @@ VERSION = 2  # 2: fingerprints cover the source cluster; window manifests prove 
 RUN_MANIFEST_NAME = "_run_manifest.json"
 PLAN_NAME = "_plan.json"
 LEASE_NAME = "_lease.json"  # see es_backfill.lease
+TABLE_DDL_NAME = "_athena.sql"  # the table over the output (es_backfill.table), written by summarise
 CLAIM_NAME = "_attempt.json"  # in a window's folder while an attempt writes it (es_backfill.lease)
 # A window's folder, relative to the backfill's root: dt=YYYY-MM-DD/{start}_{end}/
 WINDOW_FOLDER = re.compile(r"^dt=\d{4}-\d{2}-\d{2}/\d{8}T\d{6}Z_\d{8}T\d{6}Z/")
@@ -36,6 +37,7 @@ class SavedPlan:
     fingerprint: str
     settings: dict[str, Any]
     windows: list[Window]
+    table: dict[str, Any] | None = None  # the output's columns (es_backfill.table); None if planned before them
 
     def differences(self, config: BackfillConfig) -> list[str]:
         """What differs between this plan's settings and ``config``'s, e.g. ``window '1d' -> '6h'``."""
@@ -76,6 +78,10 @@ def plan_key(config: BackfillConfig) -> str:
     return f"{config.root_prefix}/{PLAN_NAME}"
 
 
+def table_ddl_key(config: BackfillConfig) -> str:
+    return f"{config.root_prefix}/{TABLE_DDL_NAME}"
+
+
 def lease_key(config: BackfillConfig) -> str:
     return f"{config.root_prefix}/{LEASE_NAME}"
 
@@ -86,16 +92,18 @@ def read_plan(store: ObjectStore, config: BackfillConfig) -> SavedPlan | None:
     if saved is None or not isinstance(saved.get("windows"), list):
         return None
     settings = saved.get("settings") if saved.get("version") == VERSION else None
+    table = saved.get("table")
     return SavedPlan(
         fingerprint=str(saved.get("fingerprint")),
         settings=settings if isinstance(settings, dict) else {},
         windows=[Window.from_dict(w) for w in saved["windows"]],
+        table=table if isinstance(table, dict) else None,
     )
 
 
-def require_in_plan(store: ObjectStore, config: BackfillConfig, window: Window) -> None:
-    """Raise :class:`StalePlanError` if the backfill's saved plan (if any) was made with other settings
-    or does not have ``window``: e.g. a task of an older run cleared after a ``force`` re-plan."""
+def require_in_plan(store: ObjectStore, config: BackfillConfig, window: Window) -> SavedPlan | None:
+    """The backfill's saved plan (if any); :class:`StalePlanError` if it was made with other settings or does
+    not have ``window``: e.g. a task of an older run cleared after a ``force`` re-plan."""
     saved = read_plan(store, config)
     if saved is not None and (saved.fingerprint != config.fingerprint() or window not in saved.windows):
         raise StalePlanError(
@@ -103,10 +111,18 @@ def require_in_plan(store: ObjectStore, config: BackfillConfig, window: Window) 
             "planned again since this run started; nothing was written. Trigger the backfill again (its plan "
             "task resumes the current plan) instead of clearing this run's tasks"
         )
+    return saved
 
 
-def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window], source: dict[str, str]) -> None:
-    """Save the plan; ``source`` names the engine, version and read strategy it was made with."""
+def write_plan(
+    store: ObjectStore,
+    config: BackfillConfig,
+    windows: list[Window],
+    source: dict[str, str],
+    table: dict[str, Any] | None = None,
+) -> None:
+    """Save the plan; ``source`` names the engine, version and read strategy it was made with, ``table`` the
+    output's columns."""
     # Resume and verify reuse these windows, so balanced windows stay put even if the data moves.
     body = {
         "version": VERSION,
@@ -115,18 +131,24 @@ def write_plan(store: ObjectStore, config: BackfillConfig, windows: list[Window]
         "source": source,
         "encryption": encryption_record(config),
         "windows": [w.to_dict() for w in windows],
+        **({"table": table} if table is not None else {}),
     }
     store.put(plan_key(config), dumps(body))
 
 
 def foreign_objects(store: ObjectStore, config: BackfillConfig, windows: list[Window]) -> list[str]:
     """Keys under the backfill's root that ``windows`` do not account for: everything but their folders,
-    the plan, the run manifest and the lease. Lists folder by folder, so the windows' own objects are never listed."""
+    the plan, the run manifest, the table's DDL and the lease. Lists folder by folder, so the windows' own objects
+    are never listed."""
     root = f"{config.root_prefix}/"
     own = {window_folder(config, w) for w in windows}
     days = {folder.rsplit("/", 2)[0] + "/" for folder in own}
     folders, keys = store.children(root)
-    foreign = [key for key in keys if key not in {plan_key(config), run_manifest_key(config), lease_key(config)}]
+    foreign = [
+        key
+        for key in keys
+        if key not in {plan_key(config), run_manifest_key(config), table_ddl_key(config), lease_key(config)}
+    ]
     for folder in folders:
         if folder not in days:
             foreign += [o["Key"] for o in store.list(folder)]
@@ -156,9 +178,11 @@ def build_window_manifest(
     related: dict[str, int],
     objects: list[ObjectInfo],
     message_ids: dict[str, Any],
+    misfits: list[list[str]] | None = None,
 ) -> dict[str, Any]:
     """``message_ids`` proves which messages the objects hold: how many distinct ids, and the SHA-256 of
-    the ids in output order (each followed by a newline), which ``verify`` recomputes from the records."""
+    the ids in output order (each followed by a newline), which ``verify`` recomputes from the records.
+    ``misfits`` are the fields the records hold that the table's types do not fit (:mod:`es_backfill.table`)."""
     return {
         "version": VERSION,
         "backfill_name": config.backfill_name,
@@ -175,6 +199,7 @@ def build_window_manifest(
         "objects": [{**o.to_dict(), "key": o.key.rsplit(f"/{window.key}/", 1)[1]} for o in objects],
         "bytes": sum(o.bytes for o in objects),
         "encryption": encryption_record(config),
+        **({"table_misfits": misfits} if misfits else {}),
     }
 
 

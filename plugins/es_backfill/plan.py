@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from es_backfill import lease, manifest
+from es_backfill import lease, manifest, table
 from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.enrich import RelatedLookup
 from es_backfill.extract import message_query
@@ -275,12 +275,18 @@ def _plan_or_resume(config: BackfillConfig, reader: Reader, store: ObjectStore, 
         log.info("Planned %s windows for backfill %s", len(windows), config.backfill_name)
         if not config.dry_run:
             # The new plan first: should the sweep below be interrupted, a re-trigger resumes it.
-            manifest.write_plan(store, config, windows, reader.cluster.to_dict())
+            manifest.write_plan(store, config, windows, reader.cluster.to_dict(), output_columns(config, reader))
             if saved is not None:
                 store.delete([manifest.run_manifest_key(config)])  # it describes the replaced plan
     if not config.dry_run:
         _sweep(config, store, windows)
     return windows
+
+
+def output_columns(config: BackfillConfig, reader: Reader) -> dict[str, Any]:
+    """The output table's columns, typed from the mappings of the messages index and each related index."""
+    related = [(spec.name, spec.cardinality, reader.mappings(spec.index)) for spec in config.source.related]
+    return table.from_mappings(reader.mappings(config.source.messages_index), related)
 
 
 def _conflict(config: BackfillConfig, saved: manifest.SavedPlan) -> str:

@@ -1,4 +1,5 @@
-"""The end of a run: gather the windows' small results, reconcile, write the run manifest.
+"""The end of a run: gather the windows' small results, reconcile, write the run manifest and the table
+over the output (``_athena.sql``, see :mod:`es_backfill.table`).
 
 Reconciliation compares, per window, the messages written with Elasticsearch's count
 for the same window and query (taken when the window was extracted). A window that
@@ -16,6 +17,8 @@ from es_backfill import lease, manifest
 from es_backfill.config import BackfillConfig
 from es_backfill.lease import Holder
 from es_backfill.sink import ObjectStore
+from es_backfill.table import athena_ddl, table_name, widened
+from es_backfill.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +86,13 @@ def summarise(
         "mismatched_windows": mismatched,
         "window_keys": [r["window"]["key"] for r in results],
     }
+    saved = manifest.read_plan(store, config)
+    if saved is not None and saved.table is not None:
+        run["table"] = write_table(config, store, saved.table, planned, [r.get("misfits", []) for r in results])
+    else:
+        log.warning(
+            "The plan of %s has no table columns (planned by an older version): no _athena.sql", config.backfill_name
+        )
     store.put(manifest.run_manifest_key(config), manifest.dumps(run))
     if holder is not None:
         lease.release(store, config, holder)  # a retrigger, or a cleared window of this run, takes it again
@@ -103,6 +113,31 @@ def summarise(
     if problems:
         raise ReconciliationError("; ".join(problems) + ". Clear those windows' extract tasks to rerun them.")
     return {key: value for key, value in run.items() if key != "window_keys"}  # XCom stays small
+
+
+def write_table(
+    config: BackfillConfig,
+    store: ObjectStore,
+    columns: dict[str, Any],
+    planned: list[dict[str, Any]],
+    misfits: list[list[list[str]]],
+) -> dict[str, Any]:
+    """Write ``_athena.sql``: the table over the output, typed from the plan's columns and widened by what every
+    window found (``misfits``); return its name, location, DDL and where the DDL is."""
+    found = sorted({tuple(path) for window in misfits for path in window})
+    if found:
+        log.info(
+            "%s fields hold values their mappings do not type (read as JSON text in the table): %s",
+            len(found), ", ".join(".".join(path) for path in found[:20]),
+        )  # fmt: skip
+    days = sorted(Window.from_dict(w).day for w in planned)
+    name = table_name(config.backfill_name)
+    location = f"s3://{config.s3_bucket}/{config.root_prefix}/"
+    ddl = athena_ddl(name, location, widened(columns, found), (days[0], days[-1]))
+    key = manifest.table_ddl_key(config)
+    store.put(key, ddl.encode(), content_type="application/sql")
+    log.info("Wrote the table %s over %s: s3://%s/%s", name, location, config.s3_bucket, key)
+    return {"name": name, "location": location, "ddl_object": f"s3://{config.s3_bucket}/{key}", "ddl": ddl}
 
 
 def output_asset(config: BackfillConfig, run: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -1,0 +1,241 @@
+"""The table a backfill's output is queried as (Athena and the Glue Data Catalog, Trino, DuckDB).
+
+Its columns are ``message_id``, ``window``, ``message`` and one per related index (a struct for
+``cardinality: one``, an array of structs for ``many``), partitioned by ``dt``. ``plan`` types them from
+the index mappings (:func:`from_mappings`) and saves the types in ``_plan.json``, so every run of a
+backfill has the same table. A type is ``"string"``, ``"bigint"``, ``"int"``, ``"smallint"``,
+``"tinyint"``, ``"double"``, ``"boolean"``, ``"json"`` (a string holding the value's JSON text), a
+``{"struct": {name: type}}`` or an ``{"array": type}``. Dates are strings (the engines accept many
+formats); ``enabled: false`` objects, ``flattened``, ``unsigned_long``, geo, range and any other type
+are ``json``; an object mapped without properties is ``json``; aliases and multi-fields are not in
+``_source`` and get no column.
+
+A mapping says what the engine indexes, not what ``_source`` holds: any field may hold an array, a
+number a mapping coerced from a string, keys written with dots (``"a.b": 1``, which the engines map
+as ``a`` → ``b``) or fields a ``dynamic: false`` object does not map. So each window checks its
+records against the types (:class:`Misfits`): a value that does not fit its type (an array where the
+mapping has one value, ``"5"`` in a ``long``, an integer past the column's range) makes that field
+``json``, and a key that its object's type does not name is added to that object as ``json``. A string
+column reads any value (a string as itself, anything else as its JSON text), so it never misfits. The
+window's manifest keeps what it found, sorted (the same data finds the same things), and the table a
+run writes (:func:`athena_ddl`) applies every window's findings: no value reads as a silent null and no
+row fails a query. A struct whose field names differ only in case is ``json`` too (Athena's names are
+case-insensitive).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from es_backfill.exactjson import Number
+
+Type = str | dict[str, Any]
+Path = tuple[str, ...]
+
+_LEAVES = {
+    **dict.fromkeys(
+        ["keyword", "constant_keyword", "wildcard", "text", "match_only_text", "search_as_you_type", "ip",
+         "version", "date", "date_nanos"],
+        "string",
+    ),
+    "long": "bigint", "integer": "int", "short": "smallint", "byte": "tinyint",
+    **dict.fromkeys(["double", "float", "half_float", "scaled_float"], "double"),
+    "boolean": "boolean",
+}  # fmt: skip
+_RANGES = {"bigint": 63, "int": 31, "smallint": 15, "tinyint": 7}
+_NOT_IN_SOURCE = {"alias"}
+_ATHENA = {"string": "string", "json": "string", "bigint": "bigint", "int": "int", "smallint": "smallint",
+           "tinyint": "tinyint", "double": "double", "boolean": "boolean"}  # fmt: skip
+_DUCKDB = {"string": "VARCHAR", "json": "VARCHAR", "bigint": "BIGINT", "int": "INTEGER", "smallint": "SMALLINT",
+           "tinyint": "TINYINT", "double": "DOUBLE", "boolean": "BOOLEAN"}  # fmt: skip
+
+
+def from_mappings(
+    messages: list[dict[str, Any]], related: Sequence[tuple[str, str, list[dict[str, Any]]]]
+) -> dict[str, Type]:
+    """The columns, from the mappings of every index the messages pattern matches and, per related index, its
+    name, cardinality and mappings. A field that indices of one pattern type differently is ``json``."""
+    columns: dict[str, Type] = {"message_id": "string", "window": "string", "message": _merged(messages)}
+    for name, cardinality, mappings in related:
+        document = _merged(mappings)
+        columns[name] = document if cardinality == "one" else {"array": document}
+    return columns
+
+
+def _merged(mappings: list[dict[str, Any]]) -> Type:
+    types = [_type_of({"properties": m.get("properties", {})}) for m in mappings] or ["json"]
+    merged = types[0]
+    for other in types[1:]:
+        merged = _union(merged, other)
+    return merged
+
+
+def _type_of(mapping: dict[str, Any]) -> Type:
+    kind = mapping.get("type")
+    if kind is None or kind in ("object", "nested"):
+        if mapping.get("enabled") is False or not mapping.get("properties"):
+            return "json"
+        fields = {
+            name: _type_of(sub) for name, sub in mapping["properties"].items() if sub.get("type") not in _NOT_IN_SOURCE
+        }
+        if not fields:
+            return "json"
+        struct: Type = {"struct": fields}
+        return {"array": struct} if kind == "nested" else struct
+    return _LEAVES.get(kind, "json")
+
+
+def _union(a: Type, b: Type) -> Type:
+    if a == b:
+        return a
+    if isinstance(a, dict) and isinstance(b, dict) and "struct" in a and "struct" in b:
+        names = [*a["struct"], *(n for n in b["struct"] if n not in a["struct"])]
+        return {"struct": {n: _union(a["struct"].get(n, b["struct"].get(n)), b["struct"].get(n, a["struct"].get(n)))
+                           for n in names}}  # fmt: skip
+    return "json"
+
+
+class Misfits:
+    """What a window's records hold that the columns' types do not fit: the path of each such field (struct
+    field names; arrays are looked through), found once each. Records are checked after redaction and the
+    transform, as written."""
+
+    def __init__(self, columns: dict[str, Type]) -> None:
+        self.columns = columns
+        self.paths: set[Path] = set()
+
+    def check(self, record: dict[str, Any]) -> None:
+        self._fields(record, self.columns, ())
+
+    def found(self) -> list[list[str]]:
+        """The paths found, sorted: what a window manifest keeps."""
+        return [list(path) for path in sorted(self.paths)]
+
+    def _fields(self, value: dict[str, Any], fields: dict[str, Type], path: Path) -> None:
+        for name, item in value.items():
+            kind = fields.get(name)
+            if kind is None:
+                self.paths.add((*path, name))
+            elif item is not None and kind not in ("json", "string"):
+                self._value(item, kind, (*path, name))
+
+    def _value(self, value: Any, kind: Type, path: Path) -> None:
+        if path in self.paths:
+            return
+        if isinstance(kind, dict):
+            if "struct" in kind and isinstance(value, dict):
+                self._fields(value, kind["struct"], path)
+                return
+            if "array" in kind and isinstance(value, list):
+                element = kind["array"]
+                for item in value:
+                    if item is not None and element not in ("json", "string"):
+                        self._value(item, element, path)
+                return
+        elif _fits(value, kind):
+            return
+        self.paths.add(path)
+
+
+def _fits(value: Any, kind: str) -> bool:
+    if kind == "boolean":
+        return isinstance(value, bool)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    if kind == "double":
+        return math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1023
+    if isinstance(value, float) and not (isinstance(value, Number) and value.text.lstrip("-").isdigit()):
+        return False  # an exactjson Number is a float: the integer -0 is one
+    bits = _RANGES[kind]
+    return -(2**bits) <= value < 2**bits
+
+
+def widened(columns: dict[str, Type], misfits: Iterable[Sequence[str]]) -> dict[str, Type]:
+    """``columns`` with each misfit path made ``json`` (added to its struct if the struct lacks it)."""
+    out = _copy(columns)
+    for path in misfits:
+        fields: Any = out
+        for name in path[:-1]:
+            fields = _fields_of(fields.get(name))
+            if not isinstance(fields, dict):
+                break  # a struct above the field is json already
+        else:
+            fields[path[-1]] = "json"
+    return out
+
+
+def _fields_of(node: Any) -> Any:
+    """The fields of a struct type, or of the struct an array type holds; None for a leaf."""
+    while isinstance(node, dict) and "array" in node:
+        node = node["array"]
+    return node["struct"] if isinstance(node, dict) else None
+
+
+def _copy(columns: dict[str, Type]) -> dict[str, Type]:
+    return {name: _copy_type(kind) for name, kind in columns.items()}
+
+
+def _copy_type(kind: Type) -> Type:
+    if isinstance(kind, dict):
+        return {"struct": _copy(kind["struct"])} if "struct" in kind else {"array": _copy_type(kind["array"])}
+    return kind
+
+
+def athena_type(kind: Type) -> str:
+    """The type in Athena's (Hive's) DDL."""
+    if isinstance(kind, str):
+        return _ATHENA[kind]
+    if "array" in kind:
+        return f"array<{athena_type(kind['array'])}>"
+    fields = kind["struct"]
+    if len({name.lower() for name in fields}) < len(fields):
+        return "string"  # Athena's field names are case-insensitive: two would read one key
+    return "struct<" + ",".join(f"{_backquoted(name)}:{athena_type(t)}" for name, t in fields.items()) + ">"
+
+
+def duckdb_type(kind: Type) -> str:
+    """The type in DuckDB's ``read_json(columns=...)`` (whose struct fields match keys case-sensitively)."""
+    if isinstance(kind, str):
+        return _DUCKDB[kind]
+    if "array" in kind:
+        return f"{duckdb_type(kind['array'])}[]"
+    return "STRUCT(" + ", ".join(f'"{name.replace(chr(34), chr(34) * 2)}" {duckdb_type(t)}'
+                                 for name, t in kind["struct"].items()) + ")"  # fmt: skip
+
+
+def _backquoted(name: str) -> str:
+    return "`" + name.replace("`", "``") + "`"
+
+
+def table_name(backfill_name: str) -> str:
+    """A name Athena and Glue accept (lower-case letters, digits and ``_``) for the backfill's table."""
+    name = re.sub(r"[^a-z0-9_]+", "_", backfill_name.lower()).strip("_")
+    return name if name and not name[0].isdigit() else f"backfill_{name}"
+
+
+def athena_ddl(name: str, location: str, columns: dict[str, Type], days: tuple[str, str]) -> str:
+    """``CREATE EXTERNAL TABLE`` for JSON Lines (gzip or not) or one JSON object per file under ``location``
+    (``s3://bucket/root/``), partitioned by ``dt`` with partition projection over ``days`` (first, last), so no
+    ``MSCK REPAIR TABLE`` is needed. Objects whose names start with ``_`` (manifests) are not read."""
+    lines = ",\n".join(f"  {_backquoted(column)} {athena_type(kind)}" for column, kind in columns.items())
+    return (
+        f"CREATE EXTERNAL TABLE IF NOT EXISTS {_backquoted(name)} (\n{lines}\n)\n"
+        "PARTITIONED BY (`dt` string)\n"
+        "ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'\n"
+        "WITH SERDEPROPERTIES ('ignore.malformed.json' = 'false', 'case.insensitive' = 'true')\n"
+        "STORED AS INPUTFORMAT 'org.apache.hadoop.mapred.TextInputFormat'\n"
+        "OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'\n"
+        f"LOCATION '{location}'\n"
+        "TBLPROPERTIES (\n"
+        "  'projection.enabled' = 'true',\n"
+        "  'projection.dt.type' = 'date',\n"
+        "  'projection.dt.format' = 'yyyy-MM-dd',\n"
+        f"  'projection.dt.range' = '{days[0]},{days[1]}',\n"
+        "  'projection.dt.interval' = '1',\n"
+        "  'projection.dt.interval.unit' = 'DAYS',\n"
+        f"  'storage.location.template' = '{location}dt=${{dt}}/'\n"
+        ");\n"
+    )

@@ -1,0 +1,125 @@
+"""The output queried where it lands: a real DAG run over the fidelity corpus, read from the S3 server by DuckDB
+(embedded, through s3fs) with the columns of the table the run wrote (``_athena.sql``), checked by SQL against
+the documents as loaded."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from typing import Any
+
+import duckdb
+import pytest
+import s3fs
+
+from es_backfill.table import athena_ddl, duckdb_type, widened
+from tests.integration import test_fidelity
+from tests.integration.support import read_objects
+from tests.integration.test_fidelity import ENGINES, MESSAGES, STATUS, _conf, _documents
+from tests.json_text import tokens
+
+# A string holding half a surrogate pair: DuckDB's JSON reader refuses the file that holds it.
+corpus = test_fidelity.corpus  # the fixture that loads the corpus into the engine
+
+LONE_SURROGATE = re.compile(rb"\\ud[89ab][0-9a-f]{2}(?!\\ud[c-f])|(?<![0-9a-f]{2})\\ud[c-f][0-9a-f]{2}")
+
+
+@pytest.fixture
+def duck(s3_server):
+    con = duckdb.connect()
+    con.register_filesystem(
+        s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=s3_server.endpoint_url,
+                          client_kwargs={"region_name": "us-east-1"})
+    )  # fmt: skip
+    yield con
+    con.close()
+
+
+def _read(con: duckdb.DuckDBPyConnection, files: list[str], columns: dict[str, str], sql: str, **options: Any) -> Any:
+    """``sql`` over ``t``: the objects ``files`` read as newline-delimited JSON with ``columns`` and ``dt``."""
+    listed = ", ".join(f"'{f}'" for f in files)
+    extra = "".join(f", {name}={value}" for name, value in options.items())
+    typed = ", ".join(f"{_literal(name)}: {_literal(kind)}" for name, kind in columns.items())
+    source = f"read_json([{listed}], format='newline_delimited', hive_partitioning=true, columns={{{typed}}}{extra})"
+    return con.sql(sql.replace("FROM t", f"FROM {source}")).fetchall()
+
+
+@pytest.mark.parametrize("output_format", ["jsonl.gz", "json"])
+@pytest.mark.parametrize("engine", ENGINES[:1], indirect=True)
+def test_duckdb_reads_the_output_with_the_columns_of_its_table(corpus, run_backfill, s3_bucket, duck, output_format):
+    conf = _conf(s3_bucket, output_format, part_max_records=10)
+    assert run_backfill(conf).state == "success"
+    objects = read_objects(s3_bucket, "fid/")
+    root = "fid/corpus"
+    plan = json.loads(objects[f"{root}/_plan.json"])
+    manifests = {k: json.loads(v) for k, v in objects.items() if k.endswith("/_manifest.json")}
+    run = json.loads(objects[f"{root}/_run_manifest.json"])
+
+    # The table the run wrote: the plan's columns, widened by what the windows found, as Athena DDL.
+    misfits = sorted({tuple(p) for m in manifests.values() for p in m.get("table_misfits", [])})
+    assert {("message", "sender"), ("message", "sender.email"), ("message", "raw", "secret")} <= set(misfits)
+    columns = widened(plan["table"], misfits)
+    location = f"s3://{s3_bucket}/{root}/"
+    ddl = athena_ddl("corpus", location, columns, ("2024-03-01", "2024-03-02"))
+    assert objects[f"{root}/_athena.sql"].decode() == ddl == run["table"]["ddl"]
+    assert run["table"]["name"] == "corpus" and run["table"]["location"] == location
+    assert "`sender`:string" in ddl and "`status_id`:string" in ddl and "`audit` array<struct<" in ddl
+
+    data = sorted(k for k in objects if not k.rsplit("/", 1)[1].startswith("_"))
+    raw = {k: gzip.decompress(v) if k.endswith(".gz") else v for k, v in objects.items() if k in data}
+    refused = [k for k in data if LONE_SURROGATE.search(raw[k])]
+    assert 1 <= len(refused) <= 2, refused  # the corpus has two messages with lone surrogates
+    urls = {k: f"s3://{s3_bucket}/{k}" for k in data}
+    types = {name: duckdb_type(kind) for name, kind in columns.items()}
+
+    # Counts per dt equal the manifests' (the refused lines count as rows of NULLs with ignore_errors).
+    per_dt = _read(duck, list(urls.values()), types, "SELECT dt, count(*) FROM t GROUP BY dt ORDER BY dt",
+                   ignore_errors="true")  # fmt: skip
+    expected_dt: dict[str, int] = {}
+    for m in manifests.values():
+        day = m["window"]["start"][:10]
+        expected_dt[day] = expected_dt.get(day, 0) + m["messages"]
+    assert [(str(day), n) for day, n in per_dt] == sorted(expected_dt.items())
+    with pytest.raises(duckdb.InvalidInputException, match="no low surrogate"):
+        _read(duck, [urls[refused[0]]], types, "SELECT count(*) FROM t")
+
+    # Everything else reads strictly: every value fits its column's type, each message once.
+    readable = [urls[k] for k in data if k not in refused]
+    rows = _read(duck, readable, types, 'SELECT message_id, "window", status.status_id, '
+                 "list_transform(audit, lambda a: a.audit_id), message.\"@timestamp\", message.sender FROM t")  # fmt: skip
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids))
+    held = {_id for k in refused for _id in re.findall(rb'"message_id":"(m\d{3})","window"', raw[k])}
+    docs = _documents()
+    messages = {doc_id: json.loads(text) for index, doc_id, text in docs if index == MESSAGES and "\\ud" not in text}
+    assert set(ids) == {doc_id for index, doc_id, _ in docs if index == MESSAGES} - {i.decode() for i in held}
+    status, audit = _related(docs)
+    for message_id, window, status_id, audit_ids, timestamp, sender in rows:
+        assert status_id == status.get(message_id) and audit_ids == audit.get(message_id, []), message_id
+        assert window and timestamp == messages.get(message_id, {}).get("@timestamp", timestamp)
+        source = messages.get(message_id, {}).get("sender")
+        if source is not None and sender is not None:  # a json column: the value's JSON text, compared as tokens
+            assert tokens(sender) == tokens(json.dumps(source, ensure_ascii=False)), message_id
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _related(docs: list[tuple[str, str, str]]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """Per message id: its current status's ``status_id``, and its audit records' ``audit_id`` in order."""
+    statuses: dict[str, list[tuple[str, str]]] = {}
+    audits: dict[str, list[tuple[str, str]]] = {}
+    for index, _, text in docs:
+        if index == MESSAGES:
+            continue
+        doc = json.loads(text)
+        joined = doc["message_id"] if isinstance(doc["message_id"], list) else [doc["message_id"]]
+        for message_id in joined:
+            if index == STATUS:
+                statuses.setdefault(message_id, []).append((doc["updated_at"], doc["status_id"]))
+            else:
+                audits.setdefault(message_id, []).append((doc["@timestamp"], doc["audit_id"]))
+    return ({m: max(s)[1] for m, s in statuses.items()},
+            {m: [a for _, a in sorted(found)] for m, found in audits.items()})  # fmt: skip

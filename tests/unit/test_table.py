@@ -1,0 +1,102 @@
+"""The output's table: columns typed from the mappings, widened by what the records hold, as Athena and DuckDB
+types."""
+
+from __future__ import annotations
+
+from es_backfill import exactjson
+from es_backfill.table import Misfits, athena_ddl, athena_type, duckdb_type, from_mappings, table_name, widened
+
+MESSAGES = {
+    "properties": {
+        "message_id": {"type": "keyword"},
+        "@timestamp": {"type": "date"},
+        "size": {"type": "long"},
+        "score": {"type": "scaled_float", "scaling_factor": 100},
+        "seen": {"type": "boolean"},
+        "subject": {"type": "text", "fields": {"keyword": {"type": "keyword"}}},
+        "sender": {"properties": {"name": {"type": "keyword"}, "email": {"type": "keyword"}}},
+        "payload": {"type": "object", "enabled": False},
+        "raw": {"type": "object", "dynamic": False, "properties": {"known": {"type": "keyword"}}},
+        "parts": {"type": "nested", "properties": {"n": {"type": "integer"}}},
+        "where": {"type": "geo_point"},
+        "sender_name": {"type": "alias", "path": "sender.name"},
+    }
+}
+STATUS = {"properties": {"message_id": {"type": "keyword"}, "code": {"type": "short"}}}
+
+
+def _columns():
+    return from_mappings([MESSAGES], [("status", "one", [STATUS]), ("audit", "many", [STATUS])])
+
+
+def test_columns_are_typed_from_the_mappings_and_what_cannot_be_typed_is_json_text():
+    columns = _columns()
+    assert list(columns) == ["message_id", "window", "message", "status", "audit"]
+    message = columns["message"]["struct"]
+    assert message == {
+        "message_id": "string", "@timestamp": "string", "size": "bigint", "score": "double", "seen": "boolean",
+        "subject": "string", "sender": {"struct": {"name": "string", "email": "string"}}, "payload": "json",
+        "raw": {"struct": {"known": "string"}}, "parts": {"array": {"struct": {"n": "int"}}}, "where": "json",
+    }  # fmt: skip
+    assert columns["status"] == {"struct": {"message_id": "string", "code": "smallint"}}
+    assert columns["audit"] == {"array": columns["status"]}
+
+
+def test_indices_of_one_pattern_that_type_a_field_differently_make_it_json():
+    other = {"properties": {"size": {"type": "keyword"}, "extra": {"type": "long"}}}
+    message = from_mappings([MESSAGES, other], [])["message"]["struct"]
+    assert message["size"] == "json" and message["extra"] == "bigint" and message["seen"] == "boolean"
+
+
+def test_values_the_mapping_does_not_type_are_found_and_widen_their_field_to_json():
+    misfits = Misfits(_columns())
+    records = [
+        {"message_id": "m1", "window": "w", "message": {"size": 5, "sender": {"name": "a"}, "parts": [{"n": 1}]},
+         "status": None, "audit": []},
+        {"message_id": 7, "window": "w", "message": {"size": "5", "seen": "true", "sender": [{"name": "b"}],
+         "sender.email": "x@example.com", "raw": {"known": "k", "unmapped": {"deep": 1}}, "parts": {"n": 2}},
+         "status": {"code": 40000}, "audit": [{"code": 1}, {"code": exactjson.Number("1.5")}, {"code": 2, "new": 1}]},
+        {"message_id": "m3", "window": "w", "message": {"size": 2**63, "score": exactjson.Number("1e400"),
+         "payload": {"anything": [1]}}, "status": {"code": exactjson.Number("-0")}, "audit": None},
+    ]  # fmt: skip
+    for record in records:
+        misfits.check(record)
+    assert misfits.found() == [
+        ["audit", "code"], ["audit", "new"], ["message", "parts"], ["message", "raw", "unmapped"],
+        ["message", "score"], ["message", "seen"], ["message", "sender"], ["message", "sender.email"],
+        ["message", "size"], ["status", "code"],
+    ]  # fmt: skip
+    table = widened(_columns(), misfits.found())
+    message = table["message"]["struct"]
+    assert message["sender"] == message["size"] == message["sender.email"] == message["parts"] == "json"
+    assert message["raw"] == {"struct": {"known": "string", "unmapped": "json"}}
+    assert table["audit"] == {"array": {"struct": {"message_id": "string", "code": "json", "new": "json"}}}
+    assert _columns()["message"]["struct"]["size"] == "bigint"  # the plan's columns are left as they were
+
+
+def test_records_that_fit_find_nothing():
+    misfits = Misfits(_columns())
+    misfits.check({"message_id": "m", "window": "w", "message": {"size": -(2**63), "seen": False, "score": 1,
+                   "parts": [{"n": -(2**31)}, None], "payload": [1, {"a": 2}], "where": "drm3btev3e86",
+                   "subject": 5}, "status": {"code": exactjson.Number("-0")}, "audit": [None]})  # fmt: skip
+    assert misfits.found() == []
+
+
+def test_the_types_render_for_athena_and_duckdb():
+    columns = widened(_columns(), [["message", "sender.email"]])
+    assert athena_type(columns["status"]) == "struct<`message_id`:string,`code`:smallint>"
+    assert athena_type(columns["audit"]) == "array<struct<`message_id`:string,`code`:smallint>>"
+    assert duckdb_type(columns["audit"]) == 'STRUCT("message_id" VARCHAR, "code" SMALLINT)[]'
+    assert "`sender.email`:string" in athena_type(columns["message"])
+    assert athena_type({"struct": {"Name": "string", "name": "bigint"}}) == "string"  # Athena cannot tell them apart
+    assert duckdb_type({"struct": {'a"b': "json"}}) == 'STRUCT("a""b" VARCHAR)'
+
+
+def test_the_ddl_projects_dt_over_the_plans_days_and_names_the_table_as_athena_allows():
+    assert table_name("Orders-2024 backfill") == "orders_2024_backfill"
+    assert table_name("2024") == "backfill_2024"
+    ddl = athena_ddl("t", "s3://b/root/", {"message_id": "string", "window": "string"}, ("2024-03-01", "2024-03-09"))
+    assert ddl.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS `t` (\n  `message_id` string,\n  `window` string\n)")
+    assert "'projection.dt.range' = '2024-03-01,2024-03-09'" in ddl
+    assert "'storage.location.template' = 's3://b/root/dt=${dt}/'" in ddl
+    assert "'ignore.malformed.json' = 'false'" in ddl and "LOCATION 's3://b/root/'" in ddl
