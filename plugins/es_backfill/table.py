@@ -20,7 +20,9 @@ column reads any value (a string as itself, anything else as its JSON text), so 
 window's manifest keeps what it found, sorted (the same data finds the same things), and the table a
 run writes (:func:`athena_ddl`) applies every window's findings: no value reads as a silent null and no
 row fails a query. A struct whose field names differ only in case is ``json`` too (Athena's names are
-case-insensitive).
+case-insensitive). Athena allows only letters, digits and ``_`` in struct field names: others get a name of
+those (``@timestamp`` is ``_timestamp``) and a SerDe ``mapping.`` property that reads the key as written
+(:class:`AthenaNames`).
 """
 
 from __future__ import annotations
@@ -184,16 +186,51 @@ def _copy_type(kind: Type) -> Type:
     return kind
 
 
-def athena_type(kind: Type) -> str:
-    """The type in Athena's (Hive's) DDL."""
+class AthenaNames:
+    """Names for struct fields in Athena's DDL, which allows only letters, digits and ``_`` in complex types:
+    ``@timestamp`` becomes ``_timestamp``, unique in the table, and a SerDe ``mapping.`` property reads the key
+    as written (lower-cased, as the SerDe compares keys case-insensitively)."""
+
+    def __init__(self, columns: dict[str, Type]) -> None:
+        self.mappings: dict[str, str] = {}
+        self._taken = {name.lower() for name in _all_names(columns)}
+
+    def of(self, name: str) -> str:
+        if _PLAIN.fullmatch(name):
+            return name
+        for safe, original in self.mappings.items():
+            if original == name.lower():
+                return safe
+        safe = _UNSAFE.sub("_", name)
+        while safe.lower() in self._taken:
+            safe += "_"
+        self._taken.add(safe.lower())
+        self.mappings[safe] = name.lower()
+        return safe
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_]+")
+_UNSAFE = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _all_names(columns: dict[str, Type]) -> Iterable[str]:
+    for name, kind in columns.items():
+        yield name
+        fields = _fields_of(kind)
+        if isinstance(fields, dict):
+            yield from _all_names(fields)
+
+
+def athena_type(kind: Type, names: AthenaNames) -> str:
+    """The type in Athena's (Hive's) DDL, its struct fields named by ``names``."""
     if isinstance(kind, str):
         return _ATHENA[kind]
     if "array" in kind:
-        return f"array<{athena_type(kind['array'])}>"
+        return f"array<{athena_type(kind['array'], names)}>"
     fields = kind["struct"]
     if len({name.lower() for name in fields}) < len(fields):
         return "string"  # Athena's field names are case-insensitive: two would read one key
-    return "struct<" + ",".join(f"{_backquoted(name)}:{athena_type(t)}" for name, t in fields.items()) + ">"
+    return "struct<" + ",".join(f"{names.of(name)}:{athena_type(t, names)}" for name, t in fields.items()) + ">"
 
 
 def duckdb_type(kind: Type) -> str:
@@ -220,15 +257,19 @@ def athena_ddl(name: str, location: str, columns: dict[str, Type], days: tuple[s
     """``CREATE EXTERNAL TABLE`` for JSON Lines (gzip or not) or one JSON object per file under ``location``
     (``s3://bucket/root/``), partitioned by ``dt`` with partition projection over ``days`` (first, last), so no
     ``MSCK REPAIR TABLE`` is needed. Objects whose names start with ``_`` (manifests) are not read."""
-    lines = ",\n".join(f"  {_backquoted(column)} {athena_type(kind)}" for column, kind in columns.items())
+    names = AthenaNames(columns)
+    lines = ",\n".join(f"  {_backquoted(column)} {athena_type(kind, names)}" for column, kind in columns.items())
+    serde = {"ignore.malformed.json": "false", "case.insensitive": "true",
+             **{f"mapping.{safe}": original for safe, original in names.mappings.items()}}  # fmt: skip
+    properties = ",\n".join(f"  {_quoted(key)} = {_quoted(value)}" for key, value in serde.items())
     return (
         f"CREATE EXTERNAL TABLE IF NOT EXISTS {_backquoted(name)} (\n{lines}\n)\n"
         "PARTITIONED BY (`dt` string)\n"
         "ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'\n"
-        "WITH SERDEPROPERTIES ('ignore.malformed.json' = 'false', 'case.insensitive' = 'true')\n"
+        f"WITH SERDEPROPERTIES (\n{properties}\n)\n"
         "STORED AS INPUTFORMAT 'org.apache.hadoop.mapred.TextInputFormat'\n"
         "OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'\n"
-        f"LOCATION '{location}'\n"
+        f"LOCATION {_quoted(location)}\n"
         "TBLPROPERTIES (\n"
         "  'projection.enabled' = 'true',\n"
         "  'projection.dt.type' = 'date',\n"
@@ -236,6 +277,11 @@ def athena_ddl(name: str, location: str, columns: dict[str, Type], days: tuple[s
         f"  'projection.dt.range' = '{days[0]},{days[1]}',\n"
         "  'projection.dt.interval' = '1',\n"
         "  'projection.dt.interval.unit' = 'DAYS',\n"
-        f"  'storage.location.template' = '{location}dt=${{dt}}/'\n"
+        f"  'storage.location.template' = {_quoted(location + 'dt=${dt}/')}\n"
         ");\n"
     )
+
+
+def _quoted(text: str) -> str:
+    """A string literal of Hive's DDL."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"

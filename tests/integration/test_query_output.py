@@ -64,7 +64,8 @@ def test_duckdb_reads_the_output_with_the_columns_of_its_table(corpus, run_backf
     ddl = athena_ddl("corpus", location, columns, ("2024-03-01", "2024-03-02"))
     assert objects[f"{root}/_athena.sql"].decode() == ddl == run["table"]["ddl"]
     assert run["table"]["name"] == "corpus" and run["table"]["location"] == location
-    assert "`sender`:string" in ddl and "`status_id`:string" in ddl and "`audit` array<struct<" in ddl
+    assert ",sender:string," in ddl and "status_id:string" in ddl and "`audit` array<struct<" in ddl
+    assert "'mapping._timestamp' = '@timestamp'" in ddl and "'mapping.sender_email' = 'sender.email'" in ddl
 
     data = sorted(k for k in objects if not k.rsplit("/", 1)[1].startswith("_"))
     raw = {k: gzip.decompress(v) if k.endswith(".gz") else v for k, v in objects.items() if k in data}
@@ -86,8 +87,9 @@ def test_duckdb_reads_the_output_with_the_columns_of_its_table(corpus, run_backf
 
     # Everything else reads strictly: every value fits its column's type, each message once.
     readable = [urls[k] for k in data if k not in refused]
-    rows = _read(duck, readable, types, 'SELECT message_id, "window", status.status_id, '
-                 "list_transform(audit, lambda a: a.audit_id), message.\"@timestamp\", message.sender FROM t")  # fmt: skip
+    query = ('SELECT message_id, "window", status.status_id, list_transform(audit, lambda a: a.audit_id), '
+             'message."@timestamp", message.sender FROM t')  # fmt: skip
+    rows = _read(duck, readable, types, query)
     ids = [r[0] for r in rows]
     assert len(ids) == len(set(ids))
     held = {_id for k in refused for _id in re.findall(rb'"message_id":"(m\d{3})","window"', raw[k])}

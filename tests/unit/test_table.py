@@ -4,7 +4,16 @@ types."""
 from __future__ import annotations
 
 from es_backfill import exactjson
-from es_backfill.table import Misfits, athena_ddl, athena_type, duckdb_type, from_mappings, table_name, widened
+from es_backfill.table import (
+    AthenaNames,
+    Misfits,
+    athena_ddl,
+    athena_type,
+    duckdb_type,
+    from_mappings,
+    table_name,
+    widened,
+)
 
 MESSAGES = {
     "properties": {
@@ -84,19 +93,35 @@ def test_records_that_fit_find_nothing():
 
 def test_the_types_render_for_athena_and_duckdb():
     columns = widened(_columns(), [["message", "sender.email"]])
-    assert athena_type(columns["status"]) == "struct<`message_id`:string,`code`:smallint>"
-    assert athena_type(columns["audit"]) == "array<struct<`message_id`:string,`code`:smallint>>"
+    names = AthenaNames(columns)
+    assert athena_type(columns["status"], names) == "struct<message_id:string,code:smallint>"
+    assert athena_type(columns["audit"], names) == "array<struct<message_id:string,code:smallint>>"
     assert duckdb_type(columns["audit"]) == 'STRUCT("message_id" VARCHAR, "code" SMALLINT)[]'
-    assert "`sender.email`:string" in athena_type(columns["message"])
-    assert athena_type({"struct": {"Name": "string", "name": "bigint"}}) == "string"  # Athena cannot tell them apart
+    message = athena_type(columns["message"], names)
+    assert message.startswith("struct<message_id:string,_timestamp:string,size:bigint,")
+    assert message.endswith(",sender_email:string>") and "`" not in message
+    assert names.mappings == {"_timestamp": "@timestamp", "sender_email": "sender.email"}
+    assert athena_type({"struct": {"Name": "string", "name": "bigint"}}, names) == "string"  # one key to Athena
     assert duckdb_type({"struct": {'a"b': "json"}}) == 'STRUCT("a""b" VARCHAR)'
+
+
+def test_athena_names_stay_unique_in_the_table():
+    columns = {"message": {"struct": {"_timestamp": "string", "@timestamp": "string", "a": {"struct": {
+        "@timestamp": "bigint", "@Timestamp": "string"}}}}}  # fmt: skip
+    names = AthenaNames(columns)
+    assert athena_type(columns["message"], names) == "struct<_timestamp:string,_timestamp_:string,a:string>"
+    assert names.of("#timestamp") == "_timestamp__"
+    assert names.mappings == {"_timestamp_": "@timestamp", "_timestamp__": "#timestamp"}
 
 
 def test_the_ddl_projects_dt_over_the_plans_days_and_names_the_table_as_athena_allows():
     assert table_name("Orders-2024 backfill") == "orders_2024_backfill"
     assert table_name("2024") == "backfill_2024"
-    ddl = athena_ddl("t", "s3://b/root/", {"message_id": "string", "window": "string"}, ("2024-03-01", "2024-03-09"))
-    assert ddl.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS `t` (\n  `message_id` string,\n  `window` string\n)")
+    columns = {"message_id": "string", "window": "string", "message": {"struct": {"@timestamp": "string"}}}
+    ddl = athena_ddl("t", "s3://b/root/", columns, ("2024-03-01", "2024-03-09"))
+    assert ddl.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS `t` (\n  `message_id` string,\n  `window` string,\n"
+                          "  `message` struct<_timestamp:string>\n)")  # fmt: skip
+    assert "  'mapping._timestamp' = '@timestamp'\n" in ddl
     assert "'projection.dt.range' = '2024-03-01,2024-03-09'" in ddl
     assert "'storage.location.template' = 's3://b/root/dt=${dt}/'" in ddl
     assert "'ignore.malformed.json' = 'false'" in ddl and "LOCATION 's3://b/root/'" in ddl
