@@ -207,6 +207,14 @@ def _reader(config: BackfillConfig, *, retry_unreachable: bool = True) -> Reader
             title="Target duration (dry run)",
             description="e.g. 6h: the dry run suggests the pool size that finishes within it.",
         ),
+        "glue_database": Param(
+            None,
+            type=["null", "string"],
+            pattern=r"^[a-z0-9_]{0,255}$",
+            title="Glue database",
+            description="Register the output's table (README: Query the output) in this Glue Data Catalog database, "
+            "which must exist. Empty: only _athena.sql is written.",
+        ),
         "source": Param(
             {},
             **SOURCE_SCHEMA,
@@ -222,10 +230,11 @@ def es_backfill():
     def plan(params: dict[str, Any] | None = None, dag_run: Any = None) -> list[dict[str, Any]]:
         from airflow.configuration import conf
 
-        from es_backfill.hooks import object_store, redaction_key
+        from es_backfill.hooks import glue_catalog, object_store, redaction_key
         from es_backfill.lease import Holder, LeaseHeld
         from es_backfill.plan import (
             check_bucket,
+            check_catalog,
             check_cluster,
             check_shaping,
             dry_run_report,
@@ -249,6 +258,7 @@ def es_backfill():
                 config = identify_cluster(config, reader)
                 check_cluster(config, reader)
                 check_shaping(config, redaction_key(config.source))
+                check_catalog(config, glue_catalog(config))
                 max_windows = conf.getint("core", "max_map_length")
                 windows = plan_or_resume(config, reader, store, max_windows, Holder.of(dag_run))
             except (ConfigError, LeaseHeld) as err:
@@ -297,7 +307,7 @@ def es_backfill():
         outlet_events: Any = None,
         dag_run: Any = None,
     ) -> dict[str, Any] | None:
-        from es_backfill.hooks import object_store
+        from es_backfill.hooks import glue_catalog, object_store
         from es_backfill.lease import Holder
         from es_backfill.summary import output_asset, summarise
 
@@ -309,7 +319,7 @@ def es_backfill():
         # One slice reads every mapped result at once (iterating asks offset by offset until one is missing).
         done = [r for r in results[:] if r is not None]
         # Releases the lease, then raises unless every window reconciled.
-        run = summarise(config, windows, done, object_store(config), Holder.of(dag_run))
+        run = summarise(config, windows, done, object_store(config), Holder.of(dag_run), glue_catalog(config))
         uri, extra = output_asset(config, run)
         outlet_events[OUTPUT_ALIAS].add(Asset(uri), extra=extra)
         return run

@@ -120,7 +120,7 @@ def _show(hook, state: str) -> None:
     manifests = [k for k in keys if k.endswith("/_manifest.json")]
     print(
         f"\n== {len(keys)} objects in s3://{BUCKET}/demo/: {len(parts)} data parts, {len(manifests)} window "
-        f"manifests, {len(keys) - len(parts) - len(manifests)} for the whole backfill (plan, run manifest)"
+        f"manifests, {len(keys) - len(parts) - len(manifests)} for the whole backfill (plan, run manifest, table)"
     )
     for key in keys:
         size = client.head_object(Bucket=BUCKET, Key=key)["ContentLength"]
@@ -131,6 +131,10 @@ def _show(hook, state: str) -> None:
         print(f"\n== The first 2 of {len(lines)} records in {part} (long values shortened here, not in the file)")
         for line in lines[:2]:
             print(json.dumps(shortened(json.loads(line)), indent=2, ensure_ascii=False))
+    ddl = next((k for k in keys if k.endswith("/_athena.sql")), None)
+    if ddl:
+        print(f"\n== The table over the output, for Athena (README: Query the output), from {ddl}")
+        print(hook.read_key(ddl, bucket_name=BUCKET))
     if state != "success":
         sys.exit(f"The DAG run ended {state}")
 

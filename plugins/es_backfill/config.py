@@ -38,6 +38,7 @@ SSE_KINDS = ("AES256", "aws:kms")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _PREFIX_SEGMENT = re.compile(r"^[A-Za-z0-9._=-]+$")
+_GLUE_DATABASE = re.compile(r"^[a-z0-9_]{1,255}$")
 _IP_ADDRESS = re.compile(r"^\d{1,3}(\.\d{1,3}){3}$")
 # Prefixes and suffixes S3 reserves for its own bucket names (access point aliases, Object Lambda, S3 Express).
 _RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
@@ -136,6 +137,7 @@ CONF_SCHEMA: dict[str, Any] = {
         "kms_key_id": {"type": ["string", "null"]},
         "pool_slots": {"type": "integer", "minimum": 1, "maximum": POOL_SLOTS_MAX},
         "target_duration": {"type": ["string", "null"]},
+        "glue_database": {"type": ["string", "null"]},
         "source": SOURCE_SCHEMA,
     },
 }
@@ -256,6 +258,7 @@ class BackfillConfig:
     pool_slots: int = 4  # the pool's size, which the dry run's time estimate assumes
     target_duration: timedelta | None = None  # the dry run suggests a pool size that finishes within it
     cluster_uuid: str = ""  # the source cluster, read by plan; see with_cluster()
+    glue_database: str | None = None  # register the output's table there (es_backfill.catalog)
 
     @property
     def root_prefix(self) -> str:
@@ -395,6 +398,13 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
         except WindowError:
             problems.append(f"target_duration {target_text!r} is not a positive duration like 6h, 90m or 2d")
 
+    glue_database = None if "glue_database" in misshapen else (params.get("glue_database") or None)
+    if glue_database and not _GLUE_DATABASE.fullmatch(glue_database):
+        problems.append(
+            f"glue_database {glue_database!r} may only hold lower-case letters, digits and '_' (max 255), as Athena "
+            "requires of database names"
+        )
+
     source = None
     if "source" not in misshapen:
         override = params.get("source") or {}
@@ -427,6 +437,7 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
         encryption=encryption,
         pool_slots=int(params.get("pool_slots", 4)),
         target_duration=target,
+        glue_database=glue_database,
     )
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 from airflow.sdk import BaseHook
 
+from es_backfill.catalog import GLUE_CLIENT_CONFIG, GlueCatalog
 from es_backfill.config import BackfillConfig, ConfigError, SourceConfig
 from es_backfill.engines import AwsAuth, ConnectionSettings, UnsupportedEngine, connect
 from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
@@ -209,6 +210,16 @@ def object_store(config: BackfillConfig) -> ObjectStore:
 
     client = S3Hook(aws_conn_id=config.source.aws_conn_id, config=S3_CLIENT_CONFIG).get_conn()
     return ObjectStore(client, config.s3_bucket, config.encryption)
+
+
+def glue_catalog(config: BackfillConfig) -> GlueCatalog | None:
+    """The run's ``glue_database`` through ``GlueCatalogHook`` on its ``aws_conn_id``; None without one."""
+    from airflow.providers.amazon.aws.hooks.glue_catalog import GlueCatalogHook
+
+    if not config.glue_database:
+        return None
+    client = GlueCatalogHook(aws_conn_id=config.source.aws_conn_id, config=GLUE_CLIENT_CONFIG).get_conn()
+    return GlueCatalog(client, config.glue_database)
 
 
 def redaction_key(source: SourceConfig) -> bytes | None:

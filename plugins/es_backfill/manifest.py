@@ -18,6 +18,7 @@ import orjson
 
 from es_backfill.config import BackfillConfig
 from es_backfill.sink import MANIFEST_NAME, ObjectInfo, ObjectStore, window_prefix
+from es_backfill.table import Type, from_saved, to_saved
 from es_backfill.windows import Window
 
 VERSION = 2  # 2: fingerprints cover the source cluster; window manifests prove their message ids
@@ -37,7 +38,7 @@ class SavedPlan:
     fingerprint: str
     settings: dict[str, Any]
     windows: list[Window]
-    table: dict[str, Any] | None = None  # the output's columns (es_backfill.table); None if planned before them
+    table: dict[str, Type] | None = None  # the output's columns (es_backfill.table); None if planned before them
 
     def differences(self, config: BackfillConfig) -> list[str]:
         """What differs between this plan's settings and ``config``'s, e.g. ``window '1d' -> '6h'``."""
@@ -97,7 +98,7 @@ def read_plan(store: ObjectStore, config: BackfillConfig) -> SavedPlan | None:
         fingerprint=str(saved.get("fingerprint")),
         settings=settings if isinstance(settings, dict) else {},
         windows=[Window.from_dict(w) for w in saved["windows"]],
-        table=table if isinstance(table, dict) else None,
+        table=from_saved(table) if isinstance(table, list) else None,
     )
 
 
@@ -119,7 +120,7 @@ def write_plan(
     config: BackfillConfig,
     windows: list[Window],
     source: dict[str, str],
-    table: dict[str, Any] | None = None,
+    table: dict[str, Type] | None = None,
 ) -> None:
     """Save the plan; ``source`` names the engine, version and read strategy it was made with, ``table`` the
     output's columns."""
@@ -131,7 +132,7 @@ def write_plan(
         "source": source,
         "encryption": encryption_record(config),
         "windows": [w.to_dict() for w in windows],
-        **({"table": table} if table is not None else {}),
+        **({"table": to_saved(table)} if table is not None else {}),
     }
     store.put(plan_key(config), dumps(body))
 

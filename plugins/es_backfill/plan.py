@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from es_backfill import lease, manifest, table
+from es_backfill.catalog import GlueCatalog
 from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.enrich import RelatedLookup
 from es_backfill.extract import message_query
@@ -28,6 +29,7 @@ from es_backfill.records import build_record, dumps_line
 from es_backfill.shape import Shaper
 from es_backfill.sink import ObjectStore
 from es_backfill.source import SCROLL, AccessDenied, BadRequest, NotFound, Reader
+from es_backfill.table import table_location, table_name
 from es_backfill.windows import Window, WindowError, balance, iso, split
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,16 @@ def check_bucket(store: ObjectStore) -> None:
     problem = store.bucket_problem()
     if problem:
         raise ConfigError([f"s3_bucket: {problem}"])
+
+
+def check_catalog(config: BackfillConfig, catalog: GlueCatalog | None) -> None:
+    """ConfigError if the run's ``glue_database`` is missing, or holds a table of this backfill's table name that
+    another backfill (or something else) registered: found before anything is written."""
+    if catalog is None or config.dry_run:
+        return
+    problem = catalog.problem(table_name(config.backfill_name), table_location(config))
+    if problem:
+        raise ConfigError([problem])
 
 
 def check_cluster(config: BackfillConfig, reader: Reader) -> None:

@@ -14,10 +14,11 @@ from collections import Counter
 from typing import Any
 
 from es_backfill import lease, manifest
+from es_backfill.catalog import GlueCatalog
 from es_backfill.config import BackfillConfig
 from es_backfill.lease import Holder
 from es_backfill.sink import ObjectStore
-from es_backfill.table import athena_ddl, table_name, widened
+from es_backfill.table import AthenaTable, table_location, table_name, widened
 from es_backfill.windows import Window
 
 log = logging.getLogger(__name__)
@@ -44,9 +45,11 @@ def summarise(
     results: list[dict[str, Any]],
     store: ObjectStore,
     holder: Holder | None = None,
+    catalog: GlueCatalog | None = None,
 ) -> dict[str, Any]:
-    """Write the run manifest, release ``holder``'s lease (every window of the run has finished), log the
-    table, and raise if a window failed or does not reconcile.
+    """Write the output's table (``_athena.sql``, registered in ``catalog`` if given) and the run manifest, release
+    ``holder``'s lease (every window of the run has finished, and even if the table cannot be registered), log
+    the table of windows, and raise if a window failed or does not reconcile.
 
     ``planned`` are the plan's windows; a planned window without a result failed.
     """
@@ -86,16 +89,20 @@ def summarise(
         "mismatched_windows": mismatched,
         "window_keys": [r["window"]["key"] for r in results],
     }
-    saved = manifest.read_plan(store, config)
-    if saved is not None and saved.table is not None:
-        run["table"] = write_table(config, store, saved.table, planned, [r.get("misfits", []) for r in results])
-    else:
-        log.warning(
-            "The plan of %s has no table columns (planned by an older version): no _athena.sql", config.backfill_name
-        )
-    store.put(manifest.run_manifest_key(config), manifest.dumps(run))
-    if holder is not None:
-        lease.release(store, config, holder)  # a retrigger, or a cleared window of this run, takes it again
+    try:
+        saved = manifest.read_plan(store, config)
+        if saved is not None and saved.table is not None:
+            misfits = [r.get("misfits", []) for r in results]
+            run["table"] = write_table(config, store, saved.table, planned, misfits, catalog)
+        else:
+            log.warning(
+                "The plan of %s has no table columns (planned by an older version): no _athena.sql",
+                config.backfill_name,
+            )
+        store.put(manifest.run_manifest_key(config), manifest.dumps(run))
+    finally:
+        if holder is not None:
+            lease.release(store, config, holder)  # a retrigger, or a cleared window of this run, takes it again
     log.info("Backfill %s:\n%s", config.backfill_name, table(results))
     log.info(
         "%s windows (%s written, %s skipped, %s failed), %s messages, %s related documents, %s objects, %s bytes",
@@ -121,9 +128,11 @@ def write_table(
     columns: dict[str, Any],
     planned: list[dict[str, Any]],
     misfits: list[list[list[str]]],
+    catalog: GlueCatalog | None = None,
 ) -> dict[str, Any]:
     """Write ``_athena.sql``: the table over the output, typed from the plan's columns and widened by what every
-    window found (``misfits``); return its name, location, DDL and where the DDL is."""
+    window found (``misfits``), and register it in ``catalog`` if given; return its name, location, DDL, where
+    the DDL is and the Glue table."""
     found = sorted({tuple(path) for window in misfits for path in window})
     if found:
         log.info(
@@ -131,13 +140,18 @@ def write_table(
             len(found), ", ".join(".".join(path) for path in found[:20]),
         )  # fmt: skip
     days = sorted(Window.from_dict(w).day for w in planned)
-    name = table_name(config.backfill_name)
-    location = f"s3://{config.s3_bucket}/{config.root_prefix}/"
-    ddl = athena_ddl(name, location, widened(columns, found), (days[0], days[-1]))
+    athena = AthenaTable(table_name(config.backfill_name), table_location(config), widened(columns, found),
+                         (days[0], days[-1]))  # fmt: skip
+    ddl = athena.ddl()
     key = manifest.table_ddl_key(config)
     store.put(key, ddl.encode(), content_type="application/sql")
-    log.info("Wrote the table %s over %s: s3://%s/%s", name, location, config.s3_bucket, key)
-    return {"name": name, "location": location, "ddl_object": f"s3://{config.s3_bucket}/{key}", "ddl": ddl}
+    log.info("Wrote the table %s over %s: s3://%s/%s", athena.name, athena.location, config.s3_bucket, key)
+    described = {"name": athena.name, "location": athena.location, "ddl_object": f"s3://{config.s3_bucket}/{key}",
+                 "ddl": ddl}  # fmt: skip
+    if catalog is not None:
+        catalog.register(athena)
+        described["glue_table"] = f"{catalog.database}.{athena.name}"
+    return described
 
 
 def output_asset(config: BackfillConfig, run: dict[str, Any]) -> tuple[str, dict[str, Any]]:

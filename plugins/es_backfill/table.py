@@ -18,11 +18,11 @@ mapping has one value, ``"5"`` in a ``long``, an integer past the column's range
 ``json``, and a key that its object's type does not name is added to that object as ``json``. A string
 column reads any value (a string as itself, anything else as its JSON text), so it never misfits. The
 window's manifest keeps what it found, sorted (the same data finds the same things), and the table a
-run writes (:func:`athena_ddl`) applies every window's findings: no value reads as a silent null and no
+run writes (:class:`AthenaTable`) applies every window's findings: no value reads as a silent null and no
 row fails a query. A struct whose field names differ only in case is ``json`` too (Athena's names are
 case-insensitive). Athena allows only letters, digits and ``_`` in struct field names: others get a name of
 those (``@timestamp`` is ``_timestamp``) and a SerDe ``mapping.`` property that reads the key as written
-(:class:`AthenaNames`).
+(:class:`AthenaNames`); reserved words (``from``, ``user``) are quoted.
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
+from es_backfill.config import BackfillConfig
 from es_backfill.exactjson import Number
 
 Type = str | dict[str, Any]
@@ -98,6 +100,33 @@ def _union(a: Type, b: Type) -> Type:
         return {"struct": {n: _union(a["struct"].get(n, b["struct"].get(n)), b["struct"].get(n, a["struct"].get(n)))
                            for n in names}}  # fmt: skip
     return "json"
+
+
+def to_saved(columns: dict[str, Type]) -> list[list[Any]]:
+    """``columns`` as ``_plan.json`` keeps them: lists of ``[name, type]`` pairs (a struct's fields too), so their
+    order survives a JSON writer that sorts keys."""
+    return [[name, _saved_type(kind)] for name, kind in columns.items()]
+
+
+def _saved_type(kind: Type) -> Any:
+    if isinstance(kind, str):
+        return kind
+    if "array" in kind:
+        return {"array": _saved_type(kind["array"])}
+    return {"struct": to_saved(kind["struct"])}
+
+
+def from_saved(saved: list[list[Any]]) -> dict[str, Type]:
+    """The columns :func:`to_saved` kept."""
+    return {name: _loaded_type(kind) for name, kind in saved}
+
+
+def _loaded_type(kind: Any) -> Type:
+    if isinstance(kind, str):
+        return kind
+    if "array" in kind:
+        return {"array": _loaded_type(kind["array"])}
+    return {"struct": from_saved(kind["struct"])}
 
 
 class Misfits:
@@ -210,6 +239,25 @@ class AthenaNames:
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_]+")
+# Athena's reserved keywords in DDL (https://docs.aws.amazon.com/athena/latest/ug/reserved-words.html): a struct
+# field of one of these names is quoted with backticks.
+# fmt: off
+_RESERVED = frozenset({
+    "ALL", "ALTER", "AND", "ARRAY", "AS", "AUTHORIZATION", "BETWEEN", "BIGINT", "BINARY", "BOOLEAN", "BOTH", "BY",
+    "CASE", "CASHE", "CAST", "CHAR", "COLUMN", "CONF", "CONSTRAINT", "COMMIT", "CREATE", "CROSS", "CUBE", "CURRENT",
+    "CURRENT_DATE", "CURRENT_TIMESTAMP", "CURSOR", "DATABASE", "DATE", "DAYOFWEEK", "DECIMAL", "DELETE", "DESCRIBE",
+    "DISTINCT", "DIV", "DOUBLE", "DROP", "ELSE", "END", "EXCHANGE", "EXISTS", "EXTENDED", "EXTERNAL", "EXTRACT",
+    "FALSE", "FETCH", "FLOAT", "FLOOR", "FOLLOWING", "FOR", "FOREIGN", "FROM", "FULL", "FUNCTION", "GRANT", "GROUP",
+    "GROUPING", "HAVING", "IF", "IMPORT", "IN", "INNER", "INSERT", "INT", "INTEGER", "INTERSECT", "INTERVAL",
+    "INTO", "IS", "JOIN", "LATERAL", "LEFT", "LESS", "LIKE", "LOCAL", "MACRO", "MAP", "MORE", "NONE", "NOT", "NULL",
+    "NUMERIC", "OF", "ON", "ONLY", "OR", "ORDER", "OUT", "OUTER", "OVER", "PARTIALSCAN", "PARTITION", "PERCENT",
+    "PRECEDING", "PRECISION", "PRESERVE", "PRIMARY", "PROCEDURE", "RANGE", "READS", "REDUCE", "REGEXP",
+    "REFERENCES", "REVOKE", "RIGHT", "RLIKE", "ROLLBACK", "ROLLUP", "ROW", "ROWS", "SELECT", "SET", "SMALLINT",
+    "START", "TABLE", "TABLESAMPLE", "THEN", "TIME", "TIMESTAMP", "TO", "TRANSFORM", "TRIGGER", "TRUE", "TRUNCATE",
+    "UNBOUNDED", "UNION", "UNIQUEJOIN", "UPDATE", "USER", "USING", "UTC_TIMESTAMP", "VALUES", "VARCHAR", "VIEWS",
+    "WHEN", "WHERE", "WINDOW", "WITH"
+})
+# fmt: on
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -221,16 +269,22 @@ def _all_names(columns: dict[str, Type]) -> Iterable[str]:
             yield from _all_names(fields)
 
 
-def athena_type(kind: Type, names: AthenaNames) -> str:
-    """The type in Athena's (Hive's) DDL, its struct fields named by ``names``."""
+def athena_type(kind: Type, names: AthenaNames, *, ddl: bool = True) -> str:
+    """The type in Athena's (Hive's) DDL, its struct fields named by ``names``, reserved words quoted (``ddl``;
+    the Glue Data Catalog stores types unquoted)."""
     if isinstance(kind, str):
         return _ATHENA[kind]
     if "array" in kind:
-        return f"array<{athena_type(kind['array'], names)}>"
+        return f"array<{athena_type(kind['array'], names, ddl=ddl)}>"
     fields = kind["struct"]
     if len({name.lower() for name in fields}) < len(fields):
         return "string"  # Athena's field names are case-insensitive: two would read one key
-    return "struct<" + ",".join(f"{names.of(name)}:{athena_type(t, names)}" for name, t in fields.items()) + ">"
+    return "struct<" + ",".join(f"{_field(names.of(name), ddl)}:{athena_type(t, names, ddl=ddl)}"
+                                for name, t in fields.items()) + ">"  # fmt: skip
+
+
+def _field(name: str, ddl: bool) -> str:
+    return f"`{name}`" if ddl and name.upper() in _RESERVED else name
 
 
 def duckdb_type(kind: Type) -> str:
@@ -247,39 +301,88 @@ def _backquoted(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def table_location(config: BackfillConfig) -> str:
+    """The table's location: the backfill's root, as a folder."""
+    return f"s3://{config.s3_bucket}/{config.root_prefix}/"
+
+
 def table_name(backfill_name: str) -> str:
     """A name Athena and Glue accept (lower-case letters, digits and ``_``) for the backfill's table."""
     name = re.sub(r"[^a-z0-9_]+", "_", backfill_name.lower()).strip("_")
     return name if name and not name[0].isdigit() else f"backfill_{name}"
 
 
-def athena_ddl(name: str, location: str, columns: dict[str, Type], days: tuple[str, str]) -> str:
-    """``CREATE EXTERNAL TABLE`` for JSON Lines (gzip or not) or one JSON object per file under ``location``
-    (``s3://bucket/root/``), partitioned by ``dt`` with partition projection over ``days`` (first, last), so no
-    ``MSCK REPAIR TABLE`` is needed. Objects whose names start with ``_`` (manifests) are not read."""
-    names = AthenaNames(columns)
-    lines = ",\n".join(f"  {_backquoted(column)} {athena_type(kind, names)}" for column, kind in columns.items())
-    serde = {"ignore.malformed.json": "false", "case.insensitive": "true",
-             **{f"mapping.{safe}": original for safe, original in names.mappings.items()}}  # fmt: skip
-    properties = ",\n".join(f"  {_quoted(key)} = {_quoted(value)}" for key, value in serde.items())
-    return (
-        f"CREATE EXTERNAL TABLE IF NOT EXISTS {_backquoted(name)} (\n{lines}\n)\n"
-        "PARTITIONED BY (`dt` string)\n"
-        "ROW FORMAT SERDE 'org.openx.data.jsonserde.JsonSerDe'\n"
-        f"WITH SERDEPROPERTIES (\n{properties}\n)\n"
-        "STORED AS INPUTFORMAT 'org.apache.hadoop.mapred.TextInputFormat'\n"
-        "OUTPUTFORMAT 'org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat'\n"
-        f"LOCATION {_quoted(location)}\n"
-        "TBLPROPERTIES (\n"
-        "  'projection.enabled' = 'true',\n"
-        "  'projection.dt.type' = 'date',\n"
-        "  'projection.dt.format' = 'yyyy-MM-dd',\n"
-        f"  'projection.dt.range' = '{days[0]},{days[1]}',\n"
-        "  'projection.dt.interval' = '1',\n"
-        "  'projection.dt.interval.unit' = 'DAYS',\n"
-        f"  'storage.location.template' = {_quoted(location + 'dt=${dt}/')}\n"
-        ");\n"
-    )
+INPUT_FORMAT = "org.apache.hadoop.mapred.TextInputFormat"
+OUTPUT_FORMAT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
+SERDE = "org.openx.data.jsonserde.JsonSerDe"
+
+
+@dataclass(frozen=True)
+class AthenaTable:
+    """The table over a backfill's output: what ``_athena.sql`` creates and what the Glue Data Catalog holds.
+
+    JSON Lines (gzip or not) or one JSON object per file under ``location`` (``s3://bucket/root/``), partitioned
+    by ``dt`` with partition projection over ``days`` (first, last), so no ``MSCK REPAIR TABLE`` is needed.
+    Objects whose names start with ``_`` (manifests) are not read."""
+
+    name: str
+    location: str
+    columns: dict[str, Type]
+    days: tuple[str, str]
+
+    def serde_properties(self, names: AthenaNames) -> dict[str, str]:
+        return {"ignore.malformed.json": "false", "case.insensitive": "true",
+                **{f"mapping.{safe}": original for safe, original in names.mappings.items()}}  # fmt: skip
+
+    def properties(self) -> dict[str, str]:
+        """The table's properties: partition projection over the plan's days."""
+        return {
+            "projection.enabled": "true",
+            "projection.dt.type": "date",
+            "projection.dt.format": "yyyy-MM-dd",
+            "projection.dt.range": f"{self.days[0]},{self.days[1]}",
+            "projection.dt.interval": "1",
+            "projection.dt.interval.unit": "DAYS",
+            "storage.location.template": f"{self.location}dt=${{dt}}/",
+        }
+
+    def ddl(self) -> str:
+        """``CREATE EXTERNAL TABLE IF NOT EXISTS``, for Athena's query editor."""
+        names = AthenaNames(self.columns)
+        lines = ",\n".join(f"  {_backquoted(c)} {athena_type(kind, names)}" for c, kind in self.columns.items())
+        return (
+            f"CREATE EXTERNAL TABLE IF NOT EXISTS {_backquoted(self.name)} (\n{lines}\n)\n"
+            "PARTITIONED BY (`dt` string)\n"
+            f"ROW FORMAT SERDE {_quoted(SERDE)}\n"
+            f"WITH SERDEPROPERTIES (\n{_pairs(self.serde_properties(names))}\n)\n"
+            f"STORED AS INPUTFORMAT {_quoted(INPUT_FORMAT)}\n"
+            f"OUTPUTFORMAT {_quoted(OUTPUT_FORMAT)}\n"
+            f"LOCATION {_quoted(self.location)}\n"
+            f"TBLPROPERTIES (\n{_pairs(self.properties())}\n);\n"
+        )
+
+    def glue_input(self, extra_properties: dict[str, str]) -> dict[str, Any]:
+        """The same table as the Glue Data Catalog's ``TableInput``, with ``extra_properties`` among its
+        properties."""
+        names = AthenaNames(self.columns)
+        columns = [{"Name": c, "Type": athena_type(kind, names, ddl=False)} for c, kind in self.columns.items()]
+        return {
+            "Name": self.name,
+            "TableType": "EXTERNAL_TABLE",
+            "Parameters": {"classification": "json", "EXTERNAL": "TRUE", **self.properties(), **extra_properties},
+            "PartitionKeys": [{"Name": "dt", "Type": "string"}],
+            "StorageDescriptor": {
+                "Columns": columns,
+                "Location": self.location,
+                "InputFormat": INPUT_FORMAT,
+                "OutputFormat": OUTPUT_FORMAT,
+                "SerdeInfo": {"SerializationLibrary": SERDE, "Parameters": self.serde_properties(names)},
+            },
+        }
+
+
+def _pairs(properties: dict[str, str]) -> str:
+    return ",\n".join(f"  {_quoted(key)} = {_quoted(value)}" for key, value in properties.items())
 
 
 def _quoted(text: str) -> str:

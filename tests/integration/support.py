@@ -106,8 +106,17 @@ def decode_records(objects: dict[str, bytes]) -> list[dict[str, Any]]:
 
 
 def window_objects(bucket: str, prefix: str) -> dict[str, bytes]:
-    """Objects under ``prefix`` keyed by their path relative to it, for comparing two runs."""
-    return {key[len(prefix) :]: data for key, data in read_objects(bucket, prefix).items()}
+    """Objects under ``prefix`` keyed by their path relative to it, for comparing two runs: the table's location
+    (in ``_athena.sql`` and the run manifest) is the one thing that names where a backfill lives, so it reads
+    ``s3://BUCKET/PREFIX/`` here."""
+    here = f"s3://{bucket}/{prefix}".encode()
+    return {
+        key[len(prefix) :]: data.replace(here, b"s3://BUCKET/PREFIX/") if key.endswith(TABLE_OBJECTS) else data
+        for key, data in read_objects(bucket, prefix).items()
+    }
+
+
+TABLE_OBJECTS = ("/_athena.sql", "/_run_manifest.json")
 
 
 def open_uploads(bucket: str) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 """``make demo`` against a cluster of the user's own (``ES_URL``): indices named like the defaults' (messages,
 history, status, audit), holding somebody's data, are left exactly as they were; the demo writes only indices it
 creates, under its own tagged names, and completes. What it prints can be trusted: whole records, labelled
-counts, and no warning a user cannot act on."""
+counts, the table over the output as README shows it, and no warning a user cannot act on."""
 
 from __future__ import annotations
 
@@ -36,17 +36,21 @@ def test_the_demo_on_your_cluster_leaves_indices_of_the_default_names_untouched(
     warnings = [line for line in output.splitlines() if "warning" in line.lower()]
     assert all(OUR_POOL_WARNING in line for line in warnings), warnings
     assert "   windows            7 (written 7, skipped 0, failed 0)" in result.stdout
-    assert "16 objects in s3://es-backfill-demo/demo/: 7 data parts, 7 window manifests, 2 for" in result.stdout
+    assert "17 objects in s3://es-backfill-demo/demo/: 7 data parts, 7 window manifests, 3 for" in result.stdout
     records = _printed_records(result.stdout)
     assert len(records) == 2 and all(set(r) == {"message_id", "window", "message", *ROLES[1:]} for r in records)
+    ddl = result.stdout.split(TABLE_HEADING, 1)[1].split("\n", 1)[1].split(");\n", 1)[0] + ");\n"
+    assert ddl.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS `backfill_20240301t000000z_20240308t000000z_1d`")
+    assert f"```sql\n{ddl}```" in (ROOT / "README.md").read_text()  # README shows the demo's table as it is
 
 
 OUR_POOL_WARNING = "Extract tasks run in pool 'es_backfill', which this task cannot check"
+TABLE_HEADING = "== The table over the output"
 
 
 def _printed_records(stdout: str) -> list[dict]:
     """The records the demo prints after its heading, each a whole JSON object."""
-    text = stdout[stdout.index("== The first 2 of") :].split("\n", 1)[1]
+    text = stdout[stdout.index("== The first 2 of") : stdout.index(TABLE_HEADING)].split("\n", 1)[1]
     decoder, records = json.JSONDecoder(), []
     while text.strip():
         record, end = decoder.raw_decode(text.lstrip())

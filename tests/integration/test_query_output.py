@@ -13,7 +13,7 @@ import duckdb
 import pytest
 import s3fs
 
-from es_backfill.table import athena_ddl, duckdb_type, widened
+from es_backfill.table import AthenaTable, duckdb_type, from_saved, widened
 from tests.integration import test_fidelity
 from tests.integration.support import read_objects
 from tests.integration.test_fidelity import ENGINES, MESSAGES, STATUS, _conf, _documents
@@ -59,9 +59,9 @@ def test_duckdb_reads_the_output_with_the_columns_of_its_table(corpus, run_backf
     # The table the run wrote: the plan's columns, widened by what the windows found, as Athena DDL.
     misfits = sorted({tuple(p) for m in manifests.values() for p in m.get("table_misfits", [])})
     assert {("message", "sender"), ("message", "sender.email"), ("message", "raw", "secret")} <= set(misfits)
-    columns = widened(plan["table"], misfits)
+    columns = widened(from_saved(plan["table"]), misfits)
     location = f"s3://{s3_bucket}/{root}/"
-    ddl = athena_ddl("corpus", location, columns, ("2024-03-01", "2024-03-02"))
+    ddl = AthenaTable("corpus", location, columns, ("2024-03-01", "2024-03-02")).ddl()
     assert objects[f"{root}/_athena.sql"].decode() == ddl == run["table"]["ddl"]
     assert run["table"]["name"] == "corpus" and run["table"]["location"] == location
     assert ",sender:string," in ddl and "status_id:string" in ddl and "`audit` array<struct<" in ddl

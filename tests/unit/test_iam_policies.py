@@ -50,6 +50,7 @@ EXAMPLE = {
     "KMS_KEY_ARN": "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab",
     "MWAA_BUCKET": "acme-airflow-dags",
     "EXECUTION_ROLE": "service-role/AmazonMWAA-acme-airflow-x1y2z3",
+    "GLUE_DATABASE": "exports",
 }
 PLACEHOLDERS = {
     "execution-role.json": set(EXAMPLE) - {"EXECUTION_ROLE"},
@@ -124,9 +125,12 @@ def aws_hook_uses(tree: ast.Module) -> list[tuple[str, str]]:
     return [used.get(id(node), (_callee(node), "")) for node in made]
 
 
+HOOK_SERVICES = {"S3Hook": "s3", "GlueCatalogHook": "glue"}
+
+
 def services_used(tree: ast.Module) -> set[str]:
     """The AWS services the code makes clients of: the literal service of any ``...client("s3", ...)`` call, the
-    ``client_type`` given to a hook, and S3 for ``S3Hook``."""
+    ``client_type`` given to a hook, S3 for ``S3Hook`` and Glue for ``GlueCatalogHook``."""
     services = set()
     for node in ast.walk(tree):
         if not isinstance(node, ast.Call):
@@ -138,8 +142,7 @@ def services_used(tree: ast.Module) -> set[str]:
         services |= {
             kw.value.value for kw in node.keywords if kw.arg == "client_type" and isinstance(kw.value, ast.Constant)
         }
-        if callee == "S3Hook":
-            services.add("s3")
+        services |= {HOOK_SERVICES[callee]} if callee in HOOK_SERVICES else set()
     return services
 
 
@@ -165,6 +168,10 @@ def operations_called(paths: Iterable[Path]) -> set[tuple[str, str]]:
             if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                 continue
             name = node.func.attr
+            if isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "indices":
+                continue  # the search engines' clients (client.indices.get_mapping), not AWS's
+            if name in HOOK_HANDOUTS:
+                continue  # a hook handing out a client or session (Glue also has a GetSession operation)
             if name == "get_connection":
                 found.add(("secretsmanager", "get_secret_value"))
                 continue
@@ -222,6 +229,8 @@ MWAA_ACTIONS = {
     "create_cli_token": "airflow:CreateCliToken",
     "invoke_rest_api": "airflow:InvokeRestApi",  # on the Airflow role the call acts as
 }
+GLUE_ACTIONS = {"get_database": "glue:GetDatabase", "get_table": "glue:GetTable", "create_table": "glue:CreateTable",
+                "update_table": "glue:UpdateTable"}  # fmt: skip
 SECRETS_ACTIONS = {
     "get_secret_value": "secretsmanager:GetSecretValue",
     "create_secret": "secretsmanager:CreateSecret",
@@ -262,6 +271,15 @@ def iam_requests(
             passed = {"iam:PassedToService": "airflow.amazonaws.com"}
             requests.append(Request("iam:PassRole", f"arn:aws:iam::{account}:role/{execution_role}", passed))
         return requests
+    if service == "glue" and operation in GLUE_ACTIONS:
+        # Glue checks the catalog, the database and (for a table) the table, each by its ARN.
+        glue = f"arn:aws:glue:{region}:{account}"
+        database = params.get("DatabaseName") or params["Name"]
+        resources = [f"{glue}:catalog", f"{glue}:database/{database}"]
+        if operation != "get_database":
+            table = params["TableInput"]["Name"] if "TableInput" in params else params["Name"]
+            resources.append(f"{glue}:table/{database}/{table}")
+        return [Request(GLUE_ACTIONS[operation], resource) for resource in resources]
     if service == "secretsmanager" and operation in SECRETS_ACTIONS:
         name = params.get("Name") or params["SecretId"]  # a secret's ARN ends in - and six random characters
         return [Request(SECRETS_ACTIONS[operation], f"arn:aws:secretsmanager:{region}:{account}:secret:{name}-AbC123")]
@@ -371,6 +389,11 @@ def dag_requests(values: Mapping[str, str] = EXAMPLE) -> list[Request]:
     root = f"{values['PREFIX']}/backfill-2024-03"  # {s3_prefix}/{backfill_name}
     key = f"{root}/dt=2024-03-01/20240301T000000-20240302T000000/part-00000.jsonl.gz"
     s3 = {"Bucket": values["OUTPUT_BUCKET"], "Key": key, "Prefix": f"{root}/", "Delete": {"Objects": [{"Key": key}]}}
+    table = {
+        "DatabaseName": values["GLUE_DATABASE"],
+        "Name": "backfill_2024_03",
+        "TableInput": {"Name": "backfill_2024_03"},
+    }
     secrets = [
         f"{CONNECTIONS_PREFIX}/{conn_id}" for conn_id in (DEFAULTS["es_conn_id"], *readme_redaction_key_conn_ids())
     ]
@@ -380,7 +403,10 @@ def dag_requests(values: Mapping[str, str] = EXAMPLE) -> list[Request]:
             for name in secrets:
                 requests += iam_requests(service, operation, {"SecretId": name}, region=region, account=account)
         else:
-            params = example_params(service, operation, s3)
+            given = (
+                s3 if service != "glue" else {"Name": values["GLUE_DATABASE"]} if operation == "get_database" else table
+            )
+            params = example_params(service, operation, given)
             kms_key = values["KMS_KEY_ARN"]
             requests += iam_requests(service, operation, params, region=region, account=account, kms_key=kms_key)
     return requests + es_requests(values)
@@ -572,7 +598,7 @@ def test_the_code_scan_finds_the_aws_calls_and_the_hooks_that_hand_out_clients()
     assert ("secretsmanager", "get_secret_value") in dag  # the connections, through MWAA's secrets backend
     assert {("mwaa", "invoke_rest_api"), ("s3", "list_objects_v2"), ("secretsmanager", "put_secret_value")} <= deploy
     uses = {use for path in DAG_CODE for use in aws_hook_uses(ast.parse(path.read_text()))}
-    assert uses == {("S3Hook", "get_conn"), ("AwsBaseHook", "get_session")}
+    assert uses == {("S3Hook", "get_conn"), ("GlueCatalogHook", "get_conn"), ("AwsBaseHook", "get_session")}
 
 
 def test_lookup_pattern_matches_every_connection_the_backfill_reads_from_secrets_manager_and_not_aws_default():

@@ -3,15 +3,19 @@ types."""
 
 from __future__ import annotations
 
+import orjson
+
 from es_backfill import exactjson
 from es_backfill.table import (
     AthenaNames,
+    AthenaTable,
     Misfits,
-    athena_ddl,
     athena_type,
     duckdb_type,
     from_mappings,
+    from_saved,
     table_name,
+    to_saved,
     widened,
 )
 
@@ -99,7 +103,7 @@ def test_the_types_render_for_athena_and_duckdb():
     assert duckdb_type(columns["audit"]) == 'STRUCT("message_id" VARCHAR, "code" SMALLINT)[]'
     message = athena_type(columns["message"], names)
     assert message.startswith("struct<message_id:string,_timestamp:string,size:bigint,")
-    assert message.endswith(",sender_email:string>") and "`" not in message
+    assert message.endswith(",`where`:string,sender_email:string>")  # a reserved word, quoted
     assert names.mappings == {"_timestamp": "@timestamp", "sender_email": "sender.email"}
     assert athena_type({"struct": {"Name": "string", "name": "bigint"}}, names) == "string"  # one key to Athena
     assert duckdb_type({"struct": {'a"b': "json"}}) == 'STRUCT("a""b" VARCHAR)'
@@ -118,10 +122,20 @@ def test_the_ddl_projects_dt_over_the_plans_days_and_names_the_table_as_athena_a
     assert table_name("Orders-2024 backfill") == "orders_2024_backfill"
     assert table_name("2024") == "backfill_2024"
     columns = {"message_id": "string", "window": "string", "message": {"struct": {"@timestamp": "string"}}}
-    ddl = athena_ddl("t", "s3://b/root/", columns, ("2024-03-01", "2024-03-09"))
+    ddl = AthenaTable("t", "s3://b/root/", columns, ("2024-03-01", "2024-03-09")).ddl()
     assert ddl.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS `t` (\n  `message_id` string,\n  `window` string,\n"
                           "  `message` struct<_timestamp:string>\n)")  # fmt: skip
     assert "  'mapping._timestamp' = '@timestamp'\n" in ddl
     assert "'projection.dt.range' = '2024-03-01,2024-03-09'" in ddl
     assert "'storage.location.template' = 's3://b/root/dt=${dt}/'" in ddl
     assert "'ignore.malformed.json' = 'false'" in ddl and "LOCATION 's3://b/root/'" in ddl
+
+
+def test_the_columns_keep_their_order_through_the_saved_plan():
+    from es_backfill import manifest
+
+    columns = _columns()
+    saved = orjson.loads(manifest.dumps({"table": to_saved(columns)}))["table"]  # the plan's writer sorts keys
+    assert from_saved(saved) == columns
+    assert list(from_saved(saved)) == ["message_id", "window", "message", "status", "audit"]
+    assert list(from_saved(saved)["message"]["struct"])[:3] == ["message_id", "@timestamp", "size"]

@@ -63,11 +63,31 @@ class AirflowStack:
 
     def kill(self, component: str) -> None:
         """``SIGKILL`` to ``component``'s own process only, as a crash would: processes it started (the
-        LocalExecutor's workers and their tasks, for the scheduler) are left running."""
+        LocalExecutor's workers and their tasks, for the scheduler) are left running. Its database sessions end
+        too, as when its machine goes: here the processes it forked still hold its sockets, so PostgreSQL would
+        keep a transaction it had open (and the rows it locked, which the next scheduler then waits on)."""
         proc = self.procs[component]
+        ports = _socket_ports(proc.pid)
         proc.kill()
         proc.wait(timeout=30)
         self.killed.append(proc)
+        self._end_sessions(ports)
+
+    def _end_sessions(self, client_ports: set[int]) -> None:
+        """End the PostgreSQL sessions of the metadata database whose client used one of ``client_ports``."""
+        import psycopg2
+
+        url = self.env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        if not url.startswith("postgresql") or not client_ports:
+            return
+        with contextlib.closing(psycopg2.connect(url.replace("postgresql+psycopg2://", "postgresql://"))) as conn:
+            conn.autocommit = True
+            with conn.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE client_port = ANY(%s)",
+                    (sorted(client_ports),),
+                )
+                log.info("Ended %s database sessions of the killed process", cursor.rowcount)
 
     def api(self, method: str, path: str, body: Any = None, timeout: float = 30) -> Any:
         """Call the REST API (``path`` below ``/api/v2``) and return the decoded JSON answer."""
@@ -148,6 +168,23 @@ def running_airflow(sql_alchemy_conn: str, env: dict[str, str] | None = None) ->
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(timeout=30)
+
+
+def _socket_ports(pid: int) -> set[int]:
+    """The local TCP ports of the sockets process ``pid`` holds open (from ``/proc``)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    ports = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[9] in inodes:
+                ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def wait_healthy(stack: AirflowStack) -> None:
