@@ -40,7 +40,7 @@ def test_every_object_written_is_encrypted_as_asked_and_the_manifests_say_so(
 
     headers = _headers(s3_server.endpoint_url, s3_bucket, "sse/")
     kinds = {key.rsplit("/", 1)[-1] if "/_" in key else key.rsplit(".", 1)[-1] for key in headers}
-    assert kinds >= {"_plan.json", "_run_manifest.json", "_manifest.json", output_format}
+    assert kinds >= {"_plan.json", "_run_manifest.json", "_manifest.json", "_athena.sql", output_format}
     wrong = {k: {h: v.get(h) for h in ("ServerSideEncryption", "SSEKMSKeyId")} for k, v in headers.items()
              if {h: v.get(h) for h in ("ServerSideEncryption", "SSEKMSKeyId") if v.get(h)} != expected}  # fmt: skip
     assert wrong == {}
@@ -48,7 +48,9 @@ def test_every_object_written_is_encrypted_as_asked_and_the_manifests_say_so(
         assert any("-" in h["ETag"] for k, h in headers.items() if k.endswith(".jsonl"))
 
     recorded = {"sse": sse, "kms_key_id": expected.get("SSEKMSKeyId")}
-    manifests = {k: orjson.loads(v) for k, v in read_objects(s3_bucket, "sse/").items() if "/_" in k}
+    manifests = {
+        k: orjson.loads(v) for k, v in read_objects(s3_bucket, "sse/").items() if "/_" in k and k.endswith(".json")
+    }
     assert {k: m["encryption"] for k, m in manifests.items()} == {k: recorded for k in manifests}
 
 
@@ -61,5 +63,7 @@ def test_without_sse_objects_follow_the_buckets_default_and_manifests_record_non
     assert run_backfill(conf).state == "success"
     headers = _headers(s3_server.endpoint_url, s3_bucket, "plain/")
     assert headers and all(h.get("SSEKMSKeyId") is None for h in headers.values())
-    manifests = [orjson.loads(v) for k, v in read_objects(s3_bucket, "plain/").items() if "/_" in k]
+    manifests = [
+        orjson.loads(v) for k, v in read_objects(s3_bucket, "plain/").items() if "/_" in k and k.endswith(".json")
+    ]
     assert len(manifests) == 3 and all(m["encryption"] is None for m in manifests)
