@@ -1,31 +1,35 @@
 #!/usr/bin/env bash
-# `make test`'s pytest, in two processes side by side, each with its own servers: the tests on a whole Airflow
-# (scheduler, machine faults, Quickstart) mostly wait on it, so they run beside the others instead of after them.
-# Their log is kept in artifacts/airflow-tests.log and printed after the other tests' log. Arguments go to both.
+# `make test`'s pytest, in two processes side by side, each with its own servers: the end-to-end tests (a whole
+# Airflow with its scheduler and the machine faults, the Quickstart, the demo, MWAA's packaging) mostly wait on
+# other processes, so they run beside the others instead of after them. Their log is kept in
+# artifacts/end-to-end-tests.log and printed after the other tests' log. Arguments go to both.
 set -uo pipefail
 cd "$(dirname "$0")/../.." || exit
 
-airflow_tests=(
+end_to_end=(
   tests/integration/test_worker_faults.py
   tests/integration/test_scheduler.py
   tests/integration/test_quickstart.py
+  tests/integration/test_demo.py
+  tests/integration/test_mwaa_deploy.py
+  tests/integration/test_mwaa_private_network.py
 )
 ignore=()
-for path in "${airflow_tests[@]}"; do ignore+=("--ignore=$path"); done
+for path in "${end_to_end[@]}"; do ignore+=("--ignore=$path"); done
 
 mkdir -p artifacts
-log=artifacts/airflow-tests.log
-.venv/bin/pytest "$@" "${airflow_tests[@]}" >"$log" 2>&1 &
-airflow_pid=$!
-trap 'kill "$airflow_pid" 2>/dev/null' INT TERM
+log=artifacts/end-to-end-tests.log
+.venv/bin/pytest "$@" "${end_to_end[@]}" >"$log" 2>&1 &
+end_to_end_pid=$!
+trap 'kill "$end_to_end_pid" 2>/dev/null' INT TERM
 
 .venv/bin/pytest "$@" "${ignore[@]}"
 others=$?
-wait "$airflow_pid"
-airflow=$?
+wait "$end_to_end_pid"
+ended=$?
 
 echo
-echo "=== the tests on a whole Airflow (${airflow_tests[*]}), from $log ==="
+echo "=== the end-to-end tests (${end_to_end[*]}), from $log ==="
 cat "$log"
-echo "=== pytest exit codes: the others $others, on a whole Airflow $airflow ==="
-[[ $others -eq 0 && $airflow -eq 0 ]]
+echo "=== pytest exit codes: the others $others, the end-to-end tests $ended ==="
+[[ $others -eq 0 && $ended -eq 0 ]]
