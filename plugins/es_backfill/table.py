@@ -132,43 +132,65 @@ def _loaded_type(kind: Any) -> Type:
 class Misfits:
     """What a window's records hold that the columns' types do not fit: the path of each such field (struct
     field names; arrays are looked through), found once each. Records are checked after redaction and the
-    transform, as written."""
+    transform, as written. The types are compiled first so that a record's string fields (most of them, which
+    always fit) cost one set difference per object, not a step each."""
 
     def __init__(self, columns: dict[str, Type]) -> None:
-        self.columns = columns
         self.paths: set[Path] = set()
+        self._root = _compile({"struct": columns}, ())
 
     def check(self, record: dict[str, Any]) -> None:
-        self._fields(record, self.columns, ())
+        self._value(record, self._root)
 
     def found(self) -> list[list[str]]:
         """The paths found, sorted: what a window manifest keeps."""
         return [list(path) for path in sorted(self.paths)]
 
-    def _fields(self, value: dict[str, Any], fields: dict[str, Type], path: Path) -> None:
-        for name, item in value.items():
-            kind = fields.get(name)
-            if kind is None:
-                self.paths.add((*path, name))
-            elif item is not None and kind not in ("json", "string"):
-                self._value(item, kind, (*path, name))
-
-    def _value(self, value: Any, kind: Type, path: Path) -> None:
-        if path in self.paths:
-            return
-        if isinstance(kind, dict):
-            if "struct" in kind and isinstance(value, dict):
-                self._fields(value, kind["struct"], path)
-                return
-            if "array" in kind and isinstance(value, list):
-                element = kind["array"]
+    def _value(self, value: Any, node: _Node) -> None:
+        kind, path, _, _, element = node
+        if kind == "struct":
+            if isinstance(value, dict):
+                self._struct(value, node)
+            else:
+                self.paths.add(path)
+        elif kind == "array":
+            if not isinstance(value, list):
+                self.paths.add(path)
+            elif element[0] == "struct":  # the common case (nested, related documents), without a call per item
                 for item in value:
-                    if item is not None and element not in ("json", "string"):
-                        self._value(item, element, path)
-                return
-        elif _fits(value, kind):
-            return
-        self.paths.add(path)
+                    if isinstance(item, dict):
+                        self._struct(item, element)
+                    elif item is not None:
+                        self.paths.add(path)
+            elif element[0] not in ("json", "string"):
+                for item in value:
+                    if item is not None and path not in self.paths:
+                        self._value(item, element)
+        elif kind not in ("json", "string") and not _fits(value, kind):  # a string column reads anything
+            self.paths.add(path)
+
+    def _struct(self, value: dict[str, Any], node: _Node) -> None:
+        _, path, known, typed, _ = node
+        if not known.issuperset(value):
+            self.paths.update((*path, name) for name in value.keys() - known)
+        for name, child in typed:
+            item = value.get(name)
+            if item is not None and child[1] not in self.paths:
+                self._value(item, child)
+
+
+# A compiled type: (kind, path, the struct's field names, its fields that can misfit, an array's element).
+_Node = tuple[str, Path, frozenset[str], tuple[tuple[str, Any], ...], Any]
+
+
+def _compile(kind: Type, path: Path) -> _Node:
+    if isinstance(kind, str):
+        return (kind, path, frozenset(), (), None)
+    if "array" in kind:
+        return ("array", path, frozenset(), (), _compile(kind["array"], path))
+    fields = kind["struct"]
+    typed = tuple((name, _compile(t, (*path, name))) for name, t in fields.items() if t not in ("json", "string"))
+    return ("struct", path, frozenset(fields), typed, None)
 
 
 def _fits(value: Any, kind: str) -> bool:

@@ -87,6 +87,14 @@ def test_values_the_mapping_does_not_type_are_found_and_widen_their_field_to_jso
     assert _columns()["message"]["struct"]["size"] == "bigint"  # the plan's columns are left as they were
 
 
+def test_an_array_of_json_values_fits_and_a_value_for_it_that_is_no_array_does_not():
+    misfits = Misfits({"message_id": "string", "notes": {"array": "json"}, "tags": {"array": "string"}})
+    misfits.check({"message_id": "m", "notes": [1, {"a": [2]}, "x", None], "tags": ["a", 5]})
+    assert misfits.found() == []
+    misfits.check({"message_id": "m", "notes": {"a": 1}, "tags": "a"})
+    assert misfits.found() == [["notes"], ["tags"]]
+
+
 def test_records_that_fit_find_nothing():
     misfits = Misfits(_columns())
     misfits.check({"message_id": "m", "window": "w", "message": {"size": -(2**63), "seen": False, "score": 1,
