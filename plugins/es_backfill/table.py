@@ -22,7 +22,7 @@ run writes (:class:`AthenaTable`) applies every window's findings: no value read
 row fails a query. A struct whose field names differ only in case is ``json`` too (Athena's names are
 case-insensitive). Athena allows only letters, digits and ``_`` in struct field names: others get a name of
 those (``@timestamp`` is ``_timestamp``) and a SerDe ``mapping.`` property that reads the key as written
-(:class:`AthenaNames`); reserved words (``from``, ``user``) are quoted.
+(:class:`AthenaNames`); in DDL every struct field name is quoted with backticks.
 """
 
 from __future__ import annotations
@@ -252,7 +252,7 @@ class AthenaNames:
         for safe, original in self.mappings.items():
             if original == name.lower():
                 return safe
-        safe = _UNSAFE.sub("_", name)
+        safe = _UNSAFE.sub("_", name).lower()  # the SerDe looks mapping. keys up lower-cased
         while safe.lower() in self._taken:
             safe += "_"
         self._taken.add(safe.lower())
@@ -261,25 +261,6 @@ class AthenaNames:
 
 
 _PLAIN = re.compile(r"[A-Za-z0-9_]+")
-# Athena's reserved keywords in DDL (https://docs.aws.amazon.com/athena/latest/ug/reserved-words.html): a struct
-# field of one of these names is quoted with backticks.
-# fmt: off
-_RESERVED = frozenset({
-    "ALL", "ALTER", "AND", "ARRAY", "AS", "AUTHORIZATION", "BETWEEN", "BIGINT", "BINARY", "BOOLEAN", "BOTH", "BY",
-    "CASE", "CASHE", "CAST", "CHAR", "COLUMN", "CONF", "CONSTRAINT", "COMMIT", "CREATE", "CROSS", "CUBE", "CURRENT",
-    "CURRENT_DATE", "CURRENT_TIMESTAMP", "CURSOR", "DATABASE", "DATE", "DAYOFWEEK", "DECIMAL", "DELETE", "DESCRIBE",
-    "DISTINCT", "DIV", "DOUBLE", "DROP", "ELSE", "END", "EXCHANGE", "EXISTS", "EXTENDED", "EXTERNAL", "EXTRACT",
-    "FALSE", "FETCH", "FLOAT", "FLOOR", "FOLLOWING", "FOR", "FOREIGN", "FROM", "FULL", "FUNCTION", "GRANT", "GROUP",
-    "GROUPING", "HAVING", "IF", "IMPORT", "IN", "INNER", "INSERT", "INT", "INTEGER", "INTERSECT", "INTERVAL",
-    "INTO", "IS", "JOIN", "LATERAL", "LEFT", "LESS", "LIKE", "LOCAL", "MACRO", "MAP", "MORE", "NONE", "NOT", "NULL",
-    "NUMERIC", "OF", "ON", "ONLY", "OR", "ORDER", "OUT", "OUTER", "OVER", "PARTIALSCAN", "PARTITION", "PERCENT",
-    "PRECEDING", "PRECISION", "PRESERVE", "PRIMARY", "PROCEDURE", "RANGE", "READS", "REDUCE", "REGEXP",
-    "REFERENCES", "REVOKE", "RIGHT", "RLIKE", "ROLLBACK", "ROLLUP", "ROW", "ROWS", "SELECT", "SET", "SMALLINT",
-    "START", "TABLE", "TABLESAMPLE", "THEN", "TIME", "TIMESTAMP", "TO", "TRANSFORM", "TRIGGER", "TRUE", "TRUNCATE",
-    "UNBOUNDED", "UNION", "UNIQUEJOIN", "UPDATE", "USER", "USING", "UTC_TIMESTAMP", "VALUES", "VARCHAR", "VIEWS",
-    "WHEN", "WHERE", "WINDOW", "WITH"
-})
-# fmt: on
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]")
 
 
@@ -306,7 +287,8 @@ def athena_type(kind: Type, names: AthenaNames, *, ddl: bool = True) -> str:
 
 
 def _field(name: str, ddl: bool) -> str:
-    return f"`{name}`" if ddl and name.upper() in _RESERVED else name
+    # In DDL every struct field is quoted: Hive's grammar takes no unquoted name starting with _ or all digits.
+    return f"`{name}`" if ddl else name
 
 
 def duckdb_type(kind: Type) -> str:

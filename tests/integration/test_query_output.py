@@ -64,7 +64,7 @@ def test_duckdb_reads_the_output_with_the_columns_of_its_table(corpus, run_backf
     ddl = AthenaTable("corpus", location, columns, ("2024-03-01", "2024-03-02")).ddl()
     assert objects[f"{root}/_athena.sql"].decode() == ddl == run["table"]["ddl"]
     assert run["table"]["name"] == "corpus" and run["table"]["location"] == location
-    assert ",sender:string," in ddl and "status_id:string" in ddl and "`audit` array<struct<" in ddl
+    assert ",`sender`:string," in ddl and "`status_id`:string" in ddl and "`audit` array<struct<" in ddl
     assert "'mapping._timestamp' = '@timestamp'" in ddl and "'mapping.sender_email' = 'sender.email'" in ddl
 
     data = sorted(k for k in objects if not k.rsplit("/", 1)[1].startswith("_"))

@@ -106,12 +106,12 @@ def test_records_that_fit_find_nothing():
 def test_the_types_render_for_athena_and_duckdb():
     columns = widened(_columns(), [["message", "sender.email"]])
     names = AthenaNames(columns)
-    assert athena_type(columns["status"], names) == "struct<message_id:string,code:smallint>"
-    assert athena_type(columns["audit"], names) == "array<struct<message_id:string,code:smallint>>"
+    assert athena_type(columns["status"], names) == "struct<`message_id`:string,`code`:smallint>"
+    assert athena_type(columns["audit"], names) == "array<struct<`message_id`:string,`code`:smallint>>"
     assert duckdb_type(columns["audit"]) == 'STRUCT("message_id" VARCHAR, "code" SMALLINT)[]'
     message = athena_type(columns["message"], names)
-    assert message.startswith("struct<message_id:string,_timestamp:string,size:bigint,")
-    assert message.endswith(",`where`:string,sender_email:string>")  # a reserved word, quoted
+    assert message.startswith("struct<`message_id`:string,`_timestamp`:string,`size`:bigint,")
+    assert message.endswith(",`where`:string,`sender_email`:string>")  # every name quoted
     assert names.mappings == {"_timestamp": "@timestamp", "sender_email": "sender.email"}
     assert athena_type({"struct": {"Name": "string", "name": "bigint"}}, names) == "string"  # one key to Athena
     assert duckdb_type({"struct": {'a"b': "json"}}) == 'STRUCT("a""b" VARCHAR)'
@@ -121,9 +121,11 @@ def test_athena_names_stay_unique_in_the_table():
     columns = {"message": {"struct": {"_timestamp": "string", "@timestamp": "string", "a": {"struct": {
         "@timestamp": "bigint", "@Timestamp": "string"}}}}}  # fmt: skip
     names = AthenaNames(columns)
-    assert athena_type(columns["message"], names) == "struct<_timestamp:string,_timestamp_:string,a:string>"
+    assert athena_type(columns["message"], names) == "struct<`_timestamp`:string,`_timestamp_`:string,`a`:string>"
     assert names.of("#timestamp") == "_timestamp__"
     assert names.mappings == {"_timestamp_": "@timestamp", "_timestamp__": "#timestamp"}
+    assert names.of("Content-Type") == "content_type"  # the SerDe looks mapping. keys up lower-cased
+    assert athena_type({"struct": {"a": "int"}}, names, ddl=False) == "struct<a:int>"  # Glue keeps types unquoted
 
 
 def test_the_ddl_projects_dt_over_the_plans_days_and_names_the_table_as_athena_allows():
@@ -132,7 +134,7 @@ def test_the_ddl_projects_dt_over_the_plans_days_and_names_the_table_as_athena_a
     columns = {"message_id": "string", "window": "string", "message": {"struct": {"@timestamp": "string"}}}
     ddl = AthenaTable("t", "s3://b/root/", columns, ("2024-03-01", "2024-03-09")).ddl()
     assert ddl.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS `t` (\n  `message_id` string,\n  `window` string,\n"
-                          "  `message` struct<_timestamp:string>\n)")  # fmt: skip
+                          "  `message` struct<`_timestamp`:string>\n)")  # fmt: skip
     assert "  'mapping._timestamp' = '@timestamp'\n" in ddl
     assert "'projection.dt.range' = '2024-03-01,2024-03-09'" in ddl
     assert "'storage.location.template' = 's3://b/root/dt=${dt}/'" in ddl
