@@ -144,7 +144,17 @@ def _reader(config: BackfillConfig, *, retry_unreachable: bool = True) -> Reader
             type="string",
             enum=list(OUTPUT_FORMATS),
             title="Output format",
-            description="jsonl.gz (gzip JSON Lines parts), jsonl, or json (one object per message).",
+            description="jsonl.gz (gzip JSON Lines parts), jsonl, json (one object per message), or parquet "
+            "(README: Parquet output).",
+        ),
+        "json_fields": Param(
+            [],
+            type="array",
+            items={"type": "string", "minLength": 1},
+            title="JSON text fields",
+            description="Table fields held as JSON text, e.g. message.tags (a name with dots in backquotes: "
+            "message.`a.b`). Parquet's schema needs them for fields whose values do not fit their mapping; a "
+            "failed window names the entry to add.",
         ),
         "page_size": Param(
             1000,

@@ -24,7 +24,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from es_backfill.sink import Encryption
 from es_backfill.windows import WindowError, iso, parse_duration, parse_instant
 
-OUTPUT_FORMATS = ("jsonl.gz", "jsonl", "json")
+OUTPUT_FORMATS = ("jsonl.gz", "jsonl", "json", "parquet")
 DEFAULTS_NAME = "backfill_defaults.json"
 PAGE_SIZE_MIN, PAGE_SIZE_MAX = 100, 10_000
 # The highest `size` Elasticsearch allows per search by default (index.max_result_window).
@@ -138,6 +138,7 @@ CONF_SCHEMA: dict[str, Any] = {
         "pool_slots": {"type": "integer", "minimum": 1, "maximum": POOL_SLOTS_MAX},
         "target_duration": {"type": ["string", "null"]},
         "glue_database": {"type": ["string", "null"]},
+        "json_fields": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "source": SOURCE_SCHEMA,
     },
 }
@@ -259,6 +260,7 @@ class BackfillConfig:
     target_duration: timedelta | None = None  # the dry run suggests a pool size that finishes within it
     cluster_uuid: str = ""  # the source cluster, read by plan; see with_cluster()
     glue_database: str | None = None  # register the output's table there (es_backfill.catalog)
+    json_fields: tuple[tuple[str, ...], ...] = ()  # table columns held as JSON text (es_backfill.table)
 
     @property
     def root_prefix(self) -> str:
@@ -297,6 +299,8 @@ class BackfillConfig:
         # Only once set, so that backfills planned before these options existed keep their fingerprint.
         if source.redact:
             settings["redact"] = [asdict(rule) for rule in source.redact]
+        if self.json_fields:
+            settings["json_fields"] = [column_path_text(path) for path in self.json_fields]
         if source.transform:
             settings["transform"] = source.transform
             # Its code too: a resume after the function changed would mix old and new records.
@@ -405,6 +409,8 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
             "requires of database names"
         )
 
+    json_fields = () if "json_fields" in misshapen else _json_fields(params.get("json_fields") or [], problems)
+
     source = None
     if "source" not in misshapen:
         override = params.get("source") or {}
@@ -438,7 +444,59 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
         pool_slots=int(params.get("pool_slots", 4)),
         target_duration=target,
         glue_database=glue_database,
+        json_fields=json_fields,
     )
+
+
+def column_path(text: str) -> tuple[str, ...]:
+    """The path of a table column or struct field written as ``message.sender.tags``: names joined by ``.``,
+    a name holding ``.`` or a backquote (a key written with dots, ``{"a.b": 1}``) in backquotes, a backquote in
+    it doubled (``message.`a.b```). ValueError if ``text`` is not such a path."""
+    names: list[str] = []
+    i = 0
+    while True:
+        if text.startswith("`", i):
+            name, i = "", i + 1
+            while True:
+                end = text.find("`", i)
+                if end < 0:
+                    raise ValueError(f"{text!r} has a backquote that is not closed")
+                name, i = name + text[i:end], end + 1
+                if not text.startswith("`", i):
+                    break
+                name, i = name + "`", i + 1
+        else:
+            end = text.find(".", i)
+            name, i = (text[i:], len(text)) if end < 0 else (text[i:end], end)
+            if not name or "`" in name:
+                raise ValueError(f"{text!r} has an empty name or a stray backquote; quote such names in backquotes")
+        names.append(name)
+        if i == len(text):
+            return tuple(names)
+        if text[i] != ".":
+            raise ValueError(f"{text!r}: a quoted name must be followed by '.' or the end")
+        i += 1
+
+
+def column_path_text(path: tuple[str, ...] | list[str]) -> str:
+    """``path`` as :func:`column_path` reads it."""
+    return ".".join(name if name and not {".", "`"} & set(name) else "`" + name.replace("`", "``") + "`"
+                    for name in path)  # fmt: skip
+
+
+def _json_fields(texts: list[str], problems: list[str]) -> tuple[tuple[str, ...], ...]:
+    paths = []
+    for i, text in enumerate(texts):
+        try:
+            path = column_path(text)
+        except ValueError as err:
+            problems.append(f"json_fields[{i}]: {err}")
+            continue
+        if path[0] in ("message_id", "window"):
+            problems.append(f"json_fields[{i}]: {path[0]} is the record's {path[0]}, a string; name another field")
+        elif path not in paths:
+            paths.append(path)
+    return tuple(paths)
 
 
 def _shape_problems(instance: Any, schema: dict[str, Any], root: str = "") -> tuple[list[str], set[str]]:

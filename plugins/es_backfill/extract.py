@@ -110,7 +110,14 @@ def run_window(
 
     _require_planned_cluster(config, reader)
     saved = manifest.require_in_plan(store, config, window)
-    misfits = Misfits(saved.table) if saved is not None and saved.table is not None else None
+    columns = saved.table if saved is not None else None
+    if config.output_format == "parquet" and columns is None:
+        raise manifest.StalePlanError(
+            f"Window {window.label}: the backfill's plan has no table columns, which Parquet's schema comes from; "
+            "trigger the backfill again (its plan task saves them)"
+        )
+    # Parquet's schema is fixed: a misfit fails the window there instead (es_backfill.parquet).
+    misfits = Misfits(columns) if columns is not None and config.output_format != "parquet" else None
     heartbeat.claim()
     finished = manifest.read(store, manifest_key)
     if finished != existing and manifest.completeness_problem(finished, config, window) is None:
@@ -130,18 +137,7 @@ def run_window(
     log.info("Window %s: %s messages to copy", window.label, es_count)
     _refuse_messages_without_id(config, window, reader, query)
 
-    writer = (
-        DocumentWriter(store, prefix, before_commit=heartbeat.confirm)
-        if config.output_format == "json"
-        else PartWriter(
-            store,
-            prefix,
-            config.output_format,
-            config.source.part_max_records,
-            config.source.part_max_bytes,
-            before_commit=heartbeat.confirm,
-        )
-    )
+    writer, encode = _writer(config, store, window, columns, heartbeat.confirm)
     shaper = Shaper.for_config(config, redaction_key)
     read, dropped, related = 0, 0, Counter({spec.name: 0 for spec in config.source.related})
     ids = MessageIds(config.source.id_field)
@@ -173,7 +169,7 @@ def run_window(
                         misfits.check(record)
                     related.update(related_counts(record, config.source.related))
                     try:
-                        data = dumps_document(record) if config.output_format == "json" else dumps_line(record)
+                        data = encode(record)
                     except TypeError as err:  # only a transform can put what JSON cannot hold in a record
                         raise shaper.unwritable(record, err) if shaper is not None else err from err
                     writer.write(message_id, data)
@@ -239,6 +235,35 @@ def run_window(
         es_requests=reader.total_requests,
         misfits=body.get("table_misfits", []),
     )
+
+
+def _writer(
+    config: BackfillConfig,
+    store: ObjectStore,
+    window: Window,
+    columns: dict[str, Any] | None,
+    before_commit: Callable[[], None],
+) -> tuple[Any, Callable[[dict[str, Any]], Any]]:
+    """The window's writer for the run's output format, and what it takes of a record."""
+    prefix = window_prefix(config.root_prefix, window.day, window.key)
+    source = config.source
+    if config.output_format == "json":
+        return DocumentWriter(store, prefix, before_commit=before_commit), dumps_document
+    if config.output_format == "parquet":
+        from es_backfill.parquet import ParquetWriter  # pyarrow, only for the runs that need it
+
+        assert columns is not None
+        limits = (source.part_max_records, source.part_max_bytes)
+        return ParquetWriter(store, prefix, columns, *limits, before_commit, f"Window {window.label}"), _as_is
+    writer = PartWriter(
+        store, prefix, config.output_format, source.part_max_records, source.part_max_bytes, before_commit
+    )
+    return writer, dumps_line
+
+
+def _as_is(record: dict[str, Any]) -> dict[str, Any]:
+    """The record itself: Parquet's writer encodes it."""
+    return record
 
 
 def _skipped(window: Window, existing: dict[str, Any] | None) -> WindowResult:

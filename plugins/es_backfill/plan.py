@@ -296,9 +296,11 @@ def _plan_or_resume(config: BackfillConfig, reader: Reader, store: ObjectStore, 
 
 
 def output_columns(config: BackfillConfig, reader: Reader) -> dict[str, Any]:
-    """The output table's columns, typed from the mappings of the messages index and each related index."""
+    """The output table's columns, typed from the mappings of the messages index and each related index, the
+    run's ``json_fields`` made JSON text."""
     related = [(spec.name, spec.cardinality, reader.mappings(spec.index)) for spec in config.source.related]
-    return table.from_mappings(reader.mappings(config.source.messages_index), related)
+    return table.widened(table.from_mappings(reader.mappings(config.source.messages_index), related),
+                         config.json_fields)  # fmt: skip
 
 
 def _conflict(config: BackfillConfig, saved: manifest.SavedPlan) -> str:

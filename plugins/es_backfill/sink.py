@@ -4,6 +4,7 @@ Keys depend only on the backfill and the window::
 
     {prefix}/{backfill_name}/dt=YYYY-MM-DD/{window key}/part-00000.jsonl.gz
     {prefix}/{backfill_name}/dt=YYYY-MM-DD/{window key}/messages/{safe id}.json   (output_format=json)
+    {prefix}/{backfill_name}/dt=YYYY-MM-DD/{window key}/part-00000.parquet        (output_format=parquet)
     {prefix}/{backfill_name}/dt=YYYY-MM-DD/{window key}/_manifest.json
 
 Parts are cut at ``part_max_records`` records or ``part_max_bytes`` uncompressed bytes.
@@ -44,7 +45,12 @@ COMPRESS_BATCH = 2**18
 MANIFEST_NAME = "_manifest.json"
 _PLAIN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
-CONTENT_TYPES = {"jsonl.gz": "application/gzip", "jsonl": "application/x-ndjson", "json": "application/json"}
+CONTENT_TYPES = {
+    "jsonl.gz": "application/gzip",
+    "jsonl": "application/x-ndjson",
+    "json": "application/json",
+    "parquet": "application/vnd.apache.parquet",
+}
 
 
 @dataclass(frozen=True)
@@ -224,11 +230,11 @@ def _lost_condition(err: Any) -> bool:
     return code in {"PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey"} or status in {404, 409, 412}
 
 
-class _Part:
+class PartUpload:
     """One object being written: compressed on the fly, uploaded in pieces once large.
 
-    Lines are gathered in batches; compressing and uploading a batch runs on the writer's one worker thread,
-    in order, while the caller builds the next lines (zlib and the uploads release the GIL). At most
+    Lines (or other bytes) are gathered in batches; compressing and uploading a batch runs on the writer's one
+    worker thread, in order, while the caller builds the next lines (zlib and the uploads release the GIL). At most
     ``MAX_QUEUED`` batches wait for it."""
 
     MAX_QUEUED = 16
@@ -261,8 +267,9 @@ class _Part:
         self._upload_id: str | None = None
         self._pieces: list[dict[str, Any]] = []
 
-    def write(self, line: bytes) -> None:
-        self.records += 1
+    def write(self, line: bytes, records: int = 1) -> None:
+        """Add ``line``, which holds ``records`` records (e.g. 0 for a piece of a Parquet file)."""
+        self.records += records
         self.raw_bytes += len(line)
         self._pending += line
         if len(self._pending) >= COMPRESS_BATCH:
@@ -361,13 +368,15 @@ class PartWriter:
         self.max_records = max_records
         self.max_bytes = max_bytes
         self.objects: list[ObjectInfo] = []
-        self._part: _Part | None = None
+        self._part: PartUpload | None = None
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="part-writer")
 
     def write(self, record_id: str, line: bytes) -> None:
         if self._part is None:
             key = f"{self.prefix}/part-{len(self.objects):05d}.{self.suffix}"
-            self._part = _Part(self.store, key, self.gzip, CONTENT_TYPES[self.suffix], self._worker, self.before_commit)
+            self._part = PartUpload(
+                self.store, key, self.gzip, CONTENT_TYPES[self.suffix], self._worker, self.before_commit
+            )
         self._part.write(line)
         if self._part.records >= self.max_records or self._part.raw_bytes >= self.max_bytes:
             self._finish_part()

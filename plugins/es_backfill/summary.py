@@ -141,7 +141,7 @@ def write_table(
         )  # fmt: skip
     days = sorted(Window.from_dict(w).day for w in planned)
     athena = AthenaTable(table_name(config.backfill_name), table_location(config), widened(columns, found),
-                         (days[0], days[-1]))  # fmt: skip
+                         (days[0], days[-1]), parquet=config.output_format == "parquet")  # fmt: skip
     ddl = athena.ddl()
     key = manifest.table_ddl_key(config)
     store.put(key, ddl.encode(), content_type="application/sql")

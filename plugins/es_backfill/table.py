@@ -61,7 +61,8 @@ def from_mappings(
     messages: list[dict[str, Any]], related: Sequence[tuple[str, str, list[dict[str, Any]]]]
 ) -> dict[str, Type]:
     """The columns, from the mappings of every index the messages pattern matches and, per related index, its
-    name, cardinality and mappings. A field that indices of one pattern type differently is ``json``."""
+    name, cardinality and mappings. A field that indices of one pattern type differently is ``json``, but for
+    integers of different widths (the widest) and objects (their fields merged)."""
     columns: dict[str, Type] = {"message_id": "string", "window": "string", "message": _merged(messages)}
     for name, cardinality, mappings in related:
         document = _merged(mappings)
@@ -70,7 +71,9 @@ def from_mappings(
 
 
 def _merged(mappings: list[dict[str, Any]]) -> Type:
-    types = [_type_of({"properties": m.get("properties", {})}) for m in mappings] or ["json"]
+    # An index with no fields mapped yet holds no documents that have any (or its fields are unmapped ones,
+    # which each window finds): it does not make the others' columns json.
+    types = [_type_of({"properties": m["properties"]}) for m in mappings if m.get("properties")] or ["json"]
     merged = types[0]
     for other in types[1:]:
         merged = _union(merged, other)
@@ -85,21 +88,31 @@ def _type_of(mapping: dict[str, Any]) -> Type:
         fields = {
             name: _type_of(sub) for name, sub in mapping["properties"].items() if sub.get("type") not in _NOT_IN_SOURCE
         }
-        if not fields:
-            return "json"
-        struct: Type = {"struct": fields}
-        return {"array": struct} if kind == "nested" else struct
+        struct = _struct(fields)
+        return {"array": struct} if kind == "nested" and struct != "json" else struct
     return _LEAVES.get(kind, "json")
 
 
 def _union(a: Type, b: Type) -> Type:
     if a == b:
         return a
+    if isinstance(a, str) and isinstance(b, str) and a in _RANGES and b in _RANGES:
+        return a if _RANGES[a] > _RANGES[b] else b  # long in one index, integer in another: bigint
     if isinstance(a, dict) and isinstance(b, dict) and "struct" in a and "struct" in b:
         names = [*a["struct"], *(n for n in b["struct"] if n not in a["struct"])]
-        return {"struct": {n: _union(a["struct"].get(n, b["struct"].get(n)), b["struct"].get(n, a["struct"].get(n)))
-                           for n in names}}  # fmt: skip
+        return _struct({n: _union(a["struct"].get(n, b["struct"].get(n)), b["struct"].get(n, a["struct"].get(n)))
+                        for n in names})  # fmt: skip
+    if isinstance(a, dict) and isinstance(b, dict) and "array" in a and "array" in b:
+        return {"array": _union(a["array"], b["array"])}
     return "json"
+
+
+def _struct(fields: dict[str, Type]) -> Type:
+    """A struct of ``fields``; ``json`` if it has none, or two whose names differ only in case (Athena's and
+    Parquet readers' names are case-insensitive: two fields would read one key)."""
+    if not fields or len({name.lower() for name in fields}) < len(fields):
+        return "json"
+    return {"struct": fields}
 
 
 def to_saved(columns: dict[str, Type]) -> list[list[Any]]:
@@ -166,7 +179,7 @@ class Misfits:
                 for item in value:
                     if item is not None and path not in self.paths:
                         self._value(item, element)
-        elif kind not in ("json", "string") and not _fits(value, kind):  # a string column reads anything
+        elif kind not in ("json", "string") and not fits(value, kind):  # a string column reads anything
             self.paths.add(path)
 
     def _struct(self, value: dict[str, Any], node: _Node) -> None:
@@ -193,7 +206,8 @@ def _compile(kind: Type, path: Path) -> _Node:
     return ("struct", path, frozenset(fields), typed, None)
 
 
-def _fits(value: Any, kind: str) -> bool:
+def fits(value: Any, kind: str) -> bool:
+    """Whether ``value`` (not None) is one of the values a column of the leaf type ``kind`` holds."""
     if kind == "boolean":
         return isinstance(value, bool)
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -316,25 +330,52 @@ def table_name(backfill_name: str) -> str:
     return name if name and not name[0].isdigit() else f"backfill_{name}"
 
 
-INPUT_FORMAT = "org.apache.hadoop.mapred.TextInputFormat"
-OUTPUT_FORMAT = "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat"
-SERDE = "org.openx.data.jsonserde.JsonSerDe"
+@dataclass(frozen=True)
+class Storage:
+    """How a table's files are read: the Glue Data Catalog's classification, formats and SerDe."""
+
+    classification: str
+    input_format: str
+    output_format: str
+    serde: str
+
+
+JSON_STORAGE = Storage(
+    "json",
+    "org.apache.hadoop.mapred.TextInputFormat",
+    "org.apache.hadoop.hive.ql.io.HiveIgnoreKeyTextOutputFormat",
+    "org.openx.data.jsonserde.JsonSerDe",
+)
+PARQUET_STORAGE = Storage(
+    "parquet",
+    "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat",
+    "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat",
+    "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
+)
 
 
 @dataclass(frozen=True)
 class AthenaTable:
     """The table over a backfill's output: what ``_athena.sql`` creates and what the Glue Data Catalog holds.
 
-    JSON Lines (gzip or not) or one JSON object per file under ``location`` (``s3://bucket/root/``), partitioned
-    by ``dt`` with partition projection over ``days`` (first, last), so no ``MSCK REPAIR TABLE`` is needed.
-    Objects whose names start with ``_`` (manifests) are not read."""
+    JSON Lines (gzip or not) or one JSON object per file under ``location`` (``s3://bucket/root/``), or Parquet
+    files (``parquet``), partitioned by ``dt`` with partition projection over ``days`` (first, last), so no
+    ``MSCK REPAIR TABLE`` is needed. Objects whose names start with ``_`` (manifests) are not read."""
 
     name: str
     location: str
     columns: dict[str, Type]
     days: tuple[str, str]
+    parquet: bool = False
+
+    @property
+    def storage(self) -> Storage:
+        return PARQUET_STORAGE if self.parquet else JSON_STORAGE
 
     def serde_properties(self, names: AthenaNames) -> dict[str, str]:
+        """The JSON SerDe's settings; Parquet needs none (its files name struct fields as the table does)."""
+        if self.parquet:
+            return {}
         return {"ignore.malformed.json": "false", "case.insensitive": "true",
                 **{f"mapping.{safe}": original for safe, original in names.mappings.items()}}  # fmt: skip
 
@@ -354,13 +395,18 @@ class AthenaTable:
         """``CREATE EXTERNAL TABLE IF NOT EXISTS``, for Athena's query editor."""
         names = AthenaNames(self.columns)
         lines = ",\n".join(f"  {_backquoted(c)} {athena_type(kind, names)}" for c, kind in self.columns.items())
+        storage = (
+            "STORED AS PARQUET\n"
+            if self.parquet
+            else f"ROW FORMAT SERDE {_quoted(JSON_STORAGE.serde)}\n"
+            f"WITH SERDEPROPERTIES (\n{_pairs(self.serde_properties(names))}\n)\n"
+            f"STORED AS INPUTFORMAT {_quoted(JSON_STORAGE.input_format)}\n"
+            f"OUTPUTFORMAT {_quoted(JSON_STORAGE.output_format)}\n"
+        )
         return (
             f"CREATE EXTERNAL TABLE IF NOT EXISTS {_backquoted(self.name)} (\n{lines}\n)\n"
             "PARTITIONED BY (`dt` string)\n"
-            f"ROW FORMAT SERDE {_quoted(SERDE)}\n"
-            f"WITH SERDEPROPERTIES (\n{_pairs(self.serde_properties(names))}\n)\n"
-            f"STORED AS INPUTFORMAT {_quoted(INPUT_FORMAT)}\n"
-            f"OUTPUTFORMAT {_quoted(OUTPUT_FORMAT)}\n"
+            f"{storage}"
             f"LOCATION {_quoted(self.location)}\n"
             f"TBLPROPERTIES (\n{_pairs(self.properties())}\n);\n"
         )
@@ -373,14 +419,19 @@ class AthenaTable:
         return {
             "Name": self.name,
             "TableType": "EXTERNAL_TABLE",
-            "Parameters": {"classification": "json", "EXTERNAL": "TRUE", **self.properties(), **extra_properties},
+            "Parameters": {
+                "classification": self.storage.classification,
+                "EXTERNAL": "TRUE",
+                **self.properties(),
+                **extra_properties,
+            },
             "PartitionKeys": [{"Name": "dt", "Type": "string"}],
             "StorageDescriptor": {
                 "Columns": columns,
                 "Location": self.location,
-                "InputFormat": INPUT_FORMAT,
-                "OutputFormat": OUTPUT_FORMAT,
-                "SerdeInfo": {"SerializationLibrary": SERDE, "Parameters": self.serde_properties(names)},
+                "InputFormat": self.storage.input_format,
+                "OutputFormat": self.storage.output_format,
+                "SerdeInfo": {"SerializationLibrary": self.storage.serde, "Parameters": self.serde_properties(names)},
             },
         }
 

@@ -17,8 +17,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import tempfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +36,7 @@ from es_backfill.windows import Window, WindowError, parse_instant, split
 log = logging.getLogger(__name__)
 
 TERMS_BATCH = 10_000
+PARQUET_IN_MEMORY = 64 * 2**20  # a Parquet object larger than this is spooled to disk to be read
 BACKFILL = "backfill"  # where findings about the backfill as a whole are reported
 _SUBMICRO = re.compile(r"(\.\d{6})\d+")  # Python reads at most microseconds
 
@@ -86,6 +89,8 @@ def verify(config: BackfillConfig, reader: Reader, store: ObjectStore, *, redact
         Finding(BACKFILL, "unaccounted object", key) for key in manifest.foreign_objects(store, config, windows)
     ]
     seen = _Seen(MessageIds("message_id", spill=True), RedactionCheck(config.source.redact) if redaction else None)
+    saved = manifest.read_plan(store, config) if config.output_format == "parquet" else None
+    seen.columns = saved.table if saved is not None else None
     live_counts = window_counts(config, reader, windows)
     for window, live in zip(windows, live_counts, strict=True):
         for kind, detail in _verify_window(config, window, live, reader, store, seen):
@@ -152,6 +157,7 @@ class _Seen:
     ids: MessageIds
     redaction: RedactionCheck | None = None
     unchecked_timestamps: int = 0
+    columns: dict[str, Any] | None = None  # the plan's table columns: Parquet's schema
 
 
 class _Tally:
@@ -164,6 +170,7 @@ class _Tally:
         self.window = window
         self.reader = reader
         self.seen = seen
+        self.columns = seen.columns
         self.records = 0
         self.related: Counter[str] = Counter()
         self.in_es: Counter[str] = Counter()
@@ -305,6 +312,8 @@ def _check_object(store: ObjectStore, key: str, obj: dict[str, Any], tally: _Tal
         return [("missing object", key)]
     sha, size, pending = hashlib.sha256(), 0, b""
     gunzip = zlib.decompressobj(wbits=31) if key.endswith(".gz") else None
+    if key.endswith(".parquet"):
+        return _check_parquet(key, chunks, obj, tally)
     undecodable = None
     for chunk in chunks:
         sha.update(chunk)
@@ -326,10 +335,39 @@ def _check_object(store: ObjectStore, key: str, obj: dict[str, Any], tally: _Tal
                 tally.add(exactjson.loads(pending))  # a json object, or a last line without newline
         except (zlib.error, ValueError) as err:
             undecodable = str(err)
+    return _object_findings(key, obj, size, sha.hexdigest(), undecodable)
+
+
+def _check_parquet(key: str, chunks: Iterator[bytes], obj: dict[str, Any], tally: _Tally) -> list[tuple[str, str]]:
+    """As :func:`_check_object`, for a Parquet file: spooled to local disk once large (its footer comes last),
+    then decoded in batches of rows."""
+    from es_backfill.parquet import read_records  # pyarrow, only for the backfills that need it
+
+    sha, size = hashlib.sha256(), 0
+    with tempfile.SpooledTemporaryFile(max_size=PARQUET_IN_MEMORY) as spool:
+        for chunk in chunks:
+            sha.update(chunk)
+            size += len(chunk)
+            spool.write(chunk)
+        spool.seek(0)
+        undecodable = None
+        try:
+            if tally.columns is None:
+                raise ValueError("the backfill's plan has no table columns, which Parquet's schema comes from")
+            for record in read_records(spool, tally.columns):
+                tally.add(record)
+        except ValueError as err:
+            undecodable = str(err)
+    return _object_findings(key, obj, size, sha.hexdigest(), undecodable)
+
+
+def _object_findings(
+    key: str, obj: dict[str, Any], size: int, sha256: str, undecodable: str | None
+) -> list[tuple[str, str]]:
     findings = []
     if size != obj["bytes"]:
         findings.append(("size mismatch", f"{key}: {size} bytes, manifest says {obj['bytes']} (truncated?)"))
-    elif sha.hexdigest() != obj["sha256"]:
+    elif sha256 != obj["sha256"]:
         findings.append(("checksum mismatch", key))
     if undecodable:
         findings.append(("undecodable", f"{key}: {undecodable}"))

@@ -49,8 +49,17 @@ def test_fingerprint_changes_with_what_shapes_the_output_and_where_it_came_from_
     assert fingerprint(GOOD | {"balance_windows": True}) != base
     assert fingerprint(GOOD | {"query": {"term": {"channel": "sms"}}}) != base
     assert fingerprint(GOOD | {"output_format": "jsonl"}) != base
+    assert fingerprint(GOOD | {"json_fields": []}) == base
+    assert fingerprint(GOOD | {"json_fields": ["message.tags"]}) != base
     assert fingerprint(GOOD | {"source": {"part_max_records": 10}}) != base
     assert fingerprint(GOOD | {"source": {"messages": DEFAULTS["messages"] | {"source_fields": ["body"]}}}) != base
+
+
+def test_json_fields_are_paths_of_table_fields_a_name_with_dots_in_backquotes():
+    config = from_params(GOOD | {"json_fields": ["message.tags", "message.`a.b`.c", "history.`x``y`", "message.tags"]},
+                         DEFAULTS)  # fmt: skip
+    assert config.json_fields == (("message", "tags"), ("message", "a.b", "c"), ("history", "x`y"))
+    assert config.shaping_settings()["json_fields"] == ["message.tags", "message.`a.b`.c", "history.`x``y`"]
 
 
 def test_the_fingerprint_covers_the_transforms_code_not_only_its_name(tmp_path, monkeypatch):
@@ -81,7 +90,7 @@ def test_every_problem_is_reported_at_once_with_its_fix():
         "start: 'yesterday' is not a date",
         "window '1w'",
         "s3_bucket 'Bad_Bucket'",
-        'output_format must be one of "jsonl.gz", "jsonl", "json", not "xml"',
+        'output_format must be one of "jsonl.gz", "jsonl", "json", "parquet", not "xml"',
         "page_size must be within 100..10000, not 50",
         "s3_prefix '../up'",
     ]
@@ -151,7 +160,11 @@ BAD_CONFS = [
     ({"s3_bucket": "my..bucket"}, "has '..', '.-' or '-.'"),
     ({"s3_bucket": "ab"}, "s3_bucket 'ab' is not a valid bucket name"),
     ({"s3_prefix": 5}, "s3_prefix must be a string, not 5"),
-    ({"output_format": "parquet"}, 'output_format must be one of "jsonl.gz", "jsonl", "json", not "parquet"'),
+    ({"output_format": "avro"}, 'output_format must be one of "jsonl.gz", "jsonl", "json", "parquet", not "avro"'),
+    ({"json_fields": "message.tags"}, 'json_fields must be a list, not "message.tags"'),
+    ({"json_fields": ["message.`a.b"]}, "json_fields[0]: 'message.`a.b' has a backquote that is not closed"),
+    ({"json_fields": ["message..tags"]}, "json_fields[0]: 'message..tags' has an empty name"),
+    ({"json_fields": ["window"]}, "json_fields[0]: window is the record's window, a string; name another field"),
     ({"page_size": "1000"}, 'page_size must be an integer, not "1000"'),
     ({"page_size": True}, "page_size must be an integer, not true"),
     ({"page_size": 10_001}, "page_size must be within 100..10000, not 10001"),

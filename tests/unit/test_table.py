@@ -141,6 +141,38 @@ def test_the_ddl_projects_dt_over_the_plans_days_and_names_the_table_as_athena_a
     assert "'ignore.malformed.json' = 'false'" in ddl and "LOCATION 's3://b/root/'" in ddl
 
 
+def test_a_parquet_table_is_stored_as_parquet_with_the_same_columns_and_no_serde_settings():
+    columns = {"message_id": "string", "window": "string", "message": {"struct": {"@timestamp": "string"}}}
+    table = AthenaTable("t", "s3://b/root/", columns, ("2024-03-01", "2024-03-09"), parquet=True)
+    ddl = table.ddl()
+    assert "  `message` struct<`_timestamp`:string>\n)\nPARTITIONED BY (`dt` string)\nSTORED AS PARQUET\n" in ddl
+    assert "SERDE" not in ddl and "'projection.dt.range' = '2024-03-01,2024-03-09'" in ddl
+    glue = table.glue_input({})
+    assert glue["Parameters"]["classification"] == "parquet"
+    assert glue["StorageDescriptor"]["SerdeInfo"] == {
+        "SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
+        "Parameters": {},
+    }
+
+
+def test_indices_that_map_a_field_as_integers_of_different_widths_make_it_the_widest():
+    narrow = {"properties": {"size": {"type": "integer"}, "n": {"type": "byte"}}}
+    wide = {"properties": {"size": {"type": "long"}, "n": {"type": "short"}}}
+    assert from_mappings([narrow, wide], [])["message"] == {"struct": {"size": "bigint", "n": "smallint"}}
+
+
+def test_an_index_with_nothing_mapped_yet_leaves_the_others_columns_typed():
+    assert from_mappings([{}, MESSAGES, {"properties": {}}], [])["message"] == _columns()["message"]
+    assert from_mappings([{}], [])["message"] == "json"
+
+
+def test_a_struct_whose_field_names_differ_only_in_case_is_json_text_in_every_reader():
+    mapping = {"properties": {"Name": {"type": "keyword"}, "name": {"type": "keyword"}, "n": {"type": "long"}}}
+    assert from_mappings([{"properties": {"sender": mapping}}], [])["message"] == {"struct": {"sender": "json"}}
+    assert from_mappings([{"properties": {"Name": {"type": "keyword"}}}, {"properties": {"name": {"type": "keyword"}}}],
+                         [])["message"] == "json"  # fmt: skip
+
+
 def test_the_columns_keep_their_order_through_the_saved_plan():
     from es_backfill import manifest
 

@@ -1,0 +1,154 @@
+"""Parquet output: the backfill's schema from the table's columns, the rule for each value that does not fit it,
+bounded row groups and parts, and the same bytes for the same records (a fake store, a seam we own)."""
+
+from __future__ import annotations
+
+import io
+
+import pyarrow.parquet as pq
+import pytest
+
+from es_backfill import exactjson
+from es_backfill.config import column_path
+from es_backfill.parquet import ParquetMisfit, ParquetWriter, RowEncoder, arrow_schema, read_records
+from es_backfill.table import from_mappings, widened
+
+MESSAGES = {
+    "properties": {
+        "@timestamp": {"type": "date"},
+        "size": {"type": "long"},
+        "score": {"type": "double"},
+        "seen": {"type": "boolean"},
+        "tags": {"type": "keyword"},
+        "sender": {"properties": {"name": {"type": "keyword"}, "email": {"type": "keyword"}}},
+        "payload": {"type": "object", "enabled": False},
+        "parts": {"type": "nested", "properties": {"n": {"type": "byte"}}},
+    }
+}
+HISTORY = {"properties": {"message_id": {"type": "keyword"}, "state": {"type": "keyword"}, "at": {"type": "date"}}}
+COLUMNS = from_mappings([MESSAGES], [("history", "many", [HISTORY]), ("status", "one", [HISTORY])])
+
+
+class MemoryStore:
+    """Keeps what is put (parts stay below one multipart piece here)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+
+    def put(self, key: str, data: bytes, content_type: str) -> str:
+        self.objects[key] = data
+        return f'"{len(self.objects)}"'
+
+
+def record(n: int, **message) -> dict:
+    return {
+        "message_id": f"m{n}",
+        "window": "w",
+        "message": {"@timestamp": "2024-03-01T00:00:00Z", "size": n, **message},
+        "history": [{"message_id": f"m{n}", "state": "sent", "at": "2024-03-01"}],
+        "status": None,
+    }
+
+
+def write(records: list[dict], columns=COLUMNS, max_records: int = 1000) -> MemoryStore:
+    store = MemoryStore()
+    writer = ParquetWriter(store, "w", columns, max_records, 2**30, lambda: None, "Window w")  # type: ignore[arg-type]
+    for item in records:
+        writer.write(item["message_id"], item)
+    writer.close()
+    return store
+
+
+def read(data: bytes, columns=COLUMNS) -> list[dict]:
+    return list(read_records(io.BytesIO(data), columns))
+
+
+def test_records_that_fit_read_back_as_written_and_enabled_false_objects_as_json_text():
+    awkward = exactjson.loads(b'{"big": 89014103211118510720, "x": 1.10, "s": "\\ud83d", "a.b": [null, {}]}')
+    records = [
+        record(1, score=exactjson.Number("1.5"), seen=True, tags="a", sender={"name": "Ann"}, payload=awkward,
+               parts=[{"n": 1}, None, {"n": -128}]),
+        record(2, size=exactjson.Number("-0"), score=3, payload="just text"),
+    ]  # fmt: skip
+    (data,) = write(records).objects.values()
+    back = read(data)
+    assert back[0]["message"]["payload"] == awkward
+    assert exactjson.dumps(back[0]["message"]["payload"]) == exactjson.dumps(awkward)  # every digit and escape
+    assert back[0]["message"]["parts"] == [{"n": 1}, None, {"n": -128}]
+    assert back[1]["message"]["size"] == 0 and back[1]["message"]["score"] == 3.0
+    assert back[1]["message"]["payload"] == "just text"
+    assert {k: v for k, v in back[0].items() if k != "message"} == {
+        k: v for k, v in records[0].items() if k not in ("message", "status")
+    }
+    raw = pq.read_table(io.BytesIO(data)).to_pylist()
+    assert raw[1]["message"]["payload"] == '"just text"'  # JSON text: a string is quoted
+    assert "_timestamp" in raw[0]["message"] and back[0]["message"]["@timestamp"] == "2024-03-01T00:00:00Z"
+
+
+def test_the_schema_names_struct_fields_as_athena_does():
+    schema = arrow_schema(COLUMNS)
+    assert schema.names == ["message_id", "window", "message", "history", "status"]
+    assert schema.field("message").type.field(0).name == "_timestamp"
+    assert str(schema.field("history").type) == "list<item: struct<message_id: string, state: string, at: string>>"
+
+
+@pytest.mark.parametrize(
+    ("message", "field", "what"),
+    [
+        ({"tags": ["a", "b"]}, "message.tags", "a list where the Parquet schema has string"),
+        ({"size": "5"}, "message.size", "a string where the Parquet schema has bigint"),
+        ({"size": 2**63}, "message.size", "the number 9223372036854775808 where the Parquet schema has bigint"),
+        ({"score": 2**53 + 1}, "message.score", "where the Parquet schema has double"),
+        ({"score": exactjson.Number("1e400")}, "message.score", "the number 1e400"),
+        ({"parts": [{"n": 128}]}, "message.parts.n", "the number 128 where the Parquet schema has tinyint"),
+        ({"parts": {"n": 1}}, "message.parts", "an object where the Parquet schema has a list"),
+        ({"sender": "Ann"}, "message.sender", "a string where the Parquet schema has a struct"),
+        ({"seen": 1}, "message.seen", "the number 1 where the Parquet schema has boolean"),
+        ({"tags": "\ud83d"}, "message.tags", "a string with a lone surrogate"),
+        ({"sender.email": "x@example.com"}, "message.`sender.email`", "is not a field of the struct message"),
+        ({"unmapped": {"deep": 1}}, "message.unmapped", "is not a field of the struct message"),
+    ],
+)
+def test_a_value_that_does_not_fit_fails_naming_the_message_field_and_setting_and_json_fields_fixes_it(
+    message, field, what
+):
+    bad = record(7, **message)
+    with pytest.raises(ParquetMisfit) as raised:
+        write([record(1), bad])
+    text = str(raised.value)
+    assert text.startswith(f"Window w, message 'm7': {field} ") and what in text
+    assert f"Add {field!r} to the run's json_fields" in text and "force: true" in text
+
+    columns = widened(COLUMNS, [column_path(field)])
+    (data,) = write([record(1), bad], columns).objects.values()
+    assert read(data, columns)[1] == {k: v for k, v in bad.items() if v is not None}
+
+
+def test_a_top_level_key_a_transform_adds_is_named_too():
+    with pytest.raises(ParquetMisfit, match=r"message 'm1': dt is not a field of the table"):
+        write([{**record(1), "dt": "2024-03-01"}])
+
+
+def test_the_same_records_give_the_same_bytes_in_bounded_row_groups_and_parts(monkeypatch):
+    monkeypatch.setattr("es_backfill.parquet.ROW_GROUP_ROWS", 4)
+    records = [record(n, tags=f"t{n}") for n in range(25)]
+    first, second = write(records, max_records=10).objects, write(records, max_records=10).objects
+    assert first == second
+    assert list(first) == ["w/part-00000.parquet", "w/part-00001.parquet", "w/part-00002.parquet"]
+    metadata = pq.ParquetFile(io.BytesIO(first["w/part-00000.parquet"])).metadata
+    assert (metadata.num_rows, metadata.num_row_groups) == (10, 3)
+    assert metadata.row_group(0).column(0).compression == "ZSTD"
+    assert [r["message_id"] for data in first.values() for r in read(data)] == [f"m{n}" for n in range(25)]
+
+
+def test_a_file_of_another_schema_is_not_read_as_the_backfills():
+    (data,) = write([record(1)]).objects.values()
+    other = widened(COLUMNS, [("message", "size")])
+    with pytest.raises(ValueError, match="schema is not the backfill's"):
+        read(data, other)
+
+
+def test_the_encoder_counts_the_bytes_of_the_values_it_encoded():
+    encoder = RowEncoder(COLUMNS)
+    encoder.encode(record(1, tags="x" * 1000))
+    assert 1000 < encoder.size < 1200
