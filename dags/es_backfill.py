@@ -295,6 +295,7 @@ def es_backfill():
         from es_backfill.manifest import StalePlanError
         from es_backfill.records import MessageIdError
         from es_backfill.shape import TransformError
+        from es_backfill.table import ParquetMisfit
         from es_backfill.windows import Window
 
         # A window planned before plans named their cluster has none: the saved plan then refuses it.
@@ -305,7 +306,7 @@ def es_backfill():
                 key = redaction_key(config.source)
                 holder = Holder.of(dag_run, ti)  # the try number: a later attempt's claim stops this one
                 return run_window(config, Window.from_dict(window), reader, store, holder, key).to_dict()
-            except (MessageIdError, StalePlanError, LeaseHeld, ConfigError, TransformError) as err:
+            except (MessageIdError, StalePlanError, LeaseHeld, ConfigError, TransformError, ParquetMisfit) as err:
                 raise AirflowFailException(str(err)) from err  # retrying the same task cannot help
 
     # Runs once every window has finished, failed ones included, so the summary can name them.

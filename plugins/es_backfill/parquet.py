@@ -13,8 +13,9 @@ documents hold. The rules for a value (after redaction and the transform):
 * Anything else must fit its type: a string column takes strings (without lone surrogates, which Parquet's
   UTF-8 cannot hold), an integer column integers in its range, a double column finite numbers (integers
   only where a double holds them exactly), a boolean column booleans, a struct objects whose keys it has,
-  a list lists. Otherwise the window fails (:class:`ParquetMisfit`) naming the message, the field and the
-  ``json_fields`` entry that makes the field JSON text: an array where the mapping has one value, ``"5"``
+  a list lists. Otherwise the window writes nothing more, checks the rest of its records and fails
+  (:class:`ParquetMisfit`) naming every field that misfits, a message for each, and the ``json_fields``
+  entries that make those fields JSON text: an array where the mapping has one value, ``"5"``
   in a ``long``, a field a ``dynamic: false`` object does not map, a key written with dots (``"a.b"``,
   which is not the struct's ``a``). Never a silent null.
 * A double is a value: ``1.10`` is stored as 1.1. The JSON formats keep every number's spelling.
@@ -39,7 +40,7 @@ import pyarrow.parquet as pq
 from es_backfill import exactjson
 from es_backfill.config import column_path_text
 from es_backfill.sink import CONTENT_TYPES, ObjectInfo, ObjectStore, PartUpload
-from es_backfill.table import AthenaNames, Path, Type, athena_type, fits
+from es_backfill.table import AthenaNames, Misfit, ParquetMisfit, Path, Type, athena_type, fits, widened
 
 ROW_GROUP_ROWS = 20_000
 ROW_GROUP_BYTES = 16 * 2**20
@@ -48,25 +49,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 _ARROW = {"string": pa.string(), "json": pa.string(), "bigint": pa.int64(), "int": pa.int32(),
           "smallint": pa.int16(), "tinyint": pa.int8(), "double": pa.float64(), "boolean": pa.bool_()}  # fmt: skip
 _INTEGERS = {"bigint", "int", "smallint", "tinyint"}
-
-
-class ParquetMisfit(ValueError):
-    """A record holds a value its Parquet column cannot: ``path`` is the field's, ``problem`` says what."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        self.path = path
-        self.problem = problem
-        super().__init__(problem)
-
-    def of_message(self, where: str, message_id: str) -> ParquetMisfit:
-        """The same misfit, its message naming the window and message and how to fix it."""
-        field = column_path_text(self.path)
-        return ParquetMisfit(
-            self.path,
-            f"{where}, message {message_id!r}: {self.problem}. Nothing of the window was kept. Add {field!r} to "
-            "the run's json_fields to store that field as JSON text; that changes the backfill's schema, so "
-            "re-trigger with force: true (the whole backfill is written again)",
-        )
 
 
 def arrow_schema(columns: dict[str, Type]) -> pa.Schema:
@@ -98,7 +80,7 @@ def _described(value: Any) -> str:
 
 
 class RowEncoder:
-    """Records into rows of :func:`arrow_schema` (raising :class:`ParquetMisfit`), compiled once per window;
+    """Records into rows of :func:`arrow_schema` (raising :class:`Misfit`), compiled once per window;
     ``size`` counts the bytes of the values encoded since it was last reset."""
 
     def __init__(self, columns: dict[str, Type]) -> None:
@@ -132,7 +114,7 @@ class RowEncoder:
                 try:
                     text = exactjson.dumps(value).decode()
                 except TypeError as err:  # only a transform can put what JSON cannot hold in a record
-                    raise ParquetMisfit(path, f"{column_path_text(path)} holds what JSON cannot: {err}") from err
+                    raise Misfit(path, f"{column_path_text(path)} holds what JSON cannot: {err}") from err
                 self.size += len(text)
                 return text
 
@@ -172,7 +154,7 @@ class RowEncoder:
                 field = compiled.get(key)
                 if field is None:
                     where = f"the struct {column_path_text(path)}" if path else "the table"
-                    raise ParquetMisfit((*path, key), f"{column_path_text((*path, key))} is not a field of {where}"
+                    raise Misfit((*path, key), f"{column_path_text((*path, key))} is not a field of {where}"
                                         " (a field its mapping does not have, or a key written with dots)")  # fmt: skip
                 if item is not None:
                     row[field[0]] = field[1](item)
@@ -180,7 +162,7 @@ class RowEncoder:
 
         return struct
 
-    def _misfit(self, path: Path, value: Any, kind: Type) -> ParquetMisfit:
+    def _misfit(self, path: Path, value: Any, kind: Type) -> Misfit:
         expected = (
             "a struct"
             if isinstance(kind, dict) and "struct" in kind
@@ -188,7 +170,7 @@ class RowEncoder:
             if isinstance(kind, dict)
             else athena_type(kind, self._names)
         )
-        return ParquetMisfit(
+        return Misfit(
             path, f"{column_path_text(path) or 'the record'} holds {_described(value)} where the Parquet schema has "
             f"{expected}",
         )  # fmt: skip
@@ -232,9 +214,11 @@ class _Stream:
     def __init__(self, part: PartUpload) -> None:
         self.part = part
         self.position = 0
+        self.discard = False  # the part was aborted: what pyarrow still writes goes nowhere
 
     def write(self, data: Any) -> int:
-        self.part.write(bytes(data), records=0)
+        if not self.discard:
+            self.part.write(bytes(data), records=0)
         self.position += len(data)
         return len(data)
 
@@ -272,15 +256,24 @@ class ParquetWriter:
         self._rows: list[dict[str, Any]] = []
         self._part: PartUpload | None = None
         self._file: pq.ParquetWriter | None = None
+        self._stream: _Stream | None = None
         self._part_records = 0
         self._part_bytes = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
+        # Once a record misfits: every field that misfits, and an encoder that takes those as JSON text.
+        self._found: dict[Path, str] = {}
+        self._checker = self.encoder
 
     def write(self, record_id: str, record: dict[str, Any]) -> None:
+        if self._found:
+            self._find_misfits(record_id, record)
+            return
         try:
             self._rows.append(self.encoder.encode(record))
-        except ParquetMisfit as err:
-            raise err.of_message(self.where, record_id) from None
+        except Misfit:
+            self.abort()  # nothing more is written: the window fails once its records are all checked
+            self._find_misfits(record_id, record)
+            return
         self._part_records += 1
         if len(self._rows) >= ROW_GROUP_ROWS or self.encoder.size >= ROW_GROUP_BYTES:
             self._write_row_group()
@@ -293,7 +286,8 @@ class ParquetWriter:
         if self._file is None:
             key = f"{self.prefix}/part-{len(self.objects):05d}.parquet"
             self._part = PartUpload(self.store, key, False, CONTENT_TYPES["parquet"], self._worker, self.before_commit)
-            self._file = pq.ParquetWriter(_Stream(self._part), self.encoder.schema, compression=COMPRESSION)
+            self._stream = _Stream(self._part)
+            self._file = pq.ParquetWriter(self._stream, self.encoder.schema, compression=COMPRESSION)
         self._file.write_table(pa.Table.from_pylist(self._rows, schema=self.encoder.schema))
         self._rows = []
         self._part_bytes += self.encoder.size
@@ -310,13 +304,33 @@ class ParquetWriter:
         self._part, self._file = None, None
         self._part_records = self._part_bytes = 0
 
+    def _find_misfits(self, record_id: str, record: dict[str, Any]) -> None:
+        """Note each field of ``record`` that misfits, with the columns widened by those found so far."""
+        while True:
+            try:
+                self._checker.encode(record)
+                return
+            except Misfit as err:
+                if err.path in self._found:  # JSON text cannot hold it either (what a transform returned)
+                    raise ParquetMisfit(self.where, {err.path: f"message {record_id!r}: {err}"}) from err
+                self._found[err.path] = f"message {record_id!r}: {err}"
+                self._checker = RowEncoder(widened(self.encoder.columns, self._found))
+
     def close(self) -> list[ObjectInfo]:
+        """The objects written; :class:`ParquetMisfit` naming every field that misfits, if any did."""
+        if self._found:
+            raise ParquetMisfit(self.where, dict(sorted(self._found.items())))
         self._finish_part()
         self._worker.shutdown()
         return self.objects
 
     def abort(self) -> None:
         self._worker.shutdown(wait=True, cancel_futures=True)
+        self._rows = []
+        if self._file is not None and self._stream is not None:
+            self._stream.discard = True
+            self._file.close()
+            self._file = None
         if self._part is not None:
             part, self._part = self._part, None
             part.abort()

@@ -27,13 +27,14 @@ those (``@timestamp`` is ``_timestamp``) and a SerDe ``mapping.`` property that 
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from es_backfill.config import BackfillConfig
+from es_backfill.config import BackfillConfig, column_path_text
 from es_backfill.exactjson import Number
 
 Type = str | dict[str, Any]
@@ -218,6 +219,29 @@ def fits(value: Any, kind: str) -> bool:
         return False  # an exactjson Number is a float: the integer -0 is one
     bits = _RANGES[kind]
     return -(2**bits) <= value < 2**bits
+
+
+class Misfit(ValueError):
+    """A record holds a value its Parquet column cannot: ``path`` is the field's, the message says what."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        self.path = path
+        super().__init__(problem)
+
+
+class ParquetMisfit(ValueError):
+    """What a window's records hold that their Parquet columns cannot: ``found`` has each such field's path
+    and what the first message found held there."""
+
+    def __init__(self, where: str, found: dict[Path, str]) -> None:
+        self.found = found
+        fields = [column_path_text(path) for path in found]
+        super().__init__(
+            f"{where}: {len(found)} field(s) hold values their Parquet columns cannot ({'; '.join(found.values())}). "
+            f"Add them to the run's json_fields to store them as JSON text ({json.dumps(fields)}); that changes the "
+            "backfill's schema, so re-trigger with force: true (the whole backfill is written again). The window "
+            "has no manifest; what it wrote is replaced when it runs again"
+        )
 
 
 def widened(columns: dict[str, Type], misfits: Iterable[Sequence[str]]) -> dict[str, Type]:

@@ -7,16 +7,22 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from pathlib import Path
 from typing import Any
 
 import duckdb
 import pytest
 import s3fs
 
-from es_backfill.table import AthenaTable, duckdb_type, from_saved, widened
+from es_backfill.cli import main as cli
+from es_backfill.config import column_path_text, from_params, load_defaults
+from es_backfill.extract import run_window
+from es_backfill.sink import ObjectStore
+from es_backfill.table import AthenaTable, ParquetMisfit, duckdb_type, from_saved, widened
+from es_backfill.windows import Window
 from tests.integration import test_fidelity
-from tests.integration.support import read_objects
-from tests.integration.test_fidelity import ENGINES, MESSAGES, STATUS, _conf, _documents
+from tests.integration.support import read_objects, reader_at, s3_client
+from tests.integration.test_fidelity import DEFAULTS, ENGINES, MESSAGES, STATUS, _conf, _documents, utc
 from tests.json_text import tokens
 
 # A string holding half a surrogate pair: DuckDB's JSON reader refuses the file that holds it.
@@ -125,3 +131,66 @@ def _related(docs: list[tuple[str, str, str]]) -> tuple[dict[str, str], dict[str
                 audits.setdefault(message_id, []).append((doc["@timestamp"], doc["audit_id"]))
     return ({m: max(s)[1] for m, s in statuses.items()},
             {m: [a for _, a in sorted(found)] for m, found in audits.items()})  # fmt: skip
+
+
+@pytest.mark.parametrize("engine", ENGINES[:1], indirect=True)
+def test_parquet_names_every_field_that_misfits_and_with_them_as_json_fields_duckdb_reads_it_all(
+    corpus, engine, run_backfill, s3_server, s3_bucket, duck
+):
+    conf = _conf(s3_bucket, "parquet", part_max_records=10)
+    assert run_backfill(conf).state == "failed"
+    assert not [k for k in read_objects(s3_bucket, "fid/") if k.endswith("/_manifest.json")]  # every window misfits
+
+    # What each window's task failed with, as its log shows it (here without Airflow, to hold the exception).
+    config = from_params(conf, load_defaults(Path(__file__).resolve().parents[2] / "include" / DEFAULTS))
+    store = ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
+    found: set[tuple[str, ...]] = set()
+    with reader_at(engine.url) as reader:
+        for day in (1, 2):
+            window = Window(utc(2024, 3, day), utc(2024, 3, day + 1))
+            with pytest.raises(ParquetMisfit, match=r"field\(s\) hold values their Parquet columns cannot") as err:
+                run_window(config.with_cluster(reader.cluster.cluster_uuid), window, reader, store)
+            found |= err.value.found.keys()
+            assert "Add them to the run's json_fields" in str(err.value)
+    json_fields = sorted(column_path_text(path) for path in found)
+    assert {"message.sender", "message.`sender.email`", "message.raw.secret", "audit.message_id"} <= set(json_fields)
+
+    conf |= {"json_fields": json_fields, "force": True}  # a new schema: the backfill is planned again
+    assert run_backfill(conf).state == "success"
+    assert cli(["verify", "--conf", json.dumps(conf)]) == 0
+    objects = read_objects(s3_bucket, "fid/")
+    root = "fid/corpus"
+    plan = json.loads(objects[f"{root}/_plan.json"])
+    manifests = {k: json.loads(v) for k, v in objects.items() if k.endswith("/_manifest.json")}
+    columns = from_saved(plan["table"])
+    location = f"s3://{s3_bucket}/{root}/"
+    ddl = AthenaTable("corpus", location, columns, ("2024-03-01", "2024-03-02"), parquet=True).ddl()
+    assert objects[f"{root}/_athena.sql"].decode() == ddl and "\nSTORED AS PARQUET\n" in ddl
+    assert ",`sender`:string," in ddl  # one of the json_fields
+
+    files = sorted(f"s3://{s3_bucket}/{k}" for k in objects if k.endswith(".parquet"))
+    assert files and all("/dt=2024-03-0" in f for f in files)
+    source = f"read_parquet([{', '.join(_literal(f) for f in files)}], hive_partitioning=true)"
+
+    def sql(query: str) -> list[Any]:
+        return duck.sql(query.replace("FROM t", f"FROM {source}")).fetchall()
+
+    expected_dt: dict[str, int] = {}
+    for m in manifests.values():
+        expected_dt[m["window"]["start"][:10]] = expected_dt.get(m["window"]["start"][:10], 0) + m["messages"]
+    assert [(str(d), n) for d, n in sql("SELECT dt, count(*) FROM t GROUP BY dt ORDER BY dt")] == sorted(
+        expected_dt.items()
+    )
+    rows = sql('SELECT message_id, status.status_id, list_transform(audit, lambda a: a.audit_id), '
+               'message._timestamp, message.sender FROM t')  # fmt: skip
+    docs = _documents()
+    messages = {doc_id: json.loads(text) for index, doc_id, text in docs if index == MESSAGES}
+    assert sorted(r[0] for r in rows) == sorted(messages)  # every message once, lone surrogates and all
+    status, audit = _related(docs)
+    for message_id, status_id, audit_ids, timestamp, sender in rows:
+        assert status_id == status.get(message_id) and audit_ids == audit.get(message_id, []), message_id
+        assert timestamp == messages[message_id].get("@timestamp"), message_id
+        expected = messages[message_id].get("sender")
+        assert (sender is None) == (expected is None), message_id
+        if sender is not None:  # JSON text with every token of the source
+            assert tokens(sender) == tokens(json.dumps(expected, ensure_ascii=False)), message_id

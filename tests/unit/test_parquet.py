@@ -116,8 +116,9 @@ def test_a_value_that_does_not_fit_fails_naming_the_message_field_and_setting_an
     with pytest.raises(ParquetMisfit) as raised:
         write([record(1), bad])
     text = str(raised.value)
-    assert text.startswith(f"Window w, message 'm7': {field} ") and what in text
-    assert f"Add {field!r} to the run's json_fields" in text and "force: true" in text
+    assert text.startswith(f"Window w: 1 field(s) hold values their Parquet columns cannot (message 'm7': {field} ")
+    assert what in text and f'json_fields to store them as JSON text (["{field}"])' in text and "force: true" in text
+    assert raised.value.found.keys() == {column_path(field)}
 
     columns = widened(COLUMNS, [column_path(field)])
     (data,) = write([record(1), bad], columns).objects.values()
@@ -127,6 +128,33 @@ def test_a_value_that_does_not_fit_fails_naming_the_message_field_and_setting_an
 def test_a_top_level_key_a_transform_adds_is_named_too():
     with pytest.raises(ParquetMisfit, match=r"message 'm1': dt is not a field of the table"):
         write([{**record(1), "dt": "2024-03-01"}])
+
+
+def test_a_window_that_misfits_writes_nothing_more_and_names_every_field_that_misfits(monkeypatch):
+    monkeypatch.setattr("es_backfill.parquet.ROW_GROUP_ROWS", 2)
+    records = [record(n) for n in range(5)] + [
+        record(5, tags=["a"], sender={"name": "A", "email": 5}),
+        record(6, tags=["b"], unmapped=1),
+        *(record(n) for n in range(7, 12)),
+        record(12, parts=[{"n": 1}, {"n": "x"}]),
+    ]
+    store = MemoryStore()
+    writer = ParquetWriter(store, "w", COLUMNS, 4, 2**30, lambda: None, "Window w")  # type: ignore[arg-type]
+    for item in records:
+        writer.write(item["message_id"], item)
+    with pytest.raises(ParquetMisfit) as raised:
+        writer.close()
+    writer.abort()
+    assert list(raised.value.found) == [
+        ("message", "parts", "n"), ("message", "sender", "email"), ("message", "tags"), ("message", "unmapped")
+    ]  # fmt: skip
+    assert raised.value.found[("message", "tags")].startswith("message 'm5': message.tags holds a list")
+    assert list(store.objects) == ["w/part-00000.parquet"]  # the one finished before; the window has no manifest
+
+
+def test_what_json_text_cannot_hold_either_fails_at_once():
+    with pytest.raises(ParquetMisfit, match=r"message\.payload holds what JSON cannot"):
+        write([record(1, payload={"when": object()})])
 
 
 def test_the_same_records_give_the_same_bytes_in_bounded_row_groups_and_parts(monkeypatch):
