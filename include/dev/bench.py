@@ -139,7 +139,10 @@ NARROW_FIELDS = {
 }
 NARROW_ROLE = "ceiling_narrow"
 # Run in this order, each in its own child process; the latency ones through the fault proxy.
-CONTENDERS = ("pipeline", "ceiling", "elasticdump", "naive", "pipeline_big")
+CONTENDERS = ("pipeline", "ceiling", "elasticdump", "naive", "pipeline_big", "pipeline_parquet")
+# The generator's lists where the mappings have one value (recipients, tags) or one object (status.changes):
+# Parquet holds them as JSON text (README: Parquet output).
+PARQUET_JSON_FIELDS = ["message.recipients", "message.tags", "status.changes"]
 LATENCY_CONTENDERS = ("pipeline_latency", "ceiling_latency")
 ROLES = (*CONTENDERS, *LATENCY_CONTENDERS, NARROW_ROLE)
 PROFILED = ("pipeline", "ceiling")  # the Python contenders whose own CPU --profile samples
@@ -161,6 +164,7 @@ class Job:
     naive_messages: int
     window: str = WINDOW
     narrow: bool = False  # read only the fields NARROW_FIELDS names (the _source selection's effect)
+    output_format: str = "jsonl.gz"
 
     @property
     def start_dt(self) -> datetime:
@@ -280,9 +284,11 @@ def _plan(job: Job, prefix: str) -> tuple[Any, list[Any]]:
         "s3_bucket": job.bucket,
         "s3_prefix": prefix,
         "page_size": job.page_size,
-        "output_format": "jsonl.gz",
+        "output_format": job.output_format,
         "source": _source_override(defaults, job.indices, narrow=job.narrow),
     }
+    if job.output_format == "parquet":
+        params["json_fields"] = PARQUET_JSON_FIELDS
     config = from_params(params, defaults)
     return config, split(config.start, config.end, config.window, max_windows=MAX_WINDOWS)
 
@@ -292,10 +298,11 @@ def _plan(job: Job, prefix: str) -> tuple[Any, list[Any]]:
 
 def run_pipeline(job: Job, role: str) -> Result:
     """Every window of the range through ``run_window``, sequentially, as the DAG's tasks would."""
+    from es_backfill import manifest
     from es_backfill.engines import ConnectionSettings, connect
     from es_backfill.extract import run_window
     from es_backfill.lease import Holder
-    from es_backfill.plan import dry_run_report
+    from es_backfill.plan import dry_run_report, output_columns
     from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
 
     config, windows = _plan(job, prefix=f"{role}-{uuid.uuid4().hex[:8]}")  # each run its own, as rounds repeat it
@@ -309,6 +316,9 @@ def run_pipeline(job: Job, role: str) -> Result:
         with connect(ConnectionSettings(job.es_url), **limits) as sampler:
             estimate = dry_run_report(replace(config, pool_slots=1), sampler, windows)["estimated_seconds"]
     with connect(ConnectionSettings(job.es_url), **limits) as reader:
+        if config.output_format == "parquet":  # its schema comes from the saved plan, as the DAG's plan saves it
+            columns = output_columns(config, reader)
+            manifest.write_plan(store, config, windows, reader.cluster.to_dict(), columns)
         cpu_before, started = _cpu_seconds(), time.perf_counter()
         holder = Holder(f"bench-{role}", "")  # as a DAG run's tasks do, each window renews the lease
         results = [run_window(config, window, reader, store, holder) for window in windows]
@@ -829,6 +839,7 @@ COLUMNS = (
     ("pipeline_latency", f"pipeline{LATENCY_LABEL.replace(' ', '')}"),
     ("ceiling_latency", f"ceiling{LATENCY_LABEL.replace(' ', '')}"),
     ("pipeline_big", f"pipeline {BIG_WINDOW}"),
+    ("pipeline_parquet", "parquet"),
 )
 # The table's rows: label, the figure (None: not measured), decimals.
 ROWS: tuple[tuple[str, Callable[[Result], float | None], int], ...] = (
@@ -947,6 +958,7 @@ def report(setup: Setup, rounds: list[Mapping[str, Result]], narrow: Result) -> 
         f"peak RSS {BIG_WINDOW_FACTOR}x window: {big.peak_rss_kib / 1024:.2f} MiB ({big_over_default:.2f}x)",
         f"dry-run estimate of the pipeline's time: {pipeline.notes['estimated_seconds']:.1f}s for "
         f"{pipeline.seconds:.1f}s measured ({pipeline.notes['estimated_seconds'] / pipeline.seconds:.2f}x)",
+        *_parquet_lines(rounds),
         f"bytes read from the cluster: {ceiling.notes['bytes_read'] / 2**20:,.1f} MiB whole documents, "
         f"{narrow.notes['bytes_read'] / 2**20:,.1f} MiB with a narrow _source "
         f"({narrow.notes['bytes_read'] / ceiling.notes['bytes_read']:.2f}x; ceiling requests, "
@@ -1015,6 +1027,21 @@ def _cpu_lines(rounds: list[Mapping[str, Result]]) -> list[str]:
         shown = ", ".join(f"{name} {seconds:.2f}" for name, seconds in groups[:8]) or "not known (ES_URL)"
         lines.append(f"  {role:<17} {run.notes['node_cpu_s']:.2f} in all: {shown}")
     return lines
+
+
+def _parquet_lines(rounds: list[Mapping[str, Result]]) -> list[str]:
+    """Parquet against jsonl.gz on the same windows: bytes written and task CPU per 1,000 messages."""
+    size = {role: [r[role].notes["bytes"] * 1000 / max(r[role].messages, 1) for r in rounds]
+            for role in ("pipeline", "pipeline_parquet")}  # fmt: skip
+    cpu = {role: [_per_1000(r[role], r[role].cpu_seconds) for r in rounds] for role in ("pipeline", "pipeline_parquet")}
+    over = [r["pipeline_parquet"].cpu_seconds / max(r["pipeline"].cpu_seconds, 1e-9) for r in rounds]
+    return [
+        f"parquet vs jsonl.gz, bytes written per 1,000 messages: {statistics.median(size['pipeline_parquet']):,.0f}"
+        f" vs {statistics.median(size['pipeline']):,.0f} "
+        f"({statistics.median(size['pipeline_parquet']) / statistics.median(size['pipeline']):.2f}x); "
+        f"task CPU per 1,000 messages: parquet {_spread(cpu['pipeline_parquet'])}, jsonl.gz {_spread(cpu['pipeline'])}"
+        f", parquet/jsonl.gz {_spread(over)}"
+    ]
 
 
 def _cores(cores: set[int] | None) -> str:
@@ -1096,7 +1123,10 @@ def main_bench(
             page_size=page_size,
             naive_messages=naive_messages,
         )
-        jobs = {role: replace(job, window=BIG_WINDOW) if role == "pipeline_big" else job for role in CONTENDERS}
+        jobs = {role: job for role in CONTENDERS} | {
+            "pipeline_big": replace(job, window=BIG_WINDOW),
+            "pipeline_parquet": replace(job, output_format="parquet"),
+        }
         # Servers started here vanish with their data; from external ones we remove what we made.
         external = not (cluster.started_here and s3_server.started_here)
         try:

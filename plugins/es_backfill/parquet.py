@@ -206,6 +206,41 @@ class RowDecoder:
         return struct
 
 
+class MisfitFinder:
+    """Every field of the records it checks that misfits the schema of ``columns`` (``found``: each path, and
+    what the first message found held there): each record is encoded with the fields found so far as JSON
+    text, until it fits."""
+
+    def __init__(self, columns: dict[str, Type]) -> None:
+        self.columns = columns
+        self.found: dict[Path, str] = {}
+        self._encoder = RowEncoder(columns)
+
+    def check(self, record_id: str, record: dict[str, Any], where: str) -> None:
+        while True:
+            try:
+                self._encoder.encode(record)
+                return
+            except Misfit as err:
+                if err.path in self.found:  # JSON text cannot hold it either (what a transform returned)
+                    raise ParquetMisfit(where, {err.path: f"message {record_id!r}: {err}"}) from err
+                self.found[err.path] = f"message {record_id!r}: {err}"
+                self._encoder = RowEncoder(widened(self.columns, self.found))
+
+    def json_fields(self) -> list[str]:
+        """The ``json_fields`` entries that make every field found JSON text, sorted."""
+        return sorted(column_path_text(path) for path in self.found)
+
+
+def parquet_bytes(columns: dict[str, Type], records: list[dict[str, Any]]) -> bytes:
+    """``records`` (which fit) as one Parquet file, as a part holding only them would be."""
+    encoder = RowEncoder(columns)
+    table = pa.Table.from_pylist([encoder.encode(record) for record in records], schema=encoder.schema)
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=COMPRESSION)
+    return sink.getvalue().to_pybytes()
+
+
 class _Stream:
     """The file pyarrow writes a part to: its bytes go on to the part's upload as they come."""
 
@@ -260,19 +295,17 @@ class ParquetWriter:
         self._part_records = 0
         self._part_bytes = 0
         self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-writer")
-        # Once a record misfits: every field that misfits, and an encoder that takes those as JSON text.
-        self._found: dict[Path, str] = {}
-        self._checker = self.encoder
+        self._misfits = MisfitFinder(columns)  # once a record misfits: every field that does
 
     def write(self, record_id: str, record: dict[str, Any]) -> None:
-        if self._found:
-            self._find_misfits(record_id, record)
+        if self._misfits.found:
+            self._misfits.check(record_id, record, self.where)
             return
         try:
             self._rows.append(self.encoder.encode(record))
         except Misfit:
             self.abort()  # nothing more is written: the window fails once its records are all checked
-            self._find_misfits(record_id, record)
+            self._misfits.check(record_id, record, self.where)
             return
         self._part_records += 1
         if len(self._rows) >= ROW_GROUP_ROWS or self.encoder.size >= ROW_GROUP_BYTES:
@@ -304,22 +337,10 @@ class ParquetWriter:
         self._part, self._file = None, None
         self._part_records = self._part_bytes = 0
 
-    def _find_misfits(self, record_id: str, record: dict[str, Any]) -> None:
-        """Note each field of ``record`` that misfits, with the columns widened by those found so far."""
-        while True:
-            try:
-                self._checker.encode(record)
-                return
-            except Misfit as err:
-                if err.path in self._found:  # JSON text cannot hold it either (what a transform returned)
-                    raise ParquetMisfit(self.where, {err.path: f"message {record_id!r}: {err}"}) from err
-                self._found[err.path] = f"message {record_id!r}: {err}"
-                self._checker = RowEncoder(widened(self.encoder.columns, self._found))
-
     def close(self) -> list[ObjectInfo]:
         """The objects written; :class:`ParquetMisfit` naming every field that misfits, if any did."""
-        if self._found:
-            raise ParquetMisfit(self.where, dict(sorted(self._found.items())))
+        if self._misfits.found:
+            raise ParquetMisfit(self.where, dict(sorted(self._misfits.found.items())))
         self._finish_part()
         self._worker.shutdown()
         return self.objects

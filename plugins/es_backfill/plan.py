@@ -376,6 +376,7 @@ class Sample:
     messages: int
     seconds: float  # reading it (one search, one lookup per related index) and building its output
     output_bytes: int  # compressed if the format is
+    json_fields: list[str] | None = None  # Parquet: the json_fields entries its records need, beyond the run's
 
     @property
     def bytes_per_message(self) -> float:
@@ -410,14 +411,31 @@ def read_sample(config: BackfillConfig, reader: Reader) -> Sample:
         docs = lookup.fetch(ids)
     # The size of a hash does not depend on its key, so the estimate needs none.
     shaper = Shaper.for_config(config, b"estimate")
-    lines = []
+    records = {}
     for message_id, hit in zip(ids, hits, strict=True):
         record = build_record(message_id, "sample", hit["_source"], config.source.related, docs)
         if shaper is None or (record := shaper.apply(record)) is not None:
-            lines.append(dumps_line(record))
-    data = b"".join(lines)
+            records[message_id] = record
+    if config.output_format == "parquet":
+        return _parquet_sample(config, reader, records, started)
+    data = b"".join(dumps_line(record) for record in records.values())
     size = len(gzip.compress(data, mtime=0)) if config.output_format == "jsonl.gz" else len(data)
     return Sample(len(hits), time.perf_counter() - started, size)
+
+
+def _parquet_sample(
+    config: BackfillConfig, reader: Reader, records: dict[str, dict[str, Any]], started: float
+) -> Sample:
+    """The sample as Parquet: the fields its records misfit (which ``json_fields`` must name) and, with those as
+    JSON text, its size."""
+    from es_backfill.parquet import MisfitFinder, parquet_bytes  # pyarrow, only for the runs that need it
+
+    finder = MisfitFinder(output_columns(config, reader))
+    for message_id, record in records.items():
+        finder.check(message_id, record, "The dry run's sample")
+    columns = table.widened(finder.columns, finder.found)
+    size = len(parquet_bytes(columns, list(records.values())))
+    return Sample(len(records), time.perf_counter() - started, size, finder.json_fields())
 
 
 def schedule_seconds(durations: list[float], slots: int) -> float:
@@ -470,4 +488,5 @@ def dry_run_report(config: BackfillConfig, reader: Reader, windows: list[Window]
         "target_seconds": target_s,
         "suggested_pool_slots": suggest_pool_slots(durations, target_s) if target_s else None,
         "max_concurrent_searches": min(config.pool_slots, len(windows)) * config.source.max_in_flight,
+        "json_fields_needed": sample.json_fields,
     }

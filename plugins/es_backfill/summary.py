@@ -9,6 +9,7 @@ table are written.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import Counter
 from typing import Any
@@ -179,6 +180,12 @@ def log_dry_run(report: dict[str, Any]) -> dict[str, Any]:
         report["pool_slots"], format_seconds(report["estimated_seconds"]), report["max_concurrent_searches"],
         report["sample"]["messages"], report["sample"]["seconds"],
     )  # fmt: skip
+    needed = report.get("json_fields_needed")
+    if needed:
+        log.warning(
+            "The sample page's records hold values their Parquet columns cannot: add %s to json_fields (other "
+            "windows may need more; a window that does fails naming them)", json.dumps(needed),
+        )  # fmt: skip
     if report["target_seconds"]:
         target = format_seconds(report["target_seconds"])
         if report["suggested_pool_slots"]:

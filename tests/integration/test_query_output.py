@@ -42,6 +42,18 @@ def duck(s3_server):
     con.close()
 
 
+@pytest.fixture(scope="module")
+def trino(s3_server, pytestconfig):
+    """Trino over the S3 server, started once for the module; its schema ``default`` holds the tables."""
+    from include.dev.servers.trino import running_trino
+    from tests.conftest import _announce
+
+    with running_trino(s3_server.endpoint_url) as server:
+        _announce(pytestconfig, f"Trino {server.version} at {server.url}")
+        server.query("CREATE SCHEMA IF NOT EXISTS hive.default")
+        yield server
+
+
 def _read(con: duckdb.DuckDBPyConnection, files: list[str], columns: dict[str, str], sql: str, **options: Any) -> Any:
     """``sql`` over ``t``: the objects ``files`` read as newline-delimited JSON with ``columns`` and ``dt``."""
     listed = ", ".join(f"'{f}'" for f in files)
@@ -53,7 +65,9 @@ def _read(con: duckdb.DuckDBPyConnection, files: list[str], columns: dict[str, s
 
 @pytest.mark.parametrize("output_format", ["jsonl.gz", "json"])
 @pytest.mark.parametrize("engine", ENGINES[:1], indirect=True)
-def test_duckdb_reads_the_output_with_the_columns_of_its_table(corpus, run_backfill, s3_bucket, duck, output_format):
+def test_duckdb_and_trino_read_the_output_with_the_columns_of_its_table(
+    corpus, run_backfill, s3_bucket, duck, trino, output_format
+):
     conf = _conf(s3_bucket, output_format, part_max_records=10)
     assert run_backfill(conf).state == "success"
     objects = read_objects(s3_bucket, "fid/")
@@ -83,32 +97,57 @@ def test_duckdb_reads_the_output_with_the_columns_of_its_table(corpus, run_backf
     # Counts per dt equal the manifests' (the refused lines count as rows of NULLs with ignore_errors).
     per_dt = _read(duck, list(urls.values()), types, "SELECT dt, count(*) FROM t GROUP BY dt ORDER BY dt",
                    ignore_errors="true")  # fmt: skip
-    expected_dt: dict[str, int] = {}
-    for m in manifests.values():
-        day = m["window"]["start"][:10]
-        expected_dt[day] = expected_dt.get(day, 0) + m["messages"]
-    assert [(str(day), n) for day, n in per_dt] == sorted(expected_dt.items())
     with pytest.raises(duckdb.InvalidInputException, match="no low surrogate"):
         _read(duck, [urls[refused[0]]], types, "SELECT count(*) FROM t")
 
     # Everything else reads strictly: every value fits its column's type, each message once.
     readable = [urls[k] for k in data if k not in refused]
-    query = ('SELECT message_id, "window", status.status_id, list_transform(audit, lambda a: a.audit_id), '
+    query = ('SELECT message_id, status.status_id, list_transform(audit, lambda a: a.audit_id), '
              'message."@timestamp", message.sender FROM t')  # fmt: skip
-    rows = _read(duck, readable, types, query)
-    ids = [r[0] for r in rows]
-    assert len(ids) == len(set(ids))
-    held = {_id for k in refused for _id in re.findall(rb'"message_id":"(m\d{3})","window"', raw[k])}
+    held = {_id.decode() for k in refused for _id in re.findall(rb'"message_id":"(m\d{3})","window"', raw[k])}
+    _assert_read_as_loaded(per_dt, _read(duck, readable, types, query), manifests, held=held)
+    assert all(window for (window,) in _read(duck, readable, types, 'SELECT "window" FROM t'))
+
+    # Trino, Athena's engine, reads every object with the table as Glue would hold it: the same columns, SerDe and
+    # SerDe properties (case.insensitive, mapping._timestamp = @timestamp, ...), through its OpenX JSON reader.
+    name = f"corpus_{output_format.replace('.', '_')}"
+    trino.register_glue_table(AthenaTable(name, location, columns, ("2024-03-01", "2024-03-02")).glue_input({}))
+    _assert_read_as_loaded(*_trino_rows(trino, name, "_timestamp"), manifests)  # lone surrogates too (Java's strings)
+
+
+def _assert_read_as_loaded(
+    per_dt: list[Any], rows: list[Any], manifests: dict[str, Any], held: set[str] | frozenset[str] = frozenset()
+) -> None:
+    """The rows per ``dt`` equal the manifests' counts; ``rows`` (message id, status id, audit ids, @timestamp,
+    sender) hold every message of the corpus once (but ``held``), with its related documents' ids and its values
+    as loaded (``sender``, a JSON-text column, token for token)."""
+    expected_dt: dict[str, int] = {}
+    for m in manifests.values():
+        expected_dt[m["window"]["start"][:10]] = expected_dt.get(m["window"]["start"][:10], 0) + m["messages"]
+    assert [(str(day), n) for day, n in per_dt] == sorted(expected_dt.items())
     docs = _documents()
-    messages = {doc_id: json.loads(text) for index, doc_id, text in docs if index == MESSAGES and "\\ud" not in text}
-    assert set(ids) == {doc_id for index, doc_id, _ in docs if index == MESSAGES} - {i.decode() for i in held}
+    messages = {doc_id: json.loads(text) for index, doc_id, text in docs if index == MESSAGES}
+    assert sorted(r[0] for r in rows) == sorted(set(messages) - held)  # each once
     status, audit = _related(docs)
-    for message_id, window, status_id, audit_ids, timestamp, sender in rows:
+    for message_id, status_id, audit_ids, timestamp, sender in rows:
         assert status_id == status.get(message_id) and audit_ids == audit.get(message_id, []), message_id
-        assert window and timestamp == messages.get(message_id, {}).get("@timestamp", timestamp)
-        source = messages.get(message_id, {}).get("sender")
-        if source is not None and sender is not None:  # a json column: the value's JSON text, compared as tokens
-            assert tokens(sender) == tokens(json.dumps(source, ensure_ascii=False)), message_id
+        assert timestamp == messages[message_id].get("@timestamp"), message_id
+        expected = messages[message_id].get("sender")
+        assert (sender is None) == (expected is None), message_id
+        if sender is not None:  # JSON text with every token of the source
+            assert tokens(sender) == tokens(json.dumps(expected, ensure_ascii=False)), message_id
+
+
+def _identifier(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _trino_rows(trino: Any, name: str, timestamp: str) -> tuple[list[Any], list[Any]]:
+    """The rows per ``dt`` of the Trino table ``name``, and the rows :func:`_assert_read_as_loaded` checks."""
+    table = _identifier(name)
+    per_dt = trino.query("SELECT dt, count(*) FROM t GROUP BY dt ORDER BY dt".replace("FROM t", f"FROM {table}"))
+    query = "SELECT message_id, status.status_id, transform(audit, a -> a.audit_id), message.TS, message.sender FROM t"
+    return per_dt, trino.query(query.replace("FROM t", f"FROM {table}").replace(".TS,", f".{_identifier(timestamp)},"))
 
 
 def _literal(text: str) -> str:
@@ -134,10 +173,14 @@ def _related(docs: list[tuple[str, str, str]]) -> tuple[dict[str, str], dict[str
 
 
 @pytest.mark.parametrize("engine", ENGINES[:1], indirect=True)
-def test_parquet_names_every_field_that_misfits_and_with_them_as_json_fields_duckdb_reads_it_all(
-    corpus, engine, run_backfill, s3_server, s3_bucket, duck
+def test_parquet_names_every_field_that_misfits_and_with_them_as_json_fields_duckdb_and_trino_read_it_all(
+    corpus, engine, run_backfill, s3_server, s3_bucket, duck, trino, caplog
 ):
     conf = _conf(s3_bucket, "parquet", part_max_records=10)
+    assert run_backfill(conf | {"dry_run": True}).state == "success"
+    sampled = re.search(r"Parquet columns cannot: add (\[.*?\]) to json_fields", caplog.text)
+    assert sampled and "message.sender" in json.loads(sampled.group(1))  # the dry run's sample page tells first
+
     assert run_backfill(conf).state == "failed"
     assert not [k for k in read_objects(s3_bucket, "fid/") if k.endswith("/_manifest.json")]  # every window misfits
 
@@ -175,22 +218,10 @@ def test_parquet_names_every_field_that_misfits_and_with_them_as_json_fields_duc
     def sql(query: str) -> list[Any]:
         return duck.sql(query.replace("FROM t", f"FROM {source}")).fetchall()
 
-    expected_dt: dict[str, int] = {}
-    for m in manifests.values():
-        expected_dt[m["window"]["start"][:10]] = expected_dt.get(m["window"]["start"][:10], 0) + m["messages"]
-    assert [(str(d), n) for d, n in sql("SELECT dt, count(*) FROM t GROUP BY dt ORDER BY dt")] == sorted(
-        expected_dt.items()
-    )
     rows = sql('SELECT message_id, status.status_id, list_transform(audit, lambda a: a.audit_id), '
                'message._timestamp, message.sender FROM t')  # fmt: skip
-    docs = _documents()
-    messages = {doc_id: json.loads(text) for index, doc_id, text in docs if index == MESSAGES}
-    assert sorted(r[0] for r in rows) == sorted(messages)  # every message once, lone surrogates and all
-    status, audit = _related(docs)
-    for message_id, status_id, audit_ids, timestamp, sender in rows:
-        assert status_id == status.get(message_id) and audit_ids == audit.get(message_id, []), message_id
-        assert timestamp == messages[message_id].get("@timestamp"), message_id
-        expected = messages[message_id].get("sender")
-        assert (sender is None) == (expected is None), message_id
-        if sender is not None:  # JSON text with every token of the source
-            assert tokens(sender) == tokens(json.dumps(expected, ensure_ascii=False)), message_id
+    _assert_read_as_loaded(sql("SELECT dt, count(*) FROM t GROUP BY dt ORDER BY dt"), rows, manifests)
+
+    table = AthenaTable("corpus_parquet", location, columns, ("2024-03-01", "2024-03-02"), parquet=True)
+    trino.register_glue_table(table.glue_input({}))  # Trino's Parquet reader, as Athena's
+    _assert_read_as_loaded(*_trino_rows(trino, "corpus_parquet", "_timestamp"), manifests)

@@ -141,11 +141,12 @@ def fetch_archive(version: str = ES_VERSION, engine: str = "elasticsearch") -> P
     return fetch_maven_zip(dist.maven_group, engine, version, dist.display_name)
 
 
-def fetch_maven_zip(group: str, artifact_id: str, version: str, display_name: str) -> Path:
-    """Return the zip ``group:artifact_id:version`` (e.g. a server archive or a plugin), downloading it
-    through Maven into the local Maven repository only if it is not there yet."""
-    artifact = f"{group}:{artifact_id}:{version}:zip"
-    archive = _maven_repository() / group.replace(".", "/") / artifact_id / version / f"{artifact_id}-{version}.zip"
+def fetch_maven_zip(group: str, artifact_id: str, version: str, display_name: str, packaging: str = "zip") -> Path:
+    """Return the zip (or other ``packaging``) ``group:artifact_id:version`` (e.g. a server archive or a plugin),
+    downloading it through Maven into the local Maven repository only if it is not there yet."""
+    artifact = f"{group}:{artifact_id}:{version}:{packaging}"
+    folder = _maven_repository() / group.replace(".", "/") / artifact_id / version
+    archive = folder / f"{artifact_id}-{version}.{packaging}"
     if archive.is_file():
         log.info("Reusing cached %s archive %s", display_name, archive)
         return archive
