@@ -40,7 +40,17 @@ import pyarrow.parquet as pq
 from es_backfill import exactjson
 from es_backfill.config import column_path_text
 from es_backfill.sink import CONTENT_TYPES, ObjectInfo, ObjectStore, PartUpload
-from es_backfill.table import AthenaNames, Misfit, ParquetMisfit, Path, Type, athena_type, fits, widened
+from es_backfill.table import (
+    AthenaNames,
+    Misfit,
+    ParquetMisfit,
+    Path,
+    Type,
+    athena_type,
+    case_collides,
+    fits,
+    widened,
+)
 
 ROW_GROUP_ROWS = 20_000
 ROW_GROUP_BYTES = 16 * 2**20
@@ -62,6 +72,8 @@ def _arrow_type(kind: Type, names: AthenaNames) -> pa.DataType:
         return _ARROW[kind]
     if "array" in kind:
         return pa.list_(_arrow_type(kind["array"], names))
+    if case_collides(kind["struct"]):
+        return pa.string()
     return pa.struct([pa.field(names.of(name), _arrow_type(t, names)) for name, t in kind["struct"].items()])
 
 
@@ -96,6 +108,8 @@ class RowEncoder:
     def _compile(self, kind: Type, path: Path) -> Callable[[Any], Any]:
         if isinstance(kind, str):
             return self._leaf(kind, path)
+        if "struct" in kind and case_collides(kind["struct"]):
+            return self._leaf("json", path)
         if "array" in kind:
             element = self._compile(kind["array"], path)
 
@@ -188,7 +202,7 @@ class RowDecoder:
         return self._decode(row)
 
     def _compile(self, kind: Type, names: AthenaNames) -> Callable[[Any], Any]:
-        if kind == "json":
+        if kind == "json" or (isinstance(kind, dict) and "struct" in kind and case_collides(kind["struct"])):
             return exactjson.loads
         if isinstance(kind, str):
             return lambda value: value

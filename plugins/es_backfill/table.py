@@ -109,11 +109,14 @@ def _union(a: Type, b: Type) -> Type:
 
 
 def _struct(fields: dict[str, Type]) -> Type:
-    """A struct of ``fields``; ``json`` if it has none, or two whose names differ only in case (Athena's and
-    Parquet readers' names are case-insensitive: two fields would read one key)."""
-    if not fields or len({name.lower() for name in fields}) < len(fields):
-        return "json"
-    return {"struct": fields}
+    """A struct of ``fields``; ``json`` if it has none, or two whose names differ only in case."""
+    return "json" if not fields or case_collides(fields) else {"struct": fields}
+
+
+def case_collides(fields: dict[str, Type]) -> bool:
+    """Whether two of a struct's field names differ only in case: Athena's and Parquet readers' names are
+    case-insensitive, so such a struct (which a widening can make) is read as JSON text."""
+    return len({name.lower() for name in fields}) < len(fields)
 
 
 def to_saved(columns: dict[str, Type]) -> list[list[Any]]:
@@ -318,8 +321,8 @@ def athena_type(kind: Type, names: AthenaNames, *, ddl: bool = True) -> str:
     if "array" in kind:
         return f"array<{athena_type(kind['array'], names, ddl=ddl)}>"
     fields = kind["struct"]
-    if len({name.lower() for name in fields}) < len(fields):
-        return "string"  # Athena's field names are case-insensitive: two would read one key
+    if case_collides(fields):
+        return "string"
     return "struct<" + ",".join(f"{_field(names.of(name), ddl)}:{athena_type(t, names, ddl=ddl)}"
                                 for name, t in fields.items()) + ">"  # fmt: skip
 
@@ -335,6 +338,8 @@ def duckdb_type(kind: Type) -> str:
         return _DUCKDB[kind]
     if "array" in kind:
         return f"{duckdb_type(kind['array'])}[]"
+    if case_collides(kind["struct"]):
+        return "VARCHAR"
     return "STRUCT(" + ", ".join(f'"{name.replace(chr(34), chr(34) * 2)}" {duckdb_type(t)}'
                                  for name, t in kind["struct"].items()) + ")"  # fmt: skip
 

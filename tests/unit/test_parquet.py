@@ -180,3 +180,12 @@ def test_the_encoder_counts_the_bytes_of_the_values_it_encoded():
     encoder = RowEncoder(COLUMNS)
     encoder.encode(record(1, tags="x" * 1000))
     assert 1000 < encoder.size < 1200
+
+
+def test_a_struct_that_json_fields_give_two_names_differing_in_case_is_json_text_as_in_the_ddl():
+    columns = widened(COLUMNS, [("message", "sender", "Name")])
+    assert str(arrow_schema(columns).field("message").type.field("sender").type) == "string"
+    sender = {"name": "a", "Name": "b"}
+    (data,) = write([record(1, sender=sender)], columns).objects.values()
+    assert read(data, columns)[0]["message"]["sender"] == sender
+    assert pq.read_table(io.BytesIO(data)).to_pylist()[0]["message"]["sender"] == '{"name":"a","Name":"b"}'

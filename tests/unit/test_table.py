@@ -167,6 +167,8 @@ def test_an_index_with_nothing_mapped_yet_leaves_the_others_columns_typed():
 
 
 def test_a_struct_whose_field_names_differ_only_in_case_is_json_text_in_every_reader():
+    widened_struct = {"struct": {"Name": "string", "name": "json"}}
+    assert athena_type(widened_struct, AthenaNames({})) == "string" and duckdb_type(widened_struct) == "VARCHAR"
     mapping = {"properties": {"Name": {"type": "keyword"}, "name": {"type": "keyword"}, "n": {"type": "long"}}}
     assert from_mappings([{"properties": {"sender": mapping}}], [])["message"] == {"struct": {"sender": "json"}}
     assert from_mappings([{"properties": {"Name": {"type": "keyword"}}}, {"properties": {"name": {"type": "keyword"}}}],
