@@ -494,6 +494,8 @@ def _json_fields(texts: list[str], problems: list[str]) -> tuple[tuple[str, ...]
             continue
         if path[0] in ("message_id", "window"):
             problems.append(f"json_fields[{i}]: {path[0]} is the record's {path[0]}, a string; name another field")
+        elif path == ("dt",):
+            problems.append(f"json_fields[{i}]: dt is the table's partition column, which no record field can be")
         elif path not in paths:
             paths.append(path)
     return tuple(paths)

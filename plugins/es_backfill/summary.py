@@ -140,6 +140,9 @@ def write_table(
             "%s fields hold values their mappings do not type (read as JSON text in the table): %s",
             len(found), ", ".join(".".join(path) for path in found[:20]),
         )  # fmt: skip
+    if ("dt",) in found:
+        log.warning("Records hold a top-level key dt (a transform's?), which the table does not read: its partition "
+                    "column dt is the event day of the folder")  # fmt: skip
     days = sorted(Window.from_dict(w).day for w in planned)
     athena = AthenaTable(table_name(config.backfill_name), table_location(config), widened(columns, found),
                          (days[0], days[-1]), parquet=config.output_format == "parquet")  # fmt: skip

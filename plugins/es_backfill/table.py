@@ -248,9 +248,15 @@ class ParquetMisfit(ValueError):
 
 
 def widened(columns: dict[str, Type], misfits: Iterable[Sequence[str]]) -> dict[str, Type]:
-    """``columns`` with each misfit path made ``json`` (added to its struct if the struct lacks it)."""
+    """``columns`` with each misfit path made ``json`` (added to its struct if the struct lacks it). A name no
+    DDL can hold (one with a lone surrogate) makes the struct holding it ``json`` instead; a top-level ``dt``
+    (which a transform may add) cannot be a column beside the partition column ``dt`` and is left out."""
     out = _copy(columns)
-    for path in misfits:
+    for whole in misfits:
+        unnameable = [i for i, name in enumerate(whole) if _SURROGATE.search(name)]
+        path = whole[: unnameable[0]] if unnameable else whole
+        if not path or tuple(path) == (PARTITION,):
+            continue
         fields: Any = out
         for name in path[:-1]:
             fields = _fields_of(fields.get(name))
@@ -259,6 +265,10 @@ def widened(columns: dict[str, Type], misfits: Iterable[Sequence[str]]) -> dict[
         else:
             fields[path[-1]] = "json"
     return out
+
+
+PARTITION = "dt"
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _fields_of(node: Any) -> Any:

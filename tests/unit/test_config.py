@@ -165,6 +165,7 @@ BAD_CONFS = [
     ({"json_fields": ["message.`a.b"]}, "json_fields[0]: 'message.`a.b' has a backquote that is not closed"),
     ({"json_fields": ["message..tags"]}, "json_fields[0]: 'message..tags' has an empty name"),
     ({"json_fields": ["window"]}, "json_fields[0]: window is the record's window, a string; name another field"),
+    ({"json_fields": ["dt"]}, "json_fields[0]: dt is the table's partition column, which no record field can be"),
     ({"page_size": "1000"}, 'page_size must be an integer, not "1000"'),
     ({"page_size": True}, "page_size must be an integer, not true"),
     ({"page_size": 10_001}, "page_size must be within 100..10000, not 10001"),

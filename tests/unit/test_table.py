@@ -166,6 +166,14 @@ def test_an_index_with_nothing_mapped_yet_leaves_the_others_columns_typed():
     assert from_mappings([{}], [])["message"] == "json"
 
 
+def test_a_key_no_ddl_can_name_widens_the_struct_holding_it_and_a_top_level_dt_is_left_to_the_partition():
+    columns = _columns()
+    out = widened(columns, [("message", "sender", "\ud83d"), ("dt",), ("audit", "\udc00x")])
+    assert out["message"]["struct"]["sender"] == "json" and out["audit"] == "json"
+    assert "dt" not in out and out["status"] == columns["status"]
+    AthenaTable("t", "s3://b/root/", out, ("2024-03-01", "2024-03-01")).ddl().encode()  # UTF-8, as written
+
+
 def test_a_struct_whose_field_names_differ_only_in_case_is_json_text_in_every_reader():
     widened_struct = {"struct": {"Name": "string", "name": "json"}}
     assert athena_type(widened_struct, AthenaNames({})) == "string" and duckdb_type(widened_struct) == "VARCHAR"
