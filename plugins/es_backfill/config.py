@@ -300,7 +300,7 @@ class BackfillConfig:
         if source.redact:
             settings["redact"] = [asdict(rule) for rule in source.redact]
         if self.json_fields:
-            settings["json_fields"] = [column_path_text(path) for path in self.json_fields]
+            settings["json_fields"] = sorted(column_path_text(path) for path in self.json_fields)  # a set
         if source.transform:
             settings["transform"] = source.transform
             # Its code too: a resume after the function changed would mix old and new records.
@@ -421,6 +421,14 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
         problems += source_problems
         source = None if source_problems else _source_config(merged, problems)
 
+    if source is not None:
+        columns = ["message", *(spec.name for spec in source.related)]
+        problems += [
+            f"json_fields[{i}]: {column_path_text(path)!r} is a field of no column: the record's columns are "
+            f"{', '.join(columns)} (a single name is a top-level key a transform adds)"
+            for i, path in enumerate(json_fields) if len(path) > 1 and path[0] not in columns
+        ]  # fmt: skip
+
     if problems:
         raise ConfigError(problems)
     assert start and end and source is not None
@@ -492,9 +500,9 @@ def _json_fields(texts: list[str], problems: list[str]) -> tuple[tuple[str, ...]
         except ValueError as err:
             problems.append(f"json_fields[{i}]: {err}")
             continue
-        if path[0] in ("message_id", "window"):
+        if path[0].lower() in ("message_id", "window"):
             problems.append(f"json_fields[{i}]: {path[0]} is the record's {path[0]}, a string; name another field")
-        elif path == ("dt",):
+        elif path[0].lower() == "dt":
             problems.append(f"json_fields[{i}]: dt is the table's partition column, which no record field can be")
         elif path not in paths:
             paths.append(path)

@@ -7,27 +7,33 @@ as Athena names them (:class:`~es_backfill.table.AthenaNames`: ``@timestamp`` is
 :class:`RowDecoder` gives the names back as written. Every window's files have this schema, whatever their
 documents hold. The rules for a value (after redaction and the transform):
 
-* ``null`` is null; a key that is missing is null too.
+* ``null`` is null, and so is a key that is missing (or unmapped, holding null: the engines map no field
+  that only ever held null).
 * A ``json`` column holds the value's JSON text whatever it is (a string as ``"text"``, quoted), written as
   the JSON formats write it: every number's digits, every key in its form, a lone surrogate escaped.
 * Anything else must fit its type: a string column takes strings (without lone surrogates, which Parquet's
-  UTF-8 cannot hold), an integer column integers in its range, a double column finite numbers (integers
-  only where a double holds them exactly), a boolean column booleans, a struct objects whose keys it has,
-  a list lists. Otherwise the window writes nothing more, checks the rest of its records and fails
-  (:class:`ParquetMisfit`) naming every field that misfits, a message for each, and the ``json_fields``
-  entries that make those fields JSON text: an array where the mapping has one value, ``"5"``
-  in a ``long``, a field a ``dynamic: false`` object does not map, a key written with dots (``"a.b"``,
-  which is not the struct's ``a``). Never a silent null.
+  UTF-8 cannot hold), an integer column integers in its range (with every digit; the integer ``-0`` is 0), a
+  double column finite numbers and the integers a double holds exactly (``2**53 + 2``, ``10**20``; not
+  ``2**53 + 1``), a boolean column booleans, a struct objects whose keys it has, a list lists. Otherwise the
+  window writes nothing more, checks the rest of its records and fails (:class:`ParquetMisfit`) naming every
+  field that misfits, a message for each, and the ``json_fields`` entries that make those fields JSON text:
+  an array where the mapping has one value, ``"5"`` in a ``long``, a field a ``dynamic: false`` object does
+  not map, a key written with dots (``"a.b"``, which is not the struct's ``a``). Never a silent null.
+  What no entry can fix fails at once, saying so: a top-level key a transform adds that the table cannot
+  have (``dt``, ``message_id`` or ``window`` of another type, a name differing only in case from a column),
+  a value JSON cannot hold, a key that is not a string.
 * A double is a value: ``1.10`` is stored as 1.1. The JSON formats keep every number's spelling.
 
-Files are ``part-NNNNN.parquet``, cut at the same record and byte limits as JSON Lines parts (the bytes of
-the values, as :class:`RowEncoder` counts them), in row groups of at most :data:`ROW_GROUP_ROWS` rows or
-about :data:`ROW_GROUP_BYTES` of values, so memory stays bounded; zstd-compressed; streamed to S3 as a
-multipart upload. pyarrow is pinned (25.0.0, as MWAA 3.3.1 ships), so the same records give the same bytes.
+Files are ``part-NNNNN.parquet``, cut at the same record and byte limits as JSON Lines parts (the size of the
+values as :class:`RowEncoder` counts it: a string's characters, 8 for any other scalar), in row groups of at
+most :data:`ROW_GROUP_ROWS` rows or about :data:`ROW_GROUP_BYTES` of values, so memory stays bounded;
+zstd-compressed; streamed to S3 as a multipart upload. pyarrow is pinned (25.0.0, as MWAA 3.3.1 ships), so the
+same records give the same bytes.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +45,7 @@ import pyarrow.parquet as pq
 
 from es_backfill import exactjson
 from es_backfill.config import column_path_text
+from es_backfill.exactjson import Number
 from es_backfill.sink import CONTENT_TYPES, ObjectInfo, ObjectStore, PartUpload
 from es_backfill.table import (
     AthenaNames,
@@ -93,7 +100,8 @@ def _described(value: Any) -> str:
 
 class RowEncoder:
     """Records into rows of :func:`arrow_schema` (raising :class:`Misfit`), compiled once per window;
-    ``size`` counts the bytes of the values encoded since it was last reset."""
+    ``size`` counts the size of the values encoded since it was last reset (a string's characters, 8 for any
+    other scalar)."""
 
     def __init__(self, columns: dict[str, Type]) -> None:
         self.columns = columns
@@ -144,13 +152,20 @@ class RowEncoder:
             return string
 
         def scalar(value: Any) -> Any:
+            if kind == "double" and isinstance(value, int) and not isinstance(value, bool):
+                try:
+                    number = float(value)
+                except OverflowError:
+                    number = math.inf
+                if number != value:  # a double would not hold the integer's digits
+                    raise self._misfit(path, value, kind)
+                self.size += 8
+                return number
             if not fits(value, kind):
                 raise self._misfit(path, value, kind)
             self.size += 8
-            if kind in _INTEGERS:
-                return int(value)  # an exactjson Number holding an integer (-0) is a float
-            if kind == "double" and not isinstance(value, float) and float(value) != value:
-                raise self._misfit(path, value, kind)  # a double would not hold the integer's digits
+            if kind in _INTEGERS and isinstance(value, Number):
+                return int(value.text)  # the integer -0, which exactjson keeps as a Number (a float)
             return value
 
         return scalar
@@ -165,13 +180,17 @@ class RowEncoder:
                 raise self._misfit(path, value, kind)
             row = {}
             for key, item in value.items():
+                if item is None:
+                    continue  # null, as a missing key is (the engines map no field that only ever held null)
                 field = compiled.get(key)
+                if not isinstance(key, str):  # only a transform can make one
+                    raise Misfit((*path, str(key)), f"{column_path_text(path) or 'the record'} has a key that is "
+                                 f"not a string: {key!r}")  # fmt: skip
                 if field is None:
                     where = f"the struct {column_path_text(path)}" if path else "the table"
                     raise Misfit((*path, key), f"{column_path_text((*path, key))} is not a field of {where}"
                                         " (a field its mapping does not have, or a key written with dots)")  # fmt: skip
-                if item is not None:
-                    row[field[0]] = field[1](item)
+                row[field[0]] = field[1](item)
             return row
 
         return struct
@@ -236,10 +255,11 @@ class MisfitFinder:
                 self._encoder.encode(record)
                 return
             except Misfit as err:
-                if err.path in self.found:  # JSON text cannot hold it either (what a transform returned)
-                    raise ParquetMisfit(where, {err.path: f"message {record_id!r}: {err}"}) from err
-                self.found[err.path] = f"message {record_id!r}: {err}"
-                self._encoder = RowEncoder(widened(self.columns, self.found))
+                found = {**self.found, err.path: f"message {record_id!r}: {err}"}
+                columns = widened(self.columns, found)
+                if err.path in self.found or columns == self._encoder.columns:  # no json_fields entry can help
+                    raise ParquetMisfit(where, {err.path: found[err.path]}, fixable=False) from err
+                self.found, self._encoder = found, RowEncoder(columns)
 
     def json_fields(self) -> list[str]:
         """The ``json_fields`` entries that make every field found JSON text, sorted."""
@@ -382,5 +402,5 @@ def read_records(file: IO[bytes], columns: dict[str, Type], batch_rows: int = 10
         for batch in parquet.iter_batches(batch_size=batch_rows):
             for row in batch.to_pylist():
                 yield decoder.decode(row)
-    except pa.ArrowException as err:
+    except (pa.ArrowException, OSError) as err:  # pyarrow reports a corrupt file as either
         raise ValueError(str(err)) from err

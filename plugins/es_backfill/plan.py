@@ -29,7 +29,7 @@ from es_backfill.records import build_record, dumps_line
 from es_backfill.shape import Shaper
 from es_backfill.sink import ObjectStore
 from es_backfill.source import SCROLL, AccessDenied, BadRequest, NotFound, Reader
-from es_backfill.table import table_location, table_name
+from es_backfill.table import ParquetMisfit, table_location, table_name
 from es_backfill.windows import Window, WindowError, balance, iso, split
 
 log = logging.getLogger(__name__)
@@ -417,25 +417,29 @@ def read_sample(config: BackfillConfig, reader: Reader) -> Sample:
         if shaper is None or (record := shaper.apply(record)) is not None:
             records[message_id] = record
     if config.output_format == "parquet":
-        return _parquet_sample(config, reader, records, started)
+        return _parquet_sample(config, reader, len(hits), records, started)
     data = b"".join(dumps_line(record) for record in records.values())
     size = len(gzip.compress(data, mtime=0)) if config.output_format == "jsonl.gz" else len(data)
     return Sample(len(hits), time.perf_counter() - started, size)
 
 
 def _parquet_sample(
-    config: BackfillConfig, reader: Reader, records: dict[str, dict[str, Any]], started: float
+    config: BackfillConfig, reader: Reader, read: int, records: dict[str, dict[str, Any]], started: float
 ) -> Sample:
-    """The sample as Parquet: the fields its records misfit (which ``json_fields`` must name) and, with those as
-    JSON text, its size."""
+    """The sample (``read`` messages, ``records`` kept by the transform) as Parquet: the fields its records
+    misfit (which ``json_fields`` must name) and, with those as JSON text, its size. ConfigError if no
+    ``json_fields`` can hold what a record holds."""
     from es_backfill.parquet import MisfitFinder, parquet_bytes  # pyarrow, only for the runs that need it
 
     finder = MisfitFinder(output_columns(config, reader))
-    for message_id, record in records.items():
-        finder.check(message_id, record, "The dry run's sample")
+    try:
+        for message_id, record in records.items():
+            finder.check(message_id, record, "The dry run's sample")
+    except ParquetMisfit as err:
+        raise ConfigError([str(err)]) from err
     columns = table.widened(finder.columns, finder.found)
     size = len(parquet_bytes(columns, list(records.values())))
-    return Sample(len(records), time.perf_counter() - started, size, finder.json_fields())
+    return Sample(read, time.perf_counter() - started, size, finder.json_fields())
 
 
 def schedule_seconds(durations: list[float], slots: int) -> float:

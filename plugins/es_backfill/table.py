@@ -218,8 +218,10 @@ def fits(value: Any, kind: str) -> bool:
         return False
     if kind == "double":
         return math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1023
-    if isinstance(value, float) and not (isinstance(value, Number) and value.text.lstrip("-").isdigit()):
-        return False  # an exactjson Number is a float: the integer -0 is one
+    if isinstance(value, float):
+        if not (isinstance(value, Number) and value.text.lstrip("-").isdigit()):
+            return False
+        value = int(value.text)  # an exactjson Number is a float: the integer -0 is one (compared exactly)
     bits = _RANGES[kind]
     return -(2**bits) <= value < 2**bits
 
@@ -234,28 +236,37 @@ class Misfit(ValueError):
 
 class ParquetMisfit(ValueError):
     """What a window's records hold that their Parquet columns cannot: ``found`` has each such field's path
-    and what the first message found held there."""
+    and what the first message found held there. Unless ``fixable`` is false (no column can hold it: a key a
+    transform added that the table cannot have, or a value JSON cannot hold), ``json_fields`` fixes it."""
 
-    def __init__(self, where: str, found: dict[Path, str]) -> None:
+    def __init__(self, where: str, found: dict[Path, str], *, fixable: bool = True) -> None:
         self.found = found
+        self.fixable = fixable
         fields = [column_path_text(path) for path in found]
-        super().__init__(
-            f"{where}: {len(found)} field(s) hold values their Parquet columns cannot ({'; '.join(found.values())}). "
+        fix = (
             f"Add them to the run's json_fields to store them as JSON text ({json.dumps(fields)}); that changes the "
-            "backfill's schema, so re-trigger with force: true (the whole backfill is written again). The window "
-            "has no manifest; what it wrote is replaced when it runs again"
+            "backfill's schema, so re-trigger with force: true (the whole backfill is written again)"
+            if fixable
+            else "No json_fields entry can hold it: change the transform (top-level keys message_id, window and dt "
+            "and names differing only in case from a column are the table's own)"
         )
+        text = (
+            f"{where}: {len(found)} field(s) hold values their Parquet columns cannot ({'; '.join(found.values())}). "
+            f"{fix}. The window has no manifest; what it wrote is replaced when it runs again"
+        )
+        super().__init__(text.encode("utf-8", "backslashreplace").decode())  # a lone surrogate, escaped for logs
 
 
 def widened(columns: dict[str, Type], misfits: Iterable[Sequence[str]]) -> dict[str, Type]:
     """``columns`` with each misfit path made ``json`` (added to its struct if the struct lacks it). A name no
-    DDL can hold (one with a lone surrogate) makes the struct holding it ``json`` instead; a top-level ``dt``
-    (which a transform may add) cannot be a column beside the partition column ``dt`` and is left out."""
+    DDL can hold (one with a lone surrogate) makes the struct holding it ``json`` instead; a top-level key that
+    cannot be a column (``dt``, which a transform may add beside the partition column, ...) is left out."""
     out = _copy(columns)
+    taken = {name.lower(): name for name in columns}
     for whole in misfits:
         unnameable = [i for i, name in enumerate(whole) if _SURROGATE.search(name)]
         path = whole[: unnameable[0]] if unnameable else whole
-        if not path or tuple(path) == (PARTITION,):
+        if not path or (len(path) == 1 and _not_a_column(path[0], taken)):
             continue
         fields: Any = out
         for name in path[:-1]:
@@ -268,6 +279,15 @@ def widened(columns: dict[str, Type], misfits: Iterable[Sequence[str]]) -> dict[
 
 
 PARTITION = "dt"
+_OWN = {"message_id", "window", PARTITION}  # top-level names whose type no record decides
+
+
+def _not_a_column(name: str, taken: dict[str, str]) -> bool:
+    """Whether a top-level key ``name`` cannot be (or become) a JSON-text column: ``message_id``, ``window`` and
+    ``dt`` are the table's own, and a name that differs only in case from a column would read as that column."""
+    return name.lower() in _OWN or taken.get(name.lower(), name) != name
+
+
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 

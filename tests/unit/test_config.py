@@ -59,7 +59,9 @@ def test_json_fields_are_paths_of_table_fields_a_name_with_dots_in_backquotes():
     config = from_params(GOOD | {"json_fields": ["message.tags", "message.`a.b`.c", "history.`x``y`", "message.tags"]},
                          DEFAULTS)  # fmt: skip
     assert config.json_fields == (("message", "tags"), ("message", "a.b", "c"), ("history", "x`y"))
-    assert config.shaping_settings()["json_fields"] == ["message.tags", "message.`a.b`.c", "history.`x``y`"]
+    assert config.shaping_settings()["json_fields"] == ["history.`x``y`", "message.`a.b`.c", "message.tags"]
+    reordered = from_params(GOOD | {"json_fields": ["history.`x``y`", "message.`a.b`.c", "message.tags"]}, DEFAULTS)
+    assert reordered.fingerprint() == config.fingerprint()  # a set of fields: the order does not re-plan
 
 
 def test_the_fingerprint_covers_the_transforms_code_not_only_its_name(tmp_path, monkeypatch):
@@ -165,7 +167,10 @@ BAD_CONFS = [
     ({"json_fields": ["message.`a.b"]}, "json_fields[0]: 'message.`a.b' has a backquote that is not closed"),
     ({"json_fields": ["message..tags"]}, "json_fields[0]: 'message..tags' has an empty name"),
     ({"json_fields": ["window"]}, "json_fields[0]: window is the record's window, a string; name another field"),
-    ({"json_fields": ["dt"]}, "json_fields[0]: dt is the table's partition column, which no record field can be"),
+    ({"json_fields": ["DT"]}, "json_fields[0]: dt is the table's partition column, which no record field can be"),
+    ({"json_fields": ["Window"]}, "json_fields[0]: Window is the record's Window, a string; name another field"),
+    ({"json_fields": ["message.tags", "mesage.tags"]}, "json_fields[1]: 'mesage.tags' is a field of no column: the "
+     "record's columns are message, history, status, audit"),
     ({"page_size": "1000"}, 'page_size must be an integer, not "1000"'),
     ({"page_size": True}, "page_size must be an integer, not true"),
     ({"page_size": 10_001}, "page_size must be within 100..10000, not 10001"),

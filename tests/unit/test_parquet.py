@@ -189,3 +189,54 @@ def test_a_struct_that_json_fields_give_two_names_differing_in_case_is_json_text
     (data,) = write([record(1, sender=sender)], columns).objects.values()
     assert read(data, columns)[0]["message"]["sender"] == sender
     assert pq.read_table(io.BytesIO(data)).to_pylist()[0]["message"]["sender"] == '{"name":"a","Name":"b"}'
+
+
+def test_integers_are_stored_with_every_digit_in_integer_and_double_columns():
+    big = exactjson.loads(b'{"size": 9223372036854775807, "score": 100000000000000000000, "n": -0}')
+    records = [
+        record(1, size=exactjson.Number("9007199254740993"), score=2**53 + 2, parts=[{"n": exactjson.Number("-0")}]),
+        record(2, size=big["size"], score=big["score"], parts=[{"n": big["n"]}]),
+        record(3, score=2**1023),
+    ]
+    (data,) = write(records).objects.values()
+    back = [r["message"] for r in read(data)]
+    assert back[0]["size"] == 9007199254740993 and back[0]["score"] == float(2**53 + 2)
+    assert back[1]["size"] == 2**63 - 1 and back[1]["score"] == 1e20 and back[1]["parts"] == [{"n": 0}]
+    assert back[2]["score"] == float(2**1023)
+
+
+def test_a_null_under_an_unmapped_key_is_null_as_a_missing_key_is():
+    (data,) = write([record(1, never_mapped=None, sender={"name": None, "other": None})]).objects.values()
+    assert read(data)[0]["message"] == {"@timestamp": "2024-03-01T00:00:00Z", "size": 1, "sender": {}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"Message": {"x": 1}}, "Message is not a field of the table"),
+        ({"DT": "2024-03-01"}, "DT is not a field of the table"),
+        ({"message_id": 7}, "message_id holds the number 7"),
+        ({"message": {"payload": {"when": {1, 2}}}}, "message.payload holds what JSON cannot"),
+        ({"message": {"sender": {1: "x"}}}, "message.sender has a key that is not a string: 1"),
+    ],
+)
+def test_what_no_json_fields_entry_can_hold_fails_at_once_saying_to_change_the_transform(extra, named):
+    with pytest.raises(ParquetMisfit) as raised:
+        write([record(1) | extra])
+    assert not raised.value.fixable and named in str(raised.value)
+    assert "No json_fields entry can hold it: change the transform" in str(raised.value)
+
+
+def test_a_misfit_names_a_key_with_a_lone_surrogate_in_a_message_logs_can_write():
+    with pytest.raises(ParquetMisfit) as raised:
+        write([record(1, sender={"\ud800x": 1})])
+    assert "message.sender.\\ud800x is not a field" in str(raised.value)
+    str(raised.value).encode()  # UTF-8, as a log handler writes it
+
+
+def test_a_corrupt_file_is_reported_as_unreadable():
+    (data,) = write([record(1)]).objects.values()
+    for at in (4, len(data) // 2, len(data) - 20):
+        broken = data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+        with pytest.raises(ValueError):
+            read(broken)
