@@ -32,6 +32,7 @@ import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import date, timedelta
 from typing import Any
 
 from es_backfill.config import BackfillConfig, column_path_text
@@ -444,7 +445,7 @@ class AthenaTable:
             "projection.enabled": "true",
             "projection.dt.type": "date",
             "projection.dt.format": "yyyy-MM-dd",
-            "projection.dt.range": f"{self.days[0]},{self.days[1]}",
+            "projection.dt.range": f"{self.days[0]},{_after(self.days[0], self.days[1])}",
             "projection.dt.interval": "1",
             "projection.dt.interval.unit": "DAYS",
             "storage.location.template": f"{self.location}dt=${{dt}}/",
@@ -493,6 +494,14 @@ class AthenaTable:
                 "SerdeInfo": {"SerializationLibrary": self.storage.serde, "Parameters": self.serde_properties(names)},
             },
         }
+
+
+def _after(first: str, last: str) -> str:
+    """``last``, or for a range of one day the day after it: the engine (Trino's check, which Athena's engine
+    shares) refuses a projection range whose two dates are not sequential."""
+    if last > first:
+        return last
+    return (date.fromisoformat(first) + timedelta(days=1)).isoformat()
 
 
 def _pairs(properties: dict[str, str]) -> str:

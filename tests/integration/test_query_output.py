@@ -225,3 +225,20 @@ def test_parquet_names_every_field_that_misfits_and_with_them_as_json_fields_duc
     table = AthenaTable("corpus_parquet", location, columns, ("2024-03-01", "2024-03-02"), parquet=True)
     trino.register_glue_table(table.glue_input({}))  # Trino's Parquet reader, as Athena's
     _assert_read_as_loaded(*_trino_rows(trino, "corpus_parquet", "_timestamp"), manifests)
+
+
+def test_trino_takes_a_one_day_projection_and_keeps_the_keys_inside_json_text_as_written(trino, s3_server, s3_bucket):
+    """``case.insensitive`` matches the table's columns to keys in any case; the JSON text of a JSON-text column
+    keeps every key as written."""
+    line = (b'{"message_id":"m1","window":"w","message":{"@timestamp":"t","Payload":{"Gen":1,"inner":{"UP":"x"}},'
+            b'"SUBJECT":"S"}}\n')  # fmt: skip
+    s3_client(s3_server.endpoint_url).put_object(
+        Bucket=s3_bucket, Key="one/dt=2024-03-01/w/part-00000.jsonl.gz", Body=gzip.compress(line)
+    )
+    columns = {"message_id": "string", "window": "string",
+               "message": {"struct": {"@timestamp": "string", "payload": "json", "subject": "string"}}}  # fmt: skip
+    table = AthenaTable("one_day", f"s3://{s3_bucket}/one/", columns, ("2024-03-01", "2024-03-01"))
+    assert "'projection.dt.range' = '2024-03-01,2024-03-02'" in table.ddl()  # Trino refuses two equal dates
+    trino.register_glue_table(table.glue_input({}))
+    rows = trino.query("SELECT message.payload, message.subject, message._timestamp, dt FROM one_day")
+    assert rows == [['{"Gen":1,"inner":{"UP":"x"}}', "S", "t", "2024-03-01"]]

@@ -73,8 +73,8 @@ class RunningTrino:
 
     def register_glue_table(self, table_input: dict[str, Any]) -> None:
         """Put a table into the file metastore as the Glue Data Catalog's ``TableInput`` describes it (columns with
-        their Hive types, SerDe and its parameters, location), in the schema ``default``, then register its
-        partitions from its folders (Trino's Hive connector has no partition projection)."""
+        their Hive types, SerDe and its parameters, location, and its properties, among them Athena's partition
+        projection, which Trino's Hive connector also reads), in the schema ``default``."""
         storage = table_input["StorageDescriptor"]
         formats = {"org.openx.data.jsonserde.JsonSerDe": "OPENX_JSON",
                    "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe": "PARQUET"}  # fmt: skip
@@ -95,10 +95,20 @@ class RunningTrino:
         folder = self.metastore / "default" / table_input["Name"]
         folder.mkdir(parents=True)
         (folder / ".trinoSchema").write_text(json.dumps(schema))
-        self.query(f"CALL system.sync_partition_metadata('default', '{table_input['Name']}', 'ADD')")
 
     def query(self, sql: str) -> list[list[Any]]:
-        """The rows of ``sql`` (one statement), or :class:`TrinoError` with Trino's message."""
+        """The rows of ``sql`` (one statement), or :class:`TrinoError` with Trino's message. Retried while the
+        server has no worker yet (its own announces itself a moment after the server answers)."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                return self._query(sql)
+            except TrinoError as err:
+                if "NO_NODES_AVAILABLE" not in str(err) or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.5)
+
+    def _query(self, sql: str) -> list[list[Any]]:
         request = urllib.request.Request(
             f"{self.url}/v1/statement", data=sql.encode(), headers=self.HEADERS, method="POST"
         )
