@@ -1,7 +1,8 @@
-"""The backfill's operations outside Airflow: ``plan`` (a dry run) and ``verify``.
+"""The backfill's operations outside Airflow: ``plan`` (a dry run), ``verify`` and ``table``.
 
     python -m es_backfill.cli verify --conf conf.json
     python -m es_backfill.cli plan --conf '{"start": "2024-03-01", "end": "2024-03-08", "s3_bucket": "b"}'
+    python -m es_backfill.cli table --conf conf.json
 
 ``--conf`` takes the same JSON as the DAG's trigger form (inline or a file). Clients
 come from the Airflow connections named in the config, or from ``--es-url`` and
@@ -11,6 +12,9 @@ would, prints per-window counts and the estimate, and exits 2 on a bad conf.
 ``verify`` prints its report and exits 1 if it found a problem; it never writes. ``verify --redaction``
 also proves the redaction rules on every record (no field a ``drop`` rule names, in any form; only
 hashes and masks where ``hash`` and ``mask`` rules apply): the report to show whoever approves the export.
+``table`` writes ``_athena.sql`` for a backfill already written (from its plan and window manifests, as
+``summarise`` does), registers the table in the conf's ``glue_database`` if it names one, and prints the DDL;
+it needs no cluster.
 Run with ``plugins/`` on ``PYTHONPATH``; ``make verify CONF=conf.json`` does.
 """
 
@@ -24,6 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from es_backfill.catalog import GlueCatalog
 from es_backfill.config import BackfillConfig, ConfigError, defaults_path, from_params, load_defaults
 from es_backfill.sink import ObjectStore
 from es_backfill.source import Reader, SourceError
@@ -50,31 +55,51 @@ def _conf(text: str) -> dict[str, Any]:
     return conf
 
 
-def _clients(config: BackfillConfig, args: argparse.Namespace) -> tuple[Reader, ObjectStore]:
-    """The reader and the store; ConfigError if the cluster refuses ``GET /`` or runs an engine it cannot read."""
+def _reader(config: BackfillConfig, args: argparse.Namespace) -> Reader:
+    """The reader; ConfigError if the cluster refuses ``GET /`` or runs an engine it cannot read."""
     from es_backfill.engines import ConnectionSettings
     from es_backfill.hooks import open_reader, search_reader
 
     if args.es_url:
         settings = ConnectionSettings(args.es_url.rstrip("/"), request_timeout_s=config.source.request_timeout_s)
-        reader = open_reader(
+        return open_reader(
             settings, "--es-url", max_retries=config.source.max_retries, max_in_flight=config.source.max_in_flight
         )
-    else:
-        reader = search_reader(config.source)
-    if args.s3_endpoint_url:
-        import boto3
+    return search_reader(config.source)
 
+
+def _store(config: BackfillConfig, args: argparse.Namespace) -> ObjectStore:
+    if args.s3_endpoint_url:
         from es_backfill.sink import S3_CLIENT_CONFIG
 
-        # A session of its own: credentials as the environment has them now, not as an earlier client cached them.
-        s3 = boto3.session.Session().client("s3", endpoint_url=args.s3_endpoint_url, config=S3_CLIENT_CONFIG)
-        store = ObjectStore(s3, config.s3_bucket, config.encryption)
-    else:
-        from es_backfill.hooks import object_store
+        s3 = _session().client("s3", endpoint_url=args.s3_endpoint_url, config=S3_CLIENT_CONFIG)
+        return ObjectStore(s3, config.s3_bucket, config.encryption)
+    from es_backfill.hooks import object_store
 
-        store = object_store(config)
-    return reader, store
+    return object_store(config)
+
+
+def _catalog(config: BackfillConfig, args: argparse.Namespace) -> GlueCatalog | None:
+    """The conf's ``glue_database`` (None without one): at ``--s3-endpoint-url`` when given (a server of S3 and
+    Glue, as moto is), else through the conf's AWS connection."""
+    if not config.glue_database:
+        return None
+    if not args.s3_endpoint_url:
+        from es_backfill.hooks import glue_catalog
+
+        return glue_catalog(config)
+    from es_backfill.catalog import GLUE_CLIENT_CONFIG
+
+    glue = _session().client("glue", endpoint_url=args.s3_endpoint_url, config=GLUE_CLIENT_CONFIG)
+    return GlueCatalog(glue, config.glue_database)
+
+
+def _session() -> Any:
+    """A boto3 session of its own: credentials as the environment has them now, not as an earlier client cached
+    them."""
+    import boto3
+
+    return boto3.session.Session()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "--s3-endpoint-url",
         help="an S3 endpoint instead of the conf's Airflow connection; credentials from the usual AWS environment",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{plan,verify}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{plan,verify,table}")
     commands.add_parser(
         "plan",
         parents=[common],
@@ -111,11 +136,22 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also prove the redaction rules on every record: no dropped field, only hashes and masks",
     )
+    commands.add_parser(
+        "table",
+        parents=[common],
+        help="write _athena.sql for a backfill already written (and register it in the conf's glue_database)",
+        description="Writes the table over a backfill already written, as the DAG's summarise task does: "
+        "_athena.sql from its plan's columns and its windows' findings, and the table in the conf's glue_database "
+        "if it names one. Prints the DDL. Needs no cluster; exits 2 if there is no plan with columns.",
+    ).set_defaults(redaction=False)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = from_params(_conf(args.conf), load_defaults(args.defaults))
-        reader, store = _clients(config, args)
+        store = _store(config, args)
+        if args.command == "table":
+            return _table(config, store, _catalog(config, args))
+        reader = _reader(config, args)
     except (ConfigError, SourceError) as err:  # a bad conf, a cluster that cannot be read: one line, no traceback
         print(err, file=sys.stderr)
         return 2
@@ -128,6 +164,16 @@ def main(argv: list[str] | None = None) -> int:
             print(err, file=sys.stderr)
             return 2
         return _run(args.command, config, reader, store, args.redaction)
+
+
+def _table(config: BackfillConfig, store: ObjectStore, catalog: GlueCatalog | None) -> int:
+    from es_backfill.plan import check_bucket, check_catalog
+    from es_backfill.summary import write_existing_table
+
+    check_bucket(store)
+    check_catalog(config, catalog)
+    print(write_existing_table(config, store, catalog)["ddl"], end="")
+    return 0
 
 
 def _run(command: str, config: BackfillConfig, reader: Reader, store: ObjectStore, redaction: bool = False) -> int:

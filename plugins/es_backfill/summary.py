@@ -16,7 +16,7 @@ from typing import Any
 
 from es_backfill import lease, manifest
 from es_backfill.catalog import GlueCatalog
-from es_backfill.config import BackfillConfig
+from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.lease import Holder
 from es_backfill.sink import ObjectStore
 from es_backfill.table import AthenaTable, table_location, table_name, widened
@@ -156,6 +156,25 @@ def write_table(
         catalog.register(athena)
         described["glue_table"] = f"{catalog.database}.{athena.name}"
     return described
+
+
+def write_existing_table(
+    config: BackfillConfig, store: ObjectStore, catalog: GlueCatalog | None = None
+) -> dict[str, Any]:
+    """:func:`write_table` for a backfill written before (the CLI's ``table``): the columns from its saved plan,
+    widened by what the manifests of its windows found (a window without a manifest adds nothing). ConfigError if
+    there is no plan with columns."""
+    saved = manifest.read_plan(store, config)
+    if saved is None or saved.table is None:
+        raise ConfigError([
+            f"s3://{config.s3_bucket}/{config.root_prefix}/ holds no plan with table columns (none, or one planned by "
+            "an older version): check s3_bucket, s3_prefix and backfill_name, or re-plan it with force: true"
+        ])  # fmt: skip
+    found = [
+        (manifest.read(store, manifest.window_manifest_key(config, window)) or {}).get("table_misfits", [])
+        for window in saved.windows
+    ]
+    return write_table(config, store, saved.table, [w.to_dict() for w in saved.windows], found, catalog)
 
 
 def output_asset(config: BackfillConfig, run: dict[str, Any]) -> tuple[str, dict[str, Any]]:

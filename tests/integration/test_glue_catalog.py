@@ -4,12 +4,15 @@ by a rerun, and never put over another backfill's table."""
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import orjson
 import pytest
 
+from es_backfill.cli import main as cli
 from es_backfill.table import AthenaTable, from_saved, widened
-from tests.integration.support import read_objects, source_override, utc
+from tests.integration.support import read_objects, s3_client, source_override, utc
 
 
 @pytest.fixture
@@ -72,3 +75,31 @@ def test_a_missing_glue_database_fails_the_plan_naming_it(seeded_small, run_back
     out, err = capfd.readouterr()
     assert "glue_database 'no_such_db' does not exist in the Glue Data Catalog: create it" in out + err
     assert read_objects(s3_bucket, "glue/") == {}
+
+
+def test_the_cli_writes_and_registers_the_table_of_a_parquet_backfill_already_written(
+    seeded, run_backfill, s3_server, s3_bucket, glue, capsys
+):
+    names, _ = seeded({"messages": 40, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
+    # The generator's lists where the mappings have one value or one object (README: Parquet output).
+    fields = ["message.recipients", "message.tags", "status.changes"]
+    conf = _conf(names, s3_bucket, "parquet-orders", output_format="parquet", json_fields=fields)
+    assert run_backfill(conf).state == "success"
+    key = "glue/parquet-orders/_athena.sql"
+    ddl = read_objects(s3_bucket, key)[key].decode()
+    assert "\nSTORED AS PARQUET\n" in ddl  # the run succeeded: those json_fields are all the data needs
+    registered = glue.get_table(DatabaseName="exports", Name="parquet_orders")["Table"]
+    assert registered["Parameters"]["classification"] == "parquet"
+
+    s3_client(s3_server.endpoint_url).delete_object(Bucket=s3_bucket, Key=key)
+    glue.delete_table(DatabaseName="exports", Name="parquet_orders")
+    capsys.readouterr()
+    assert cli(["table", "--conf", json.dumps(conf)]) == 0  # no cluster needed
+    assert capsys.readouterr().out.endswith(ddl)  # after the hooks' log lines, in this process
+    assert read_objects(s3_bucket, key)[key].decode() == ddl
+    again = glue.get_table(DatabaseName="exports", Name="parquet_orders")["Table"]
+    assert again["StorageDescriptor"] == registered["StorageDescriptor"]
+    assert again["Parameters"] == registered["Parameters"]
+
+    assert cli(["table", "--conf", json.dumps(conf | {"backfill_name": "never-run"})]) == 2
+    assert "glue/never-run/ holds no plan with table columns" in capsys.readouterr().err
