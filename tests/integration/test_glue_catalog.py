@@ -30,8 +30,8 @@ def _conf(names, bucket: str, backfill_name: str, **extra):
             **extra}  # fmt: skip
 
 
-def test_the_run_registers_its_table_a_rerun_updates_it_and_another_backfill_of_that_name_is_refused(
-    seeded, run_backfill, s3_bucket, glue, capfd
+def test_the_run_registers_its_table_a_rerun_and_the_cli_update_it_and_another_backfill_of_that_name_is_refused(
+    seeded, run_backfill, s3_server, s3_bucket, glue, capfd
 ):
     names, _ = seeded({"messages": 60, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
     assert run_backfill(_conf(names, s3_bucket, "orders-2024")).state == "success"
@@ -54,10 +54,30 @@ def test_the_run_registers_its_table_a_rerun_updates_it_and_another_backfill_of_
     assert table["Parameters"]["projection.dt.range"] == "2024-03-01,2024-03-02"
     assert run["table"]["ddl"] == objects["glue/orders-2024/_athena.sql"].decode() == expected.ddl()
 
-    # A rerun (a day more) updates the table it registered.
-    assert run_backfill(_conf(names, s3_bucket, "orders-2024", end="2024-03-04", force=True)).state == "success"
+    # A rerun (a day more, in Parquet) updates the table it registered. The generator's lists where the mappings
+    # have one value or one object are what its data needs in json_fields (README: Parquet output).
+    fields = ["message.recipients", "message.tags", "status.changes"]
+    parquet = _conf(names, s3_bucket, "orders-2024", end="2024-03-04", force=True, output_format="parquet",
+                    json_fields=fields)  # fmt: skip
+    assert run_backfill(parquet).state == "success"
     table = glue.get_table(DatabaseName="exports", Name="orders_2024")["Table"]
     assert table["Parameters"]["projection.dt.range"] == "2024-03-01,2024-03-03"
+    assert table["Parameters"]["classification"] == "parquet"
+    key = "glue/orders-2024/_athena.sql"
+    ddl = read_objects(s3_bucket, key)[key].decode()
+    assert "\nSTORED AS PARQUET\n" in ddl
+
+    # The CLI writes and registers the table of a backfill already written, with no cluster.
+    s3_client(s3_server.endpoint_url).delete_object(Bucket=s3_bucket, Key=key)
+    glue.delete_table(DatabaseName="exports", Name="orders_2024")
+    capfd.readouterr()
+    assert cli(["table", "--conf", json.dumps(parquet)]) == 0
+    assert capfd.readouterr().out.endswith(ddl)  # after the hooks' log lines, in this process
+    assert read_objects(s3_bucket, key)[key].decode() == ddl
+    again = glue.get_table(DatabaseName="exports", Name="orders_2024")["Table"]
+    assert (again["StorageDescriptor"], again["Parameters"]) == (table["StorageDescriptor"], table["Parameters"])
+    assert cli(["table", "--conf", json.dumps(parquet | {"backfill_name": "never-run"})]) == 2
+    assert "glue/never-run/ holds no plan with table columns" in capfd.readouterr().err
 
     # Another backfill whose table takes the same name is refused at plan, before it writes anything.
     capfd.readouterr()
@@ -75,31 +95,3 @@ def test_a_missing_glue_database_fails_the_plan_naming_it(seeded_small, run_back
     out, err = capfd.readouterr()
     assert "glue_database 'no_such_db' does not exist in the Glue Data Catalog: create it" in out + err
     assert read_objects(s3_bucket, "glue/") == {}
-
-
-def test_the_cli_writes_and_registers_the_table_of_a_parquet_backfill_already_written(
-    seeded, run_backfill, s3_server, s3_bucket, glue, capsys
-):
-    names, _ = seeded({"messages": 40, "start": utc(2024, 3, 1), "end": utc(2024, 3, 3)})
-    # The generator's lists where the mappings have one value or one object (README: Parquet output).
-    fields = ["message.recipients", "message.tags", "status.changes"]
-    conf = _conf(names, s3_bucket, "parquet-orders", output_format="parquet", json_fields=fields)
-    assert run_backfill(conf).state == "success"
-    key = "glue/parquet-orders/_athena.sql"
-    ddl = read_objects(s3_bucket, key)[key].decode()
-    assert "\nSTORED AS PARQUET\n" in ddl  # the run succeeded: those json_fields are all the data needs
-    registered = glue.get_table(DatabaseName="exports", Name="parquet_orders")["Table"]
-    assert registered["Parameters"]["classification"] == "parquet"
-
-    s3_client(s3_server.endpoint_url).delete_object(Bucket=s3_bucket, Key=key)
-    glue.delete_table(DatabaseName="exports", Name="parquet_orders")
-    capsys.readouterr()
-    assert cli(["table", "--conf", json.dumps(conf)]) == 0  # no cluster needed
-    assert capsys.readouterr().out.endswith(ddl)  # after the hooks' log lines, in this process
-    assert read_objects(s3_bucket, key)[key].decode() == ddl
-    again = glue.get_table(DatabaseName="exports", Name="parquet_orders")["Table"]
-    assert again["StorageDescriptor"] == registered["StorageDescriptor"]
-    assert again["Parameters"] == registered["Parameters"]
-
-    assert cli(["table", "--conf", json.dumps(conf | {"backfill_name": "never-run"})]) == 2
-    assert "glue/never-run/ holds no plan with table columns" in capsys.readouterr().err
