@@ -8,7 +8,8 @@ backfill has the same table. A type is ``"string"``, ``"bigint"``, ``"int"``, ``
 ``{"struct": {name: type}}`` or an ``{"array": type}``. Dates are strings (the engines accept many
 formats); ``enabled: false`` objects, ``flattened``, ``unsigned_long``, geo, range and any other type
 are ``json``; an object mapped without properties is ``json``; aliases and multi-fields are not in
-``_source`` and get no column.
+``_source`` and get no column. The run's ``json_fields`` make the fields they name ``json`` too
+(:func:`widened`); Parquet's schema is these columns (:mod:`es_backfill.parquet`).
 
 A mapping says what the engine indexes, not what ``_source`` holds: any field may hold an array, a
 number a mapping coerced from a string, keys written with dots (``"a.b": 1``, which the engines map

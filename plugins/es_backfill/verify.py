@@ -170,7 +170,6 @@ class _Tally:
         self.window = window
         self.reader = reader
         self.seen = seen
-        self.columns = seen.columns
         self.records = 0
         self.related: Counter[str] = Counter()
         self.in_es: Counter[str] = Counter()
@@ -310,10 +309,10 @@ def _check_object(store: ObjectStore, key: str, obj: dict[str, Any], tally: _Tal
     chunks = store.stream(key)
     if chunks is None:
         return [("missing object", key)]
-    sha, size, pending = hashlib.sha256(), 0, b""
-    gunzip = zlib.decompressobj(wbits=31) if key.endswith(".gz") else None
     if key.endswith(".parquet"):
         return _check_parquet(key, chunks, obj, tally)
+    sha, size, pending = hashlib.sha256(), 0, b""
+    gunzip = zlib.decompressobj(wbits=31) if key.endswith(".gz") else None
     undecodable = None
     for chunk in chunks:
         sha.update(chunk)
@@ -352,9 +351,9 @@ def _check_parquet(key: str, chunks: Iterator[bytes], obj: dict[str, Any], tally
         spool.seek(0)
         undecodable = None
         try:
-            if tally.columns is None:
+            if tally.seen.columns is None:
                 raise ValueError("the backfill's plan has no table columns, which Parquet's schema comes from")
-            for record in read_records(spool, tally.columns):
+            for record in read_records(spool, tally.seen.columns):
                 tally.add(record)
         except ValueError as err:
             undecodable = str(err)
