@@ -4,7 +4,8 @@ the S3 server through Trino's native S3 file system.
 The server is ``io.trino:trino-server`` from Maven Central (about 820 MB once, cached in the local Maven
 repository), unpacked into the cache directory with only its Hive plugin, and run on a JDK 24+ (Temurin 25
 here). It starts in about 15-25 s and takes about 600 MB. :class:`RunningTrino` sends SQL through Trino's
-HTTP protocol (``POST /v1/statement``, then ``nextUri`` until the query ends).
+HTTP protocol (``POST /v1/statement``, then ``nextUri`` until the query ends). The JIT stops at its first tier:
+the tests' few queries do not repay the optimising compiler's CPU, which the suite's other process needs.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ START_TIMEOUT_S = 180
 QUERY_TIMEOUT_S = 300
 JVM_CONFIG = """-server
 -Xmx2G
+-XX:TieredStopAtLevel=1
 -XX:InitialRAMPercentage=5
 -XX:+UseG1GC
 -XX:+ExplicitGCInvokesConcurrent
