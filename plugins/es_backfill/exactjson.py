@@ -28,12 +28,17 @@ from typing import Any
 
 import orjson
 
-__all__ = ["Number", "dumps", "loads"]
+__all__ = ["Number", "dumps", "has_lone_surrogate", "loads"]
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # The integer -0 (or something in a string like it): a cheap test (a literal search, about 4 ms on a 10 MB
 # page) that spares most responses a call per integer.
 _NEGATIVE_ZERO = re.compile(r"-0(?:[,\]} \n\r\t]|$)")
+
+
+def has_lone_surrogate(text: str) -> bool:
+    """Whether ``text`` holds a lone surrogate (which UTF-8 cannot encode)."""
+    return not text.isascii() and _SURROGATE.search(text) is not None
 
 
 class Number(float):

@@ -34,7 +34,6 @@ same records give the same bytes.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -45,7 +44,7 @@ import pyarrow.parquet as pq
 
 from es_backfill import exactjson
 from es_backfill.config import column_path_text
-from es_backfill.exactjson import Number
+from es_backfill.exactjson import Number, has_lone_surrogate
 from es_backfill.sink import CONTENT_TYPES, ObjectInfo, ObjectStore, PartUpload
 from es_backfill.table import (
     AthenaNames,
@@ -62,7 +61,6 @@ from es_backfill.table import (
 ROW_GROUP_ROWS = 20_000
 ROW_GROUP_BYTES = 16 * 2**20
 COMPRESSION = "zstd"
-_SURROGATE = re.compile("[\ud800-\udfff]")
 _ARROW = {"string": pa.string(), "json": pa.string(), "bigint": pa.int64(), "int": pa.int32(),
           "smallint": pa.int16(), "tinyint": pa.int8(), "double": pa.float64(), "boolean": pa.bool_()}  # fmt: skip
 _INTEGERS = {"bigint", "int", "smallint", "tinyint"}
@@ -92,7 +90,7 @@ def _described(value: Any) -> str:
     if isinstance(value, list):
         return "a list"
     if isinstance(value, str):
-        return "a string with a lone surrogate" if _SURROGATE.search(value) else "a string"
+        return "a string with a lone surrogate" if has_lone_surrogate(value) else "a string"
     if isinstance(value, int | float):
         return f"the number {exactjson.dumps(value).decode()[:40]}"
     return f"a {type(value).__name__}"
@@ -144,7 +142,7 @@ class RowEncoder:
         if kind == "string":
 
             def string(value: Any) -> str:
-                if not isinstance(value, str) or (not value.isascii() and _SURROGATE.search(value)):
+                if not isinstance(value, str) or has_lone_surrogate(value):
                     raise self._misfit(path, value, kind)
                 self.size += len(value)
                 return value

@@ -37,7 +37,7 @@ from datetime import date, timedelta
 from typing import Any
 
 from es_backfill.config import BackfillConfig, column_path_text
-from es_backfill.exactjson import Number
+from es_backfill.exactjson import Number, has_lone_surrogate
 
 Type = str | dict[str, Any]
 Path = tuple[str, ...]
@@ -266,7 +266,7 @@ def widened(columns: dict[str, Type], misfits: Iterable[Sequence[str]]) -> dict[
     out = _copy(columns)
     taken = {name.lower(): name for name in columns}
     for whole in misfits:
-        unnameable = [i for i, name in enumerate(whole) if _SURROGATE.search(name)]
+        unnameable = [i for i, name in enumerate(whole) if has_lone_surrogate(name)]
         path = whole[: unnameable[0]] if unnameable else whole
         if not path or (len(path) == 1 and _not_a_column(path[0], taken)):
             continue
@@ -288,9 +288,6 @@ def _not_a_column(name: str, taken: dict[str, str]) -> bool:
     """Whether a top-level key ``name`` cannot be (or become) a JSON-text column: ``message_id``, ``window`` and
     ``dt`` are the table's own, and a name that differs only in case from a column would read as that column."""
     return name.lower() in _OWN or taken.get(name.lower(), name) != name
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _fields_of(node: Any) -> Any:

@@ -66,10 +66,9 @@ class VerifyReport:
         return "\n".join(lines)
 
 
-def planned_windows(config: BackfillConfig, store: ObjectStore) -> tuple[list[Window], str | None]:
-    """The windows the backfill planned (saved by its plan task), or the plain split of its range; and why
+def planned_windows(config: BackfillConfig, saved: manifest.SavedPlan | None) -> tuple[list[Window], str | None]:
+    """The windows the backfill planned (``saved`` by its plan task), or the plain split of its range; and why
     the saved plan could not be used, if there is one that does not match the settings."""
-    saved = manifest.read_plan(store, config)
     if saved is not None and saved.fingerprint == config.fingerprint():
         return saved.windows, None
     windows = split(config.start, config.end, config.window, max_windows=10**9)
@@ -81,7 +80,8 @@ def planned_windows(config: BackfillConfig, store: ObjectStore) -> tuple[list[Wi
 def verify(config: BackfillConfig, reader: Reader, store: ObjectStore, *, redaction: bool = False) -> VerifyReport:
     """Check the backfill of ``config``, whose ``cluster_uuid`` is the cluster ``reader`` reads; with
     ``redaction``, also that every record obeys the redaction rules (see :class:`RedactionCheck`)."""
-    windows, plan_problem = planned_windows(config, store)
+    saved = manifest.read_plan(store, config)
+    windows, plan_problem = planned_windows(config, saved)
     report = VerifyReport(windows=len(windows))
     if plan_problem:
         report.findings.append(Finding(BACKFILL, "plan", plan_problem))
@@ -89,8 +89,7 @@ def verify(config: BackfillConfig, reader: Reader, store: ObjectStore, *, redact
         Finding(BACKFILL, "unaccounted object", key) for key in manifest.foreign_objects(store, config, windows)
     ]
     seen = _Seen(MessageIds("message_id", spill=True), RedactionCheck(config.source.redact) if redaction else None)
-    saved = manifest.read_plan(store, config) if config.output_format == "parquet" else None
-    seen.columns = saved.table if saved is not None else None
+    seen.columns = saved.table if saved is not None else None  # Parquet's schema
     live_counts = window_counts(config, reader, windows)
     for window, live in zip(windows, live_counts, strict=True):
         for kind, detail in _verify_window(config, window, live, reader, store, seen):
