@@ -39,10 +39,12 @@ def _timed_run(names, es_url: str, store: ObjectStore, prefix: str, **source) ->
 def test_the_read_rate_stays_under_max_messages_per_second(seeded, es_cluster, s3_server, s3_bucket):
     names, _ = seeded({"messages": 1400, "start": utc(2024, 3, 1), "end": utc(2024, 3, 2), "no_related_ratio": 0.5})
     store = ObjectStore(s3_client(s3_server.endpoint_url), s3_bucket)
-    free, free_s, _ = _timed_run(names, es_cluster.url, store, "free")
-    assert free / free_s > 2 * 250  # unthrottled, this window reads far faster than the cap below
-
     limit = 250.0
+    free, free_s, _ = _timed_run(names, es_cluster.url, store, "free")
+    # Unthrottled, this window reads faster than the cap below (by a margin only: the other half of the suite
+    # shares the 2 cores), so the cap is what paces the capped run.
+    assert free / free_s > 1.25 * limit
+
     messages, elapsed, page_times = _timed_run(names, es_cluster.url, store, "capped", max_messages_per_second=limit)
     assert messages == free and elapsed > 4  # several seconds
     # By any moment, at most limit * t messages plus one page have been asked for: each page request comes

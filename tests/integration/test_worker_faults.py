@@ -127,7 +127,9 @@ class Runs:
             ti = self.running_try(run_id, map_index, try_number)
             return ti if ti and moment(prefix, map_index) else None
 
-        return self.when(f"window {map_index + 1}, try {try_number}, at {moment.__name__}", check)
+        # A retry's moment comes after the heartbeat timeout, Airflow's detection and a new task process: time
+        # a loaded 2-core machine can double.
+        return self.when(f"window {map_index + 1}, try {try_number}, at {moment.__name__}", check, timeout=300)
 
     def when(self, what: str, check: Callable[[], Any], timeout: float = 120) -> Any:
         return self.airflow.wait_for(what, check, timeout=timeout, every=0.1)

@@ -314,11 +314,12 @@ def test_the_gate_runs_before_fault_rules_and_refusals_do_not_count_for_them(pro
 
 @pytest.fixture
 def aws_profile(tmp_path: Path, ring: KeyRing, monkeypatch: pytest.MonkeyPatch) -> str:
-    """An AWS config file whose profile gets a fresh 1 s session key from the ring's credential process."""
+    """An AWS config file whose profile gets a fresh 3 s session key from the ring's credential process (a
+    shorter one can expire before botocore reads it when the process starts slowly on a loaded machine)."""
     config = write_aws_config(
         tmp_path / "aws-config",
         profile=PROFILE,
-        credential_process=credential_process_command(ring.path, ttl_s=1),
+        credential_process=credential_process_command(ring.path, ttl_s=3),
         region=REGION,
     )
     monkeypatch.setenv("AWS_CONFIG_FILE", str(config))
@@ -354,7 +355,7 @@ def test_adding_a_key_drops_keys_expired_for_longer_than_the_prune_horizon(ring)
 
 
 def test_rotating_credentials_keep_passing_while_expired_keys_are_refused(proxy, ring, verifier, aws_profile):
-    verifier.expiry_grace_s = 0.5  # waiting out the first key's expiry takes the key's 1 s and this
+    verifier.expiry_grace_s = 0.5  # waiting out the first key's expiry takes the key's 3 s and this
     credentials = boto3.session.Session(profile_name=aws_profile).get_credentials()
     assert isinstance(credentials, RefreshableCredentials)
     assert credentials.method == "custom-process"

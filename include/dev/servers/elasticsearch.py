@@ -427,8 +427,11 @@ def run_node(
         started = time.monotonic()
 
         def launch() -> tuple[subprocess.Popen, str]:
+            """Start the node and wait until it is healthy; ``proc`` names it from the start, so a node that
+            fails to get healthy (or a Ctrl-C while it starts) is stopped on the way out too."""
+            nonlocal proc
             with log_file.open("ab") as out:
-                launched = subprocess.Popen(
+                proc = subprocess.Popen(
                     [*run_as, str(home / "bin" / engine)],
                     cwd=home,  # OpenSearch 3's jvm.options names its agent jar relative to the home
                     env=env,
@@ -436,16 +439,13 @@ def run_node(
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
                 )
-            return launched, _wait_for_health(url, launched, log_file, dist.display_name, opener)
+            return proc, _wait_for_health(url, proc, log_file, dist.display_name, opener)
 
         def restart() -> int:
             """Stop the node and start it again on the same ports and data; its new pid once healthy."""
-            nonlocal proc
             assert proc is not None
             _stop(proc)
-            proc = None
-            proc, _ = launch()
-            return proc.pid
+            return launch()[0].pid
 
         proc, node_version = launch()
         _check_root_document(url, engine, log_file, opener)

@@ -1,7 +1,7 @@
 """A real S3-compatible HTTP server on this machine: moto in server mode.
 
-:func:`running_s3` starts ``moto.server`` in its own process on 127.0.0.1 and a
-free port, waits until it answers, and stops it afterwards. When
+:func:`running_s3` starts moto's server (``moto_server``: S3's conditional writes made atomic) in its
+own process on 127.0.0.1 and a free port, waits until it answers, and stops it afterwards. When
 ``S3_ENDPOINT_URL`` is set (for example MinIO from docker compose) that server
 is used instead. :func:`aws_connection_uri` builds the ``AIRFLOW_CONN_AWS_DEFAULT``
 value that points the Amazon provider's hooks at the server.
@@ -29,6 +29,7 @@ from include.dev.servers.ports import free_port
 log = logging.getLogger(__name__)
 
 STARTUP_TIMEOUT_S = 60
+PROJECT_ROOT = Path(__file__).resolve().parents[3]  # where ``include.dev.servers.moto_server`` imports from
 # moto accepts any credentials; these only have to be present and consistent.
 TEST_ACCESS_KEY = "testing"
 TEST_SECRET_KEY = "testing"  # noqa: S105 - a local test server's dummy secret
@@ -68,7 +69,8 @@ def running_s3() -> Iterator[RunningS3]:
     # moto logs every request; a file (not a pipe nobody reads) keeps it from blocking.
     log_file = tempfile.NamedTemporaryFile(prefix="moto-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        [sys.executable, "-m", "include.dev.servers.moto_server", "127.0.0.1", str(port)],
+        cwd=PROJECT_ROOT,
         stdout=log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,
