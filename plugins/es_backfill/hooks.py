@@ -11,14 +11,15 @@ and login/password (basic auth); its extra may hold:
   Service, signed with the AWS connection's refreshing credentials;
 * TLS: ``verify_certs`` (default true), ``ca_certs``, ``client_cert``, ``client_key``.
 
-S3 comes from the Amazon provider's ``S3Hook`` with explicit timeouts and standard-mode
-retries (5xx and SlowDown back off with jitter). Secrets never reach logs or errors.
+S3 comes from the Amazon provider's ``S3Hook`` (Glue from ``GlueCatalogHook``) with explicit timeouts and
+standard-mode retries (5xx and SlowDown back off with jitter); what the AWS connection's extra sets in
+``config_kwargs`` overrides them. Secrets never reach logs or errors.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseHook
 
@@ -27,6 +28,9 @@ from es_backfill.config import BackfillConfig, ConfigError, SourceConfig
 from es_backfill.engines import AwsAuth, ConnectionSettings, UnsupportedEngine, connect
 from es_backfill.sink import S3_CLIENT_CONFIG, ObjectStore
 from es_backfill.source import AccessDenied, Reader, RequestRejected, SourceError, TlsRefused
+
+if TYPE_CHECKING:
+    from botocore.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +212,8 @@ def object_store(config: BackfillConfig) -> ObjectStore:
     """The run's bucket through ``S3Hook`` on its ``aws_conn_id``, writing with the run's encryption."""
     from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 
-    client = S3Hook(aws_conn_id=config.source.aws_conn_id, config=S3_CLIENT_CONFIG).get_conn()
+    conn_id = config.source.aws_conn_id
+    client = S3Hook(aws_conn_id=conn_id, config=_client_config(conn_id, S3_CLIENT_CONFIG)).get_conn()
     return ObjectStore(client, config.s3_bucket, config.encryption)
 
 
@@ -218,8 +223,23 @@ def glue_catalog(config: BackfillConfig) -> GlueCatalog | None:
 
     if not config.glue_database:
         return None
-    client = GlueCatalogHook(aws_conn_id=config.source.aws_conn_id, config=GLUE_CLIENT_CONFIG).get_conn()
+    conn_id = config.source.aws_conn_id
+    client = GlueCatalogHook(aws_conn_id=conn_id, config=_client_config(conn_id, GLUE_CLIENT_CONFIG)).get_conn()
     return GlueCatalog(client, config.glue_database)
+
+
+def _client_config(conn_id: str, defaults: Config) -> Config:
+    """Our timeouts and retries (``defaults``) under what the AWS connection ``conn_id`` sets in its extra's
+    ``config_kwargs`` (a proxy, a retry budget), whose values win: a hook given a config ignores the
+    connection's, so the two are merged here."""
+    from airflow.providers.amazon.aws.utils.connection_wrapper import AwsConnectionWrapper
+    from airflow.sdk.exceptions import AirflowNotFoundException
+
+    try:
+        own = AwsConnectionWrapper(conn=BaseHook.get_connection(conn_id)).botocore_config
+    except AirflowNotFoundException:
+        return defaults  # the hook goes on without it (boto3's own credentials), as it would without us
+    return defaults.merge(own) if own else defaults
 
 
 def redaction_key(source: SourceConfig) -> bytes | None:

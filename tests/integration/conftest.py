@@ -14,6 +14,7 @@ from include.dev.datagen import DatasetSpec, IndexNames, generate, load
 from include.dev.servers.elasticsearch import elasticsearch_connection_uri
 from tests.integration.support import unique_indices, utc
 
+S3_CONFIG_KWARGS = {"retries": {"mode": "standard", "max_attempts": 2}}  # the scheduler stack's, in aws_default
 HEARTBEAT_TIMEOUT_S = 30  # [scheduler] task_instance_heartbeat_timeout of the scheduler stack (default 300)
 
 
@@ -115,8 +116,8 @@ class SchedulerStack:
 @pytest.fixture(scope="session")
 def scheduler_stack(es_cluster, s3_server) -> Iterator[SchedulerStack]:
     """One Airflow (api-server, scheduler, dag-processor, LocalExecutor, PostgreSQL) for the session: retries
-    after 1 s, and a task whose worker stops heartbeating is given up after ``HEARTBEAT_TIMEOUT_S``. Each test
-    leaves the proxies without faults."""
+    after 1 s, an S3 request given up after 3 attempts, and a task whose worker stops heartbeating is given up
+    after ``HEARTBEAT_TIMEOUT_S``. Each test leaves the proxies without faults."""
     from include.dev.servers.airflow_stack import running_airflow
     from include.dev.servers.faultproxy import FaultProxy
     from include.dev.servers.postgres import running_postgres
@@ -129,7 +130,8 @@ def scheduler_stack(es_cluster, s3_server) -> Iterator[SchedulerStack]:
     ):
         env = {
             "AIRFLOW_CONN_ELASTICSEARCH_DEFAULT": elasticsearch_connection_uri(es_proxy.url),
-            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection_uri(s3_proxy.url),
+            # 3 attempts per S3 request (not our 9): an S3 outage fails a task in seconds, not minutes.
+            "AIRFLOW_CONN_AWS_DEFAULT": aws_connection_uri(s3_proxy.url, S3_CONFIG_KWARGS),
             "ES_BACKFILL_RETRY_DELAY_S": "1",
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT": str(HEARTBEAT_TIMEOUT_S),
             "AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT_DETECTION_INTERVAL": "2",

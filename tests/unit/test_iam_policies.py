@@ -94,12 +94,14 @@ HOOK_HANDOUTS = {"get_conn", "get_session"}
 
 
 def _aws_hook_names(tree: ast.Module) -> set[str]:
-    """The names imported from the Amazon provider (``S3Hook``, ``AwsBaseHook``)."""
+    """The hook classes imported from the Amazon provider (``S3Hook``, ``AwsBaseHook``; its other names, such as
+    ``AwsConnectionWrapper``, which reads a connection's extra, make no AWS calls)."""
     return {
         alias.asname or alias.name
         for node in ast.walk(tree)
         if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("airflow.providers.amazon")
         for alias in node.names
+        if alias.name.endswith("Hook")
     }
 
 

@@ -46,14 +46,16 @@ class RunningS3:
     started_here: bool
 
 
-def aws_connection_uri(endpoint_url: str) -> str:
-    """The Airflow connection (JSON form) for ``aws_default`` pointing at ``endpoint_url``."""
+def aws_connection_uri(endpoint_url: str, config_kwargs: dict | None = None) -> str:
+    """The Airflow connection (JSON form) for ``aws_default`` pointing at ``endpoint_url``, with botocore's
+    ``config_kwargs`` in its extra when given."""
+    extra = {"endpoint_url": endpoint_url, "region_name": REGION}
     return json.dumps(
         {
             "conn_type": "aws",
             "login": os.environ.get("AWS_ACCESS_KEY_ID", TEST_ACCESS_KEY),
             "password": os.environ.get("AWS_SECRET_ACCESS_KEY", TEST_SECRET_KEY),
-            "extra": {"endpoint_url": endpoint_url, "region_name": REGION},
+            "extra": extra | ({"config_kwargs": config_kwargs} if config_kwargs else {}),
         }
     )
 
