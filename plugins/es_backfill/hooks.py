@@ -230,16 +230,22 @@ def glue_catalog(config: BackfillConfig) -> GlueCatalog | None:
 
 def _client_config(conn_id: str, defaults: Config) -> Config:
     """Our timeouts and retries (``defaults``) under what the AWS connection ``conn_id`` sets in its extra's
-    ``config_kwargs`` (a proxy, a retry budget), whose values win: a hook given a config ignores the
-    connection's, so the two are merged here."""
+    ``config_kwargs`` (a proxy, a retry budget), whose values win, ``retries`` key by key (``max_attempts``
+    alone keeps standard mode): a hook given a config ignores the connection's, so the two are merged here."""
     from airflow.providers.amazon.aws.utils.connection_wrapper import AwsConnectionWrapper
     from airflow.sdk.exceptions import AirflowNotFoundException
+    from botocore.config import Config
 
     try:
         own = AwsConnectionWrapper(conn=BaseHook.get_connection(conn_id)).botocore_config
     except AirflowNotFoundException:
+        log.warning("No connection %s to take botocore settings (config_kwargs) from: using ours", conn_id)
         return defaults  # the hook goes on without it (boto3's own credentials), as it would without us
-    return defaults.merge(own) if own else defaults
+    if own is None:
+        return defaults
+    if own.retries and defaults.retries:
+        own = own.merge(Config(retries={**defaults.retries, **own.retries}))
+    return defaults.merge(own)
 
 
 def redaction_key(source: SourceConfig) -> bytes | None:

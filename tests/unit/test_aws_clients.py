@@ -49,3 +49,11 @@ def test_the_connections_config_kwargs_win_and_the_rest_stays_ours(monkeypatch):
         assert config.proxies == {"https": "http://proxy.internal:3128"}
         assert config.connect_timeout == 10
     assert _clients()[0].meta.config.max_pool_connections == 16
+
+
+def test_a_retry_budget_alone_keeps_standard_mode(monkeypatch):
+    _connection(monkeypatch, config_kwargs={"retries": {"max_attempts": 1}, "read_timeout": 30})
+    for client in _clients():
+        config = client.meta.config
+        assert config.retries == {"mode": "standard", "total_max_attempts": 2}
+        assert config.read_timeout == 30 and config.connect_timeout == 10

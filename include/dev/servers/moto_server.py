@@ -32,7 +32,12 @@ def conditions_run_alone(app: WsgiApp) -> WsgiApp:
         if not any(name in environ for name in CONDITIONS):
             return app(environ, start_response)
         with lock:
-            return list(app(environ, start_response))
+            answer = app(environ, start_response)
+            try:
+                return list(answer)
+            finally:
+                if hasattr(answer, "close"):
+                    answer.close()  # as a WSGI server must, once the body is read
 
     return serve
 
