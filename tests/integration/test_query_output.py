@@ -64,10 +64,13 @@ def _read(con: duckdb.DuckDBPyConnection, files: list[str], columns: dict[str, s
     return con.sql(sql.replace("FROM t", f"FROM {source}")).fetchall()
 
 
+@pytest.mark.parametrize("output_format", ["jsonl.gz", "json"])
 @pytest.mark.parametrize("engine", ENGINES[:1], indirect=True)
-def test_duckdb_and_trino_read_the_output_with_the_columns_of_its_table(corpus, run_backfill, s3_bucket, duck, trino):
-    """On JSON Lines; ``output_format=json`` lays its objects out alike (one line each), under the same table."""
-    conf = _conf(s3_bucket, "jsonl.gz", part_max_records=10)
+def test_duckdb_and_trino_read_the_output_with_the_columns_of_its_table(
+    corpus, run_backfill, s3_bucket, duck, trino, output_format
+):
+    """On JSON Lines and on ``output_format=json``, whose objects (one line each) the same table reads."""
+    conf = _conf(s3_bucket, output_format, part_max_records=10)
     assert run_backfill(conf).state == "success"
     objects = read_objects(s3_bucket, "fid/")
     root = "fid/corpus"
@@ -109,7 +112,7 @@ def test_duckdb_and_trino_read_the_output_with_the_columns_of_its_table(corpus, 
 
     # Trino, Athena's engine, reads every object with the table as Glue would hold it: the same columns, SerDe and
     # SerDe properties (case.insensitive, mapping._timestamp = @timestamp, ...), through its OpenX JSON reader.
-    name = "corpus_jsonl"
+    name = f"corpus_{output_format.replace('.', '_')}"
     trino.register_glue_table(AthenaTable(name, location, columns, ("2024-03-01", "2024-03-02")).glue_input({}))
     _assert_read_as_loaded(*_trino_rows(trino, name, "_timestamp"), manifests)  # lone surrogates too (Java's strings)
 
