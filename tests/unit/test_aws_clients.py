@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 
 import pytest
@@ -15,22 +16,24 @@ DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "back
 CONF = {"start": "2024-03-01", "end": "2024-03-02", "s3_bucket": "my-bucket", "glue_database": "exports"}
 
 
-def _connection(monkeypatch: pytest.MonkeyPatch, **extra: object) -> None:
+def _connection(monkeypatch: pytest.MonkeyPatch, **extra: object) -> str:
+    """A connection of its own for each test (the suite's ``aws_default`` may be cached by earlier lookups)."""
+    conn_id = f"aws_clients_{uuid.uuid4().hex[:8]}"
     body = {"conn_type": "aws", "login": "AKIDEXAMPLE", "password": "example",
             "extra": {"region_name": "eu-west-1", **extra}}  # fmt: skip
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(body))
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(body))
+    return conn_id
 
 
-def _clients() -> list:
-    config = from_params(CONF, DEFAULTS)
+def _clients(conn_id: str) -> list:
+    config = from_params({**CONF, "source": {"aws_conn_id": conn_id}}, DEFAULTS)
     catalog = glue_catalog(config)
     assert catalog is not None
     return [object_store(config).client, catalog.client]
 
 
 def test_without_config_kwargs_the_clients_have_our_timeouts_and_retries(monkeypatch):
-    _connection(monkeypatch)
-    s3, glue = (client.meta.config for client in _clients())
+    s3, glue = (client.meta.config for client in _clients(_connection(monkeypatch)))
     # botocore counts the first try in: max_attempts (retries) 8 is 9 attempts in all
     assert (s3.connect_timeout, s3.read_timeout, s3.retries) == (10, 120, {"mode": "standard", "total_max_attempts": 9})
     assert (glue.connect_timeout, glue.read_timeout, glue.retries) == (
@@ -41,19 +44,19 @@ def test_without_config_kwargs_the_clients_have_our_timeouts_and_retries(monkeyp
 
 
 def test_the_connections_config_kwargs_win_and_the_rest_stays_ours(monkeypatch):
-    _connection(monkeypatch, config_kwargs={"retries": {"mode": "standard", "max_attempts": 3},
-                                            "proxies": {"https": "http://proxy.internal:3128"}})  # fmt: skip
-    for client in _clients():
+    conn_id = _connection(monkeypatch, config_kwargs={"retries": {"mode": "standard", "max_attempts": 3},
+                                                      "proxies": {"https": "http://proxy.internal:3128"}})  # fmt: skip
+    for client in _clients(conn_id):
         config = client.meta.config
         assert config.retries == {"mode": "standard", "total_max_attempts": 4}
         assert config.proxies == {"https": "http://proxy.internal:3128"}
         assert config.connect_timeout == 10
-    assert _clients()[0].meta.config.max_pool_connections == 16
+    assert _clients(conn_id)[0].meta.config.max_pool_connections == 16
 
 
 def test_a_retry_budget_alone_keeps_standard_mode(monkeypatch):
-    _connection(monkeypatch, config_kwargs={"retries": {"max_attempts": 1}, "read_timeout": 30})
-    for client in _clients():
+    conn_id = _connection(monkeypatch, config_kwargs={"retries": {"max_attempts": 1}, "read_timeout": 30})
+    for client in _clients(conn_id):
         config = client.meta.config
         assert config.retries == {"mode": "standard", "total_max_attempts": 2}
         assert config.read_timeout == 30 and config.connect_timeout == 10
