@@ -244,7 +244,12 @@ def _client_config(conn_id: str, defaults: Config) -> Config:
     if own is None:
         return defaults
     if own.retries and defaults.retries:
-        own = own.merge(Config(retries={**defaults.retries, **own.retries}))
+        retries = dict(defaults.retries)
+        if {"max_attempts", "total_max_attempts"} & set(own.retries):
+            # botocore rewrites a client's max_attempts as total_max_attempts in place: drop ours in either form
+            retries.pop("max_attempts", None)
+            retries.pop("total_max_attempts", None)
+        own = own.merge(Config(retries={**retries, **own.retries}))
     return defaults.merge(own)
 
 

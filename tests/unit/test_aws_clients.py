@@ -17,16 +17,11 @@ CONF = {"start": "2024-03-01", "end": "2024-03-02", "s3_bucket": "my-bucket", "g
 
 
 def _connection(monkeypatch: pytest.MonkeyPatch, **extra: object) -> str:
-    """A connection of its own, as ``BaseHook.get_connection`` hands it to our hook module (the suite's other
-    tests change how Airflow finds connections, so the lookup is the seam here), and a region for the clients."""
-    from airflow.sdk import Connection
-
+    """A connection of its own for each test, in the environment as Airflow reads it."""
     conn_id = f"aws_clients_{uuid.uuid4().hex[:8]}"
-    connection = Connection(conn_id=conn_id, conn_type="aws", login="AKIDEXAMPLE", password="example",
-                            extra=json.dumps({"region_name": "eu-west-1", **extra}))  # fmt: skip
-    found = {conn_id: connection}
-    monkeypatch.setattr("es_backfill.hooks.BaseHook.get_connection", classmethod(lambda cls, c: found[c]))
-    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    body = {"conn_type": "aws", "login": "AKIDEXAMPLE", "password": "example",
+            "extra": {"region_name": "eu-west-1", **extra}}  # fmt: skip
+    monkeypatch.setenv(f"AIRFLOW_CONN_{conn_id.upper()}", json.dumps(body))
     return conn_id
 
 
