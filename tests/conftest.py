@@ -28,6 +28,13 @@ os.environ.update(
 
 from include.dev.servers.elasticsearch import RunningCluster, running_elasticsearch
 from include.dev.servers.s3 import RunningS3, aws_connection_uri, running_s3
+from include.dev.servers.signals import stop_on_signals
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM (``make test`` stopped, or CI cancelling it) ends the run like Ctrl-C: the fixtures' teardown
+    stops the servers they started, which run in sessions of their own and would otherwise be left running."""
+    stop_on_signals()
 
 
 def _announce(config: pytest.Config, line: str) -> None:

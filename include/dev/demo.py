@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from include.dev.servers.airflow_env import local_airflow_env
+from include.dev.servers.signals import stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "es-backfill-demo"
@@ -59,6 +60,7 @@ def _quiet_airflow_internals() -> None:
 
 
 def main() -> None:
+    stop_on_signals()  # a SIGTERM stops the servers as Ctrl-C does
     _airflow_env()
     _quiet_airflow_internals()
     from include.dev.datagen import ROLES, IndexNames, seed_week

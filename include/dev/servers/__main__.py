@@ -28,10 +28,9 @@ def main() -> None:
     from include.dev.servers.elasticsearch import elasticsearch_connection_uri
     from include.dev.servers.local import running_local_servers
     from include.dev.servers.s3 import REGION, TEST_ACCESS_KEY, TEST_SECRET_KEY, aws_connection_uri
+    from include.dev.servers.signals import stop_on_signals
 
-    # SIGTERM (from a test, or kill) ends the run like Ctrl-C, so the servers are stopped either way.
-    signal.signal(signal.SIGTERM, _interrupt_once)
-    signal.signal(signal.SIGINT, _interrupt_once)
+    stop_on_signals()  # SIGTERM (from a test, or kill) ends the run like Ctrl-C
     with running_local_servers() as (cluster, s3):
         if cluster.started_here:
             counts = seed_week(cluster.url, MESSAGES, IndexNames())
@@ -66,14 +65,6 @@ def main() -> None:
             signal.pause()
         except KeyboardInterrupt:
             print("Stopping the servers", file=sys.stderr)
-
-
-def _interrupt_once(signum: int, frame: object) -> None:
-    """The first SIGINT or SIGTERM ends the run; later ones are ignored, so they cannot cut the servers'
-    shutdown short and leave one running (``make`` passes a SIGTERM sent to its process group on to us)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
