@@ -3,8 +3,10 @@ where the JVM writes, and when Elasticsearch needs the rest-root plugin."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import zipfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,26 @@ def test_a_cached_archive_is_taken_from_the_maven_repository(tmp_path, monkeypat
     monkeypatch.setenv("MAVEN_REPO", str(tmp_path))
     monkeypatch.setattr(subprocess, "run", pytest.fail)  # no mvn call
     assert fetch_archive(version, engine) == archive
+
+
+def test_two_processes_wanting_one_archive_download_it_once(tmp_path, monkeypatch):
+    """``make test``'s two pytest processes start engines side by side, on a machine with an empty ``~/.m2``."""
+    archive = tmp_path / "m2" / "org/opensearch/distribution/integ-test-zip/opensearch/3.3.2/opensearch-3.3.2.zip"
+    calls = tmp_path / "mvn-calls"
+    fake_mvn = tmp_path / "bin" / "mvn"
+    fake_mvn.parent.mkdir()
+    fake_mvn.write_text(
+        f"#!/bin/sh\necho call >> {calls}\nsleep 0.5\nmkdir -p {archive.parent}\n"
+        f"printf zip > {archive}.part && mv {archive}.part {archive}\n"
+    )
+    fake_mvn.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake_mvn.parent}:{os.environ['PATH']}")
+    monkeypatch.setenv("MAVEN_REPO", str(tmp_path / "m2"))
+    monkeypatch.setattr(devserver, "CACHE_DIR", tmp_path / "cache")
+    with ThreadPoolExecutor(2) as pool:  # flock locks apart two opens of the lock file even in one process
+        fetched = list(pool.map(lambda _: fetch_archive("3.3.2", "opensearch"), range(2)))
+    assert fetched == [archive, archive]
+    assert calls.read_text() == "call\n"
 
 
 def _fake_jdk(root: Path, name: str, version: str) -> Path:

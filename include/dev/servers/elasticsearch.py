@@ -147,12 +147,14 @@ def fetch_maven_zip(group: str, artifact_id: str, version: str, display_name: st
     artifact = f"{group}:{artifact_id}:{version}:{packaging}"
     folder = _maven_repository() / group.replace(".", "/") / artifact_id / version
     archive = folder / f"{artifact_id}-{version}.{packaging}"
-    if archive.is_file():
-        log.info("Reusing cached %s archive %s", display_name, archive)
-        return archive
-    log.info("Downloading %s from Maven Central (once; cached in %s)", artifact, _maven_repository())
-    cmd = ["mvn", "-q", "-B", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
+    # Under the lock, so two processes wanting it (make test's two pytest processes) download it once.
+    with _install_lock(f"maven-{artifact_id}-{version}.{packaging}"):
+        if archive.is_file():
+            log.info("Reusing cached %s archive %s", display_name, archive)
+            return archive
+        log.info("Downloading %s from Maven Central (once; cached in %s)", artifact, _maven_repository())
+        cmd = ["mvn", "-q", "-B", "dependency:get", f"-Dartifact={artifact}", "-Dtransitive=false"]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if result.returncode != 0 or not archive.is_file():
         raise ElasticsearchStartError(
             f"Could not fetch {artifact} with {' '.join(cmd)} (exit {result.returncode}):\n"
@@ -194,7 +196,8 @@ def find_java_home(version: str = ES_VERSION, engine: str = "elasticsearch") -> 
 
 @contextlib.contextmanager
 def _install_lock(name: str) -> Iterator[None]:
-    """Serialize unpacking and plugin builds between processes (e.g. pytest-xdist workers)."""
+    """Serialize downloads, unpacking and plugin builds between processes (``make test`` runs two pytest
+    processes side by side)."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with (CACHE_DIR / f".{name}.lock").open("a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
