@@ -53,6 +53,7 @@ _LEAVES = {
     "boolean": "boolean",
 }  # fmt: skip
 _RANGES = {"bigint": 63, "int": 31, "smallint": 15, "tinyint": 7}
+_LONGEST_INTEGER = len(str(2**63))  # digits: an integer with more fits no integer column
 _NOT_IN_SOURCE = {"alias"}
 _ATHENA = {"string": "string", "json": "string", "bigint": "bigint", "int": "int", "smallint": "smallint",
            "tinyint": "tinyint", "double": "double", "boolean": "boolean"}  # fmt: skip
@@ -221,8 +222,9 @@ def fits(value: Any, kind: str) -> bool:
     if kind == "double":
         return math.isfinite(value) if isinstance(value, float) else abs(value) < 2**1023
     if isinstance(value, float):
-        if not (isinstance(value, Number) and value.text.lstrip("-").isdigit()):
-            return False
+        digits = value.text.lstrip("-") if isinstance(value, Number) else ""
+        if not digits.isdigit() or len(digits) > _LONGEST_INTEGER:
+            return False  # a double, or an integer too long for any integer column (or for Python's int())
         value = int(value.text)  # an exactjson Number is a float: the integer -0 is one (compared exactly)
     bits = _RANGES[kind]
     return -(2**bits) <= value < 2**bits

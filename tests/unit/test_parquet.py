@@ -98,6 +98,7 @@ def test_the_schema_names_struct_fields_as_athena_does():
         ({"tags": ["a", "b"]}, "message.tags", "a list where the Parquet schema has string"),
         ({"size": "5"}, "message.size", "a string where the Parquet schema has bigint"),
         ({"size": 2**63}, "message.size", "the number 9223372036854775808 where the Parquet schema has bigint"),
+        ({"size": exactjson.loads(b"1" * 4301)}, "message.size", "the number 1111"),  # past Python's int()
         ({"score": 2**53 + 1}, "message.score", "where the Parquet schema has double"),
         ({"score": exactjson.Number("1e400")}, "message.score", "the number 1e400"),
         ({"parts": [{"n": 128}]}, "message.parts.n", "the number 128 where the Parquet schema has tinyint"),

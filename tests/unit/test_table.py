@@ -87,6 +87,13 @@ def test_values_the_mapping_does_not_type_are_found_and_widen_their_field_to_jso
     assert _columns()["message"]["struct"]["size"] == "bigint"  # the plan's columns are left as they were
 
 
+def test_an_integer_longer_than_python_converts_misfits_every_integer_column():
+    misfits = Misfits(_columns())
+    longest = exactjson.loads(b"-" + b"9" * 4301)  # past the 4,300 digits int() takes
+    misfits.check({"message_id": "m", "message": {"size": longest, "score": longest}, "status": {"code": longest}})
+    assert misfits.found() == [["message", "score"], ["message", "size"], ["status", "code"]]
+
+
 def test_an_array_of_json_values_fits_and_a_value_for_it_that_is_no_array_does_not():
     misfits = Misfits({"message_id": "string", "notes": {"array": "json"}, "tags": {"array": "string"}})
     misfits.check({"message_id": "m", "notes": [1, {"a": [2]}, "x", None], "tags": ["a", 5]})
