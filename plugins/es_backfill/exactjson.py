@@ -13,7 +13,9 @@ such document failed its window on every retry). Here:
   took 106 ms, and writing records 18 ms where orjson took 16 ms.
 * :func:`dumps` writes with orjson; a :class:`Number` comes out as its text, an integer past 64 bits
   with all its digits, and a string with a lone surrogate with that surrogate escaped (``\\ud83d``),
-  the other characters as orjson writes them. Keys keep their order and form.
+  the other characters as orjson writes them. Keys keep their order and form. A document nested deeper
+  than orjson writes (255 levels; an object the engine does not index, ``enabled: false``, may be) is
+  written the same way with an explicit stack. A key that is not a string is a TypeError, not its text.
 
 So ``dumps(loads(text))`` has every number's digits and every string's code points of ``text``.
 """
@@ -121,13 +123,21 @@ def _default(value: Any) -> Any:
 
 def dumps(value: Any, *, newline: bool = False, sort_keys: bool = False) -> bytes:
     """``value`` as compact UTF-8 JSON (``newline``: with a trailing newline; ``sort_keys``: canonical key
-    order, for digests)."""
+    order, for digests). TypeError for what JSON cannot hold: a key that is not a string, a set..."""
     option = (orjson.OPT_APPEND_NEWLINE if newline else 0) | (orjson.OPT_SORT_KEYS if sort_keys else 0)
     try:
         return orjson.dumps(value, default=_default, option=option)
     except TypeError:
-        # A big integer or a lone surrogate somewhere (rare): rewrite those values as JSON text, then again.
+        pass
+    try:
+        # A big integer or a lone surrogate somewhere (rare): those values as JSON text, the rest orjson's again.
         return orjson.dumps(_fragments(value, sort_keys), default=_default, option=option)
+    except (TypeError, RecursionError) as err:
+        if not isinstance(err, RecursionError) and "Recursion limit" not in str(err):
+            raise
+    # Nesting deeper than orjson's 255 levels (or than Python's, in _fragments), which an object the engine
+    # does not index (enabled: false) may have: an explicit stack instead.
+    return (_written(value, sort_keys) + ("\n" if newline else "")).encode()
 
 
 def _fragments(value: Any, sort_keys: bool) -> Any:
@@ -141,16 +151,63 @@ def _fragments(value: Any, sort_keys: bool) -> Any:
     if isinstance(value, list | tuple):
         return [_fragments(item, sort_keys) for item in value]
     if isinstance(value, dict):
-        if all(isinstance(key, str) and (key.isascii() or not _SURROGATE.search(key)) for key in value):
+        _check_keys(value)
+        if all(key.isascii() or not _SURROGATE.search(key) for key in value):
             return {key: _fragments(item, sort_keys) for key, item in value.items()}
         items = sorted(value.items()) if sort_keys else value.items()
-        members = (_string(str(key)) + ":" + dumps(_fragments(item, sort_keys), sort_keys=sort_keys).decode(
+        members = (_string(key) + ":" + dumps(_fragments(item, sort_keys), sort_keys=sort_keys).decode(
             "utf-8", "surrogatepass") for key, item in items)  # fmt: skip
         return orjson.Fragment("{" + ",".join(members) + "}")
     return value  # orjson or _default says what it cannot write
 
 
+def _check_keys(value: dict[Any, Any]) -> None:
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"Dict key must be str, not {type(key).__name__}: {key!r}")
+
+
+class _Punctuation(str):
+    """Text :func:`_written` writes as it is."""
+
+
+def _written(value: Any, sort_keys: bool) -> str:
+    """``value`` as JSON text, as orjson writes it, but for integers of any size, lone surrogates (escaped) and
+    any depth: an explicit stack instead of recursion."""
+    out: list[str] = []
+    stack: list[Any] = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            out.append(item if isinstance(item, _Punctuation) else _string(item))
+        elif isinstance(item, dict):
+            _check_keys(item)
+            members = sorted(item.items()) if sort_keys else list(item.items())
+            out.append("{")
+            stack.append(_Punctuation("}"))
+            for index in range(len(members) - 1, -1, -1):
+                key, member = members[index]
+                stack.append(member)
+                stack.append(_Punctuation(("," if index else "") + _string(key) + ":"))
+        elif isinstance(item, list | tuple):
+            out.append("[")
+            stack.append(_Punctuation("]"))
+            for index in range(len(item) - 1, -1, -1):
+                stack.append(item[index])
+                if index:
+                    stack.append(_Punctuation(","))
+        elif isinstance(item, Number):
+            out.append(item.text)
+        elif isinstance(item, int) and not isinstance(item, bool):
+            out.append(int.__repr__(item))  # it refuses more than 4,300 digits: exactjson reads those as Numbers
+        else:
+            out.append(orjson.dumps(item, default=_default).decode())  # True, None, a float; TypeError otherwise
+    return "".join(out)
+
+
 def _string(text: str) -> str:
-    """``text`` as a JSON string, lone surrogates escaped as ``\\uXXXX``."""
+    """``text`` as a JSON string, as orjson writes it, lone surrogates escaped as ``\\uXXXX``."""
+    if text.isascii() or not _SURROGATE.search(text):
+        return orjson.dumps(text).decode()
     quoted = json.dumps(text, ensure_ascii=False)
     return _SURROGATE.sub(lambda match: f"\\u{ord(match.group()):04x}", quoted)

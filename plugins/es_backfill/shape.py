@@ -17,7 +17,8 @@ The transform (``source.transform``, a dotted path to a function in ``plugins/``
 record, a copy of its own (so whatever it changes cannot reach another record), and returns the record to
 write, or ``None`` to drop it; the manifests count the dropped ones. What it returns must still be a
 record: the same ``message_id`` and ``window``, and every related name with a list (``many``) or an object
-or ``null`` (``one``); anything else fails the window as a :class:`TransformError`, naming the transform.
+or ``null`` (``one``), and only what JSON holds (no NaN or infinity, no key that is not a string); anything
+else fails the window as a :class:`TransformError`, naming the transform.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import hashlib
 import hmac
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -102,6 +104,7 @@ class Shaper:
             raise TransformError(f"transform {self.transform_name} failed on message {message_id!r}: {err!r}") from err
         if shaped is not None:
             self._check_shape(shaped, record)
+            self._check_numbers(shaped)
         return shaped
 
     def unwritable(self, record: dict[str, Any], err: TypeError) -> TransformError:
@@ -136,6 +139,22 @@ class Shaper:
                 "cardinality 'many' and an object or null for 'one' (empty it to remove its documents)"
             )
         raise TransformError(f"transform {self.transform_name} {problem} (message {record['message_id']!r})")
+
+    def _check_numbers(self, shaped: dict[str, Any]) -> None:
+        """Raise :class:`TransformError` if ``shaped`` holds NaN or an infinity, which JSON cannot hold (orjson
+        would write null: a value lost without a word). An explicit stack: a document may nest deep."""
+        stack: list[Any] = [shaped]
+        while stack:
+            item = stack.pop()
+            if isinstance(item, dict):
+                stack.extend(item.values())
+            elif isinstance(item, list | tuple):
+                stack.extend(item)
+            elif isinstance(item, float) and not isinstance(item, exactjson.Number) and not math.isfinite(item):
+                raise TransformError(
+                    f"transform {self.transform_name} returned the number {item!r}, which JSON cannot hold "
+                    f"(message {shaped['message_id']!r}): return a finite number, or None"
+                )
 
     def _redacted(self, value: Any, rule: RedactRule) -> Any:
         if rule.action == "drop":

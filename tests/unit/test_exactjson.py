@@ -75,3 +75,26 @@ def test_generated_documents_round_trip_token_for_token(text):
     out = exactjson.dumps(exactjson.loads(text))
     assert tokens(out) == tokens(text)
     assert exactjson.dumps(exactjson.loads(out)) == out  # and writing again changes nothing
+
+
+@settings(max_examples=200, deadline=None)
+@given(value_text())
+def test_documents_nested_deeper_than_orjson_writes_come_out_the_same(text):
+    """An object the engine does not index (enabled: false) may nest past orjson's 255 levels."""
+    value = exactjson.loads(text)
+    for sort_keys in (False, True):
+        inner = exactjson.dumps(value, sort_keys=sort_keys)
+        deep = exactjson.dumps({"d": [[value], [value]], "z": _nested(value, 600)}, sort_keys=sort_keys)
+        assert deep == b'{"d":[[' + inner + b"],[" + inner + b']],"z":' + b'{"x":[' * 600 + inner + b"]}" * 600 + b"}"
+
+
+def _nested(value, depth):
+    for _ in range(depth):
+        value = {"x": [value]}
+    return value
+
+
+def test_a_key_that_is_not_a_string_is_refused_not_written_as_its_text():
+    for value in ({1: "a", "1": "b"}, {"s": "\ud83d", "o": {None: 1}}, _nested({True: 1}, 300)):
+        with pytest.raises(TypeError, match="Dict key must be str"):
+            exactjson.dumps(value)

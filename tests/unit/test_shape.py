@@ -7,6 +7,7 @@ import hmac
 
 import pytest
 
+from es_backfill import exactjson
 from es_backfill.config import ConfigError, RedactRule, RelatedIndex
 from es_backfill.shape import Shaper, TransformError
 
@@ -108,6 +109,16 @@ def drop_message(record):
     return {**record, "message": ["x"]}
 
 
+def ratio_of_nothing(record):
+    record["message"]["ratio"] = [{"of": float("nan")}]
+    return record
+
+
+def infinite_deep_down(record):
+    record["message"]["deep"] = [exactjson.Number("1.10"), [[[{"x": float("-inf")}]]]]
+    return record
+
+
 def test_each_record_handed_to_a_transform_is_its_own():
     shared, record = _record()
     second = {**record, "message_id": "m2", "window": "w", "message": {"sender": "b"}}
@@ -124,6 +135,8 @@ def test_each_record_handed_to_a_transform_is_its_own():
         ("drop_audit_key", "left audit out or changed its kind"),
         ("change_id", "changed message_id or window"),
         ("drop_message", "left message out or made it something else than an object"),
+        ("ratio_of_nothing", "returned the number nan, which JSON cannot hold"),  # orjson writes null
+        ("infinite_deep_down", "returned the number -inf, which JSON cannot hold"),
     ],
 )
 def test_a_transform_that_breaks_the_record_fails_as_a_transform_error_naming_it(transform, problem):
