@@ -3,11 +3,11 @@
 ``plan`` checks that the database exists and that no table of another backfill has the name this one's
 table takes (:meth:`GlueCatalog.problem`): a run that would collide fails before it writes anything.
 ``summarise`` then creates the table, or updates it if this backfill registered it before
-(:meth:`GlueCatalog.register`). A table is this backfill's if its ``es_backfill.location`` property is
-the backfill's root; any other table of that name is left as it is, and the run fails naming it. The
-client is the Amazon provider's ``GlueCatalogHook`` on the run's AWS connection (see ``hooks``); it needs
-``glue:GetDatabase``, ``glue:GetTable``, ``glue:CreateTable`` and ``glue:UpdateTable`` on the catalog,
-the database and its tables.
+(:meth:`GlueCatalog.register`). A table is this backfill's if its ``es_backfill.location`` property is the
+backfill's root (``_athena.sql`` sets it too, so a table made from it is); any other table of that name is
+left as it is, and the run fails naming it, after its manifest is written. The client is the Amazon
+provider's ``GlueCatalogHook`` on the run's AWS connection (see ``hooks``); it needs ``glue:GetDatabase``,
+``glue:GetTable``, ``glue:CreateTable`` and ``glue:UpdateTable`` on the catalog, the database and its tables.
 """
 
 from __future__ import annotations
@@ -17,12 +17,11 @@ from typing import Any
 
 from botocore.config import Config
 
-from es_backfill.table import AthenaTable
+from es_backfill.table import OWNER, AthenaTable
 
 log = logging.getLogger(__name__)
 
 GLUE_CLIENT_CONFIG = Config(connect_timeout=10, read_timeout=60, retries={"max_attempts": 5, "mode": "standard"})
-OWNER = "es_backfill.location"  # the table property naming the backfill root a table reads
 
 
 class CatalogConflict(RuntimeError):
@@ -48,12 +47,17 @@ class GlueCatalog:
     def register(self, table: AthenaTable) -> str:
         """Create ``table`` in the database, or update it if it is this backfill's; "created" or "updated".
         Raises :class:`CatalogConflict` if a table of that name reads something else."""
-        table_input = table.glue_input({OWNER: table.location})
+        table_input = table.glue_input()
         existing = self._table(table.name)
         if existing is None:
-            self.client.create_table(DatabaseName=self.database, TableInput=table_input)
-            log.info("Created the Glue table %s.%s over %s", self.database, table.name, table.location)
-            return "created"
+            try:
+                self.client.create_table(DatabaseName=self.database, TableInput=table_input)
+                log.info("Created the Glue table %s.%s over %s", self.database, table.name, table.location)
+                return "created"
+            except self.client.exceptions.AlreadyExistsException:
+                existing = self._table(table.name)  # made since (another backfill's run, past its plan's check)
+                if existing is None:
+                    raise
         conflict = self._conflict(existing, table.location)
         if conflict:
             raise CatalogConflict(conflict)

@@ -14,8 +14,10 @@ import logging
 from collections import Counter
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from es_backfill import lease, manifest
-from es_backfill.catalog import GlueCatalog
+from es_backfill.catalog import CatalogConflict, GlueCatalog
 from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.lease import Holder
 from es_backfill.sink import ObjectStore
@@ -48,9 +50,10 @@ def summarise(
     holder: Holder | None = None,
     catalog: GlueCatalog | None = None,
 ) -> dict[str, Any]:
-    """Write the output's table (``_athena.sql``, registered in ``catalog`` if given) and the run manifest, release
-    ``holder``'s lease (every window of the run has finished, and even if the table cannot be registered), log
-    the table of windows, and raise if a window failed or does not reconcile.
+    """Write the output's table (``_athena.sql``) and the run manifest, release ``holder``'s lease (every window
+    of the run has finished), log the table of windows, and raise if a window failed or does not reconcile. A
+    run that reconciles registers the table in ``catalog`` if given, and raises TableRegistrationError after the
+    rest if Glue does not take it (the manifest's table says why, in ``glue_error``).
 
     ``planned`` are the plan's windows; a planned window without a result failed.
     """
@@ -90,11 +93,29 @@ def summarise(
         "mismatched_windows": mismatched,
         "window_keys": [r["window"]["key"] for r in results],
     }
+    problems = []
+    if failed:
+        problems.append(f"{len(failed)} windows failed: " + ", ".join(w["label"] for w in failed))
+    if mismatched:
+        problems.append(
+            f"{len(mismatched)} windows wrote a different number of messages than Elasticsearch counts: "
+            + ", ".join(mismatched)
+        )
+    unregistered: TableRegistrationError | None = None
     try:
         saved = manifest.read_plan(store, config)
         if saved is not None and saved.table is not None:
             misfits = [r.get("misfits", []) for r in results]
-            run["table"] = write_table(config, store, saved.table, planned, misfits, catalog)
+            athena, run["table"] = write_table(config, store, saved.table, planned, misfits, config.output_format)
+            if catalog is not None and problems:
+                log.warning("The table is not registered in the Glue database %s: the run does not reconcile (it "
+                            "is when a run does)", catalog.database)  # fmt: skip
+            elif catalog is not None:
+                try:
+                    run["table"]["glue_table"] = register_table(catalog, athena)
+                except TableRegistrationError as err:
+                    run["table"]["glue_error"] = str(err)
+                    unregistered = err
         else:
             log.warning(
                 "The plan of %s has no table columns (planned by an older version): no _athena.sql",
@@ -110,17 +131,15 @@ def summarise(
         run["windows"], run["written"], run["skipped"], run["failed"], run["messages"], sum(related.values()),
         run["objects"], run["bytes"],
     )  # fmt: skip
-    problems = []
-    if failed:
-        problems.append(f"{len(failed)} windows failed: " + ", ".join(w["label"] for w in failed))
-    if mismatched:
-        problems.append(
-            f"{len(mismatched)} windows wrote a different number of messages than Elasticsearch counts: "
-            + ", ".join(mismatched)
-        )
     if problems:
         raise ReconciliationError("; ".join(problems) + ". Clear those windows' extract tasks to rerun them.")
+    if unregistered is not None:
+        raise unregistered
     return {key: value for key, value in run.items() if key != "window_keys"}  # XCom stays small
+
+
+class TableRegistrationError(RuntimeError):
+    """The run reconciled and its manifest and ``_athena.sql`` are written, but Glue did not take the table."""
 
 
 def write_table(
@@ -129,11 +148,11 @@ def write_table(
     columns: dict[str, Any],
     planned: list[dict[str, Any]],
     misfits: list[list[list[str]]],
-    catalog: GlueCatalog | None = None,
-) -> dict[str, Any]:
-    """Write ``_athena.sql``: the table over the output, typed from the plan's columns and widened by what every
-    window found (``misfits``), and register it in ``catalog`` if given; return its name, location, DDL, where
-    the DDL is and the Glue table."""
+    output_format: str,
+) -> tuple[AthenaTable, dict[str, Any]]:
+    """Write ``_athena.sql``: the table over the output (written as ``output_format``), typed from the plan's
+    columns and widened by what every window found (``misfits``); return it and its name, location, DDL and
+    where the DDL is."""
     found = sorted({tuple(path) for window in misfits for path in window})
     if found:
         log.info(
@@ -142,28 +161,38 @@ def write_table(
         )  # fmt: skip
     if ("dt",) in found:
         log.warning("Records hold a top-level key dt (a transform's?), which the table does not read: its partition "
-                    "column dt is the event day of the folder")  # fmt: skip
+                    "column dt is the day of the folder (the UTC day its windows start)")  # fmt: skip
     days = sorted(Window.from_dict(w).day for w in planned)
     athena = AthenaTable(table_name(config.backfill_name), table_location(config), widened(columns, found),
-                         (days[0], days[-1]), parquet=config.output_format == "parquet")  # fmt: skip
+                         (days[0], days[-1]), parquet=output_format == "parquet")  # fmt: skip
     ddl = athena.ddl()
     key = manifest.table_ddl_key(config)
     store.put(key, ddl.encode(), content_type="application/sql")
     log.info("Wrote the table %s over %s: s3://%s/%s", athena.name, athena.location, config.s3_bucket, key)
-    described = {"name": athena.name, "location": athena.location, "ddl_object": f"s3://{config.s3_bucket}/{key}",
-                 "ddl": ddl}  # fmt: skip
-    if catalog is not None:
+    return athena, {"name": athena.name, "location": athena.location, "ddl_object": f"s3://{config.s3_bucket}/{key}",
+                    "ddl": ddl}  # fmt: skip
+
+
+def register_table(catalog: GlueCatalog, athena: AthenaTable) -> str:
+    """Create or update ``athena`` in ``catalog``; the Glue table's ``database.name``. TableRegistrationError,
+    saying what to do, if Glue refuses it (another backfill's table of that name, no permission, a limit)."""
+    try:
         catalog.register(athena)
-        described["glue_table"] = f"{catalog.database}.{athena.name}"
-    return described
+    except (CatalogConflict, ClientError, BotoCoreError) as err:
+        raise TableRegistrationError(
+            f"The backfill's files, run manifest and _athena.sql are written, but the Glue table "
+            f"{catalog.database}.{athena.name} could not be registered: {err}. Fix that and clear this task, or "
+            "run the command line's table command, or create the table from _athena.sql"
+        ) from err
+    return f"{catalog.database}.{athena.name}"
 
 
 def write_existing_table(
     config: BackfillConfig, store: ObjectStore, catalog: GlueCatalog | None = None
 ) -> dict[str, Any]:
-    """:func:`write_table` for a backfill written before (the CLI's ``table``): the columns from its saved plan,
-    widened by what the manifests of its windows found (a window without a manifest adds nothing). ConfigError if
-    there is no plan with columns."""
+    """:func:`write_table` for a backfill written before (the CLI's ``table``), and :func:`register_table` if
+    ``catalog`` is given: the columns and output format from its saved plan, widened by what the manifests of
+    its windows found (a window without a manifest adds nothing). ConfigError if there is no plan with columns."""
     saved = manifest.read_plan(store, config)
     if saved is None or saved.table is None:
         raise ConfigError([
@@ -174,7 +203,15 @@ def write_existing_table(
         (manifest.read(store, manifest.window_manifest_key(config, window)) or {}).get("table_misfits", [])
         for window in saved.windows
     ]
-    return write_table(config, store, saved.table, [w.to_dict() for w in saved.windows], found, catalog)
+    output_format = saved.settings.get("output_format", config.output_format)
+    if output_format != config.output_format:
+        log.info("The backfill was written as %s (its plan says so), not as the conf's %s: its table reads %s",
+                 output_format, config.output_format, output_format)  # fmt: skip
+    planned = [w.to_dict() for w in saved.windows]
+    athena, described = write_table(config, store, saved.table, planned, found, output_format)
+    if catalog is not None:
+        described["glue_table"] = register_table(catalog, athena)
+    return described
 
 
 def output_asset(config: BackfillConfig, run: dict[str, Any]) -> tuple[str, dict[str, Any]]:

@@ -414,6 +414,9 @@ PARQUET_STORAGE = Storage(
 )
 
 
+OWNER = "es_backfill.location"  # the table property naming the backfill root a table reads
+
+
 @dataclass(frozen=True)
 class AthenaTable:
     """The table over a backfill's output: what ``_athena.sql`` creates and what the Glue Data Catalog holds.
@@ -440,7 +443,8 @@ class AthenaTable:
                 **{f"mapping.{safe}": original for safe, original in names.mappings.items()}}  # fmt: skip
 
     def properties(self) -> dict[str, str]:
-        """The table's properties: partition projection over the plan's days."""
+        """The table's properties: partition projection over the plan's days, and the backfill root it reads
+        (:data:`OWNER`: a Glue table that has it is the backfill's own, to update)."""
         return {
             "projection.enabled": "true",
             "projection.dt.type": "date",
@@ -449,6 +453,7 @@ class AthenaTable:
             "projection.dt.interval": "1",
             "projection.dt.interval.unit": "DAYS",
             "storage.location.template": f"{self.location}dt=${{dt}}/",
+            OWNER: self.location,
         }
 
     def ddl(self) -> str:
@@ -471,9 +476,8 @@ class AthenaTable:
             f"TBLPROPERTIES (\n{_pairs(self.properties())}\n);\n"
         )
 
-    def glue_input(self, extra_properties: dict[str, str]) -> dict[str, Any]:
-        """The same table as the Glue Data Catalog's ``TableInput``, with ``extra_properties`` among its
-        properties."""
+    def glue_input(self) -> dict[str, Any]:
+        """The same table as the Glue Data Catalog's ``TableInput``."""
         names = AthenaNames(self.columns)
         columns = [{"Name": c, "Type": athena_type(kind, names, ddl=False)} for c, kind in self.columns.items()]
         return {
@@ -483,7 +487,6 @@ class AthenaTable:
                 "classification": self.storage.classification,
                 "EXTERNAL": "TRUE",
                 **self.properties(),
-                **extra_properties,
             },
             "PartitionKeys": [{"Name": "dt", "Type": "string"}],
             "StorageDescriptor": {

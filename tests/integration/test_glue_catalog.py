@@ -5,13 +5,20 @@ by a rerun, and never put over another backfill's table."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import boto3
 import orjson
 import pytest
 
+from es_backfill.catalog import GlueCatalog
 from es_backfill.cli import main as cli
-from es_backfill.table import AthenaTable, from_saved, widened
+from es_backfill.config import from_params, load_defaults
+from es_backfill.manifest import write_plan
+from es_backfill.sink import ObjectStore
+from es_backfill.summary import ReconciliationError, TableRegistrationError, summarise, write_existing_table
+from es_backfill.table import AthenaTable, from_mappings, from_saved, widened
+from es_backfill.windows import Window
 from tests.integration.support import read_objects, s3_client, source_override, utc
 
 
@@ -45,7 +52,7 @@ def test_the_run_registers_its_table_a_rerun_and_the_cli_update_it_and_another_b
                for path in orjson.loads(v).get("table_misfits", [])]  # fmt: skip
     columns = widened(from_saved(plan["table"]), sorted(misfits))
     expected = AthenaTable("orders_2024", location, columns, ("2024-03-01", "2024-03-02"))
-    wanted = expected.glue_input({"es_backfill.location": location})
+    wanted = expected.glue_input()
     assert table["StorageDescriptor"]["Columns"] == wanted["StorageDescriptor"]["Columns"]
     assert table["StorageDescriptor"]["Location"] == location
     assert table["StorageDescriptor"]["SerdeInfo"] == wanted["StorageDescriptor"]["SerdeInfo"]
@@ -95,3 +102,93 @@ def test_a_missing_glue_database_fails_the_plan_naming_it(seeded_small, run_back
     out, err = capfd.readouterr()
     assert "glue_database 'no_such_db' does not exist in the Glue Data Catalog: create it" in out + err
     assert read_objects(s3_bucket, "glue/") == {}
+
+
+DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
+
+
+def _config(bucket: str, **conf):
+    params = {"start": "2024-03-01", "end": "2024-03-03", "s3_bucket": bucket, "backfill_name": "orders", **conf}
+    return from_params(params, DEFAULTS)
+
+
+def _planned(s3_server, bucket: str, **conf):
+    """A backfill of two windows planned (its _plan.json written, as plan writes it) and its store."""
+    config = _config(bucket, **conf)
+    store = ObjectStore(s3_client(s3_server.endpoint_url), bucket)
+    windows = [Window(utc(2024, 3, 1), utc(2024, 3, 2)), Window(utc(2024, 3, 2), utc(2024, 3, 3))]
+    columns = from_mappings([{"properties": {"size": {"type": "long"}}}], [])
+    write_plan(store, config, windows, {"engine": "elasticsearch"}, columns)
+    return config, store, [w.to_dict() for w in windows]
+
+
+def _result(window, messages: int) -> dict:
+    return {"window": window, "status": "written", "es_count": 2, "messages": messages, "related": {},
+            "objects": 1, "bytes": 10}  # fmt: skip
+
+
+def test_a_table_glue_refuses_fails_the_run_after_its_manifest_is_written_saying_so(s3_server, s3_bucket, glue):
+    config, store, windows = _planned(s3_server, s3_bucket, glue_database="exports")
+    glue.create_table(DatabaseName="exports", TableInput={"Name": "orders", "Parameters": {}})  # made by hand since
+    with pytest.raises(TableRegistrationError, match=r"manifest and _athena.sql are written, but the Glue table "
+                       r"exports.orders could not be registered: Glue table exports.orders exists and is not "
+                       r"es-backfill's"):  # fmt: skip
+        summarise(config, windows, [_result(w, 2) for w in windows], store, catalog=GlueCatalog(glue, "exports"))
+    objects = read_objects(s3_bucket, "orders/")
+    run = orjson.loads(objects["orders/_run_manifest.json"])
+    assert run["messages"] == 4 and "glue_table" not in run["table"]
+    assert "exists and is not es-backfill's" in run["table"]["glue_error"]
+    assert objects["orders/_athena.sql"].decode() == run["table"]["ddl"]
+
+
+def test_a_run_that_does_not_reconcile_says_so_and_leaves_the_glue_table_alone(s3_server, s3_bucket, glue):
+    config, store, windows = _planned(s3_server, s3_bucket, glue_database="exports")
+    with pytest.raises(ReconciliationError, match="1 windows wrote a different number of messages"):
+        summarise(config, windows, [_result(windows[0], 2), _result(windows[1], 1)], store,
+                  catalog=GlueCatalog(glue, "exports"))  # fmt: skip
+    assert glue.get_tables(DatabaseName="exports")["TableList"] == []
+    assert orjson.loads(read_objects(s3_bucket, "orders/")["orders/_run_manifest.json"])["mismatched_windows"]
+
+
+def test_the_table_of_an_existing_backfill_reads_the_format_it_was_written_in_whatever_the_conf_says(
+    s3_server, s3_bucket
+):
+    _, store, _ = _planned(s3_server, s3_bucket, output_format="parquet")
+    described = write_existing_table(_config(s3_bucket), store)  # a conf without output_format: jsonl.gz
+    assert "\nSTORED AS PARQUET\n" in described["ddl"]
+    assert read_objects(s3_bucket, "orders/_athena.sql")["orders/_athena.sql"].decode() == described["ddl"]
+
+
+class CreatedMeanwhile:
+    """The Glue client, but another backfill's run creates the table between our look and our create."""
+
+    def __init__(self, client) -> None:
+        self._client = client
+        self.exceptions = client.exceptions
+
+    def __getattr__(self, name: str):
+        return getattr(self._client, name)
+
+    def create_table(self, **request):
+        owner = {"es_backfill.location": "s3://other/backfill/"}
+        self._client.create_table(DatabaseName="exports", TableInput={"Name": "orders", "Parameters": owner})
+        return self._client.create_table(**request)
+
+
+def test_a_table_another_backfill_created_since_the_plan_is_named_not_a_bare_already_exists(s3_server, s3_bucket, glue):
+    config, store, windows = _planned(s3_server, s3_bucket, glue_database="exports")
+    with pytest.raises(TableRegistrationError, match=r"exports.orders exists and is backfill s3://other/backfill/"):
+        summarise(config, windows, [_result(w, 2) for w in windows], store,
+                  catalog=GlueCatalog(CreatedMeanwhile(glue), "exports"))  # fmt: skip
+
+
+def test_a_table_made_from_the_pasted_ddl_is_the_backfills_own_and_updated(s3_server, s3_bucket, glue):
+    config, store, windows = _planned(s3_server, s3_bucket, glue_database="exports")
+    pasted = AthenaTable("orders", f"s3://{s3_bucket}/orders/", {"message_id": "string"}, ("2024-03-01", "2024-03-01"))
+    assert "'es_backfill.location'" in pasted.ddl()
+    glue.create_table(DatabaseName="exports", TableInput=pasted.glue_input())  # as Athena stores the DDL's table
+    run = summarise(config, windows, [_result(w, 2) for w in windows], store, catalog=GlueCatalog(glue, "exports"))
+    assert run["table"]["glue_table"] == "exports.orders"
+    updated = glue.get_table(DatabaseName="exports", Name="orders")["Table"]
+    assert updated["Parameters"]["projection.dt.range"] == "2024-03-01,2024-03-02"
+    assert [c["Name"] for c in updated["StorageDescriptor"]["Columns"]] == ["message_id", "window", "message"]

@@ -113,7 +113,7 @@ def test_duckdb_and_trino_read_the_output_with_the_columns_of_its_table(
     # Trino, Athena's engine, reads every object with the table as Glue would hold it: the same columns, SerDe and
     # SerDe properties (case.insensitive, mapping._timestamp = @timestamp, ...), through its OpenX JSON reader.
     name = f"corpus_{output_format.replace('.', '_')}"
-    trino.register_glue_table(AthenaTable(name, location, columns, ("2024-03-01", "2024-03-02")).glue_input({}))
+    trino.register_glue_table(AthenaTable(name, location, columns, ("2024-03-01", "2024-03-02")).glue_input())
     _assert_read_as_loaded(*_trino_rows(trino, name, "_timestamp"), manifests)  # lone surrogates too (Java's strings)
 
 
@@ -230,7 +230,7 @@ def test_parquet_names_every_field_that_misfits_and_with_them_as_json_fields_duc
     _assert_read_as_loaded(sql("SELECT dt, count(*) FROM t GROUP BY dt ORDER BY dt"), rows, manifests)
 
     table = AthenaTable("corpus_parquet", location, columns, ("2024-03-01", "2024-03-02"), parquet=True)
-    trino.register_glue_table(table.glue_input({}))  # Trino's Parquet reader, as Athena's
+    trino.register_glue_table(table.glue_input())  # Trino's Parquet reader, as Athena's
     _assert_read_as_loaded(*_trino_rows(trino, "corpus_parquet", "_timestamp"), manifests)
 
 
@@ -246,6 +246,6 @@ def test_trino_takes_a_one_day_projection_and_keeps_the_keys_inside_json_text_as
                "message": {"struct": {"@timestamp": "string", "payload": "json", "subject": "string"}}}  # fmt: skip
     table = AthenaTable("one_day", f"s3://{s3_bucket}/one/", columns, ("2024-03-01", "2024-03-01"))
     assert "'projection.dt.range' = '2024-03-01,2024-03-02'" in table.ddl()  # Trino refuses two equal dates
-    trino.register_glue_table(table.glue_input({}))
+    trino.register_glue_table(table.glue_input())
     rows = trino.query("SELECT message.payload, message.subject, message._timestamp, dt FROM one_day")
     assert rows == [['{"Gen":1,"inner":{"UP":"x"}}', "S", "t", "2024-03-01"]]

@@ -146,6 +146,7 @@ def test_the_ddl_projects_dt_over_the_plans_days_and_names_the_table_as_athena_a
     assert "'projection.dt.range' = '2024-03-01,2024-03-09'" in ddl
     assert "'storage.location.template' = 's3://b/root/dt=${dt}/'" in ddl
     assert "'ignore.malformed.json' = 'false'" in ddl and "LOCATION 's3://b/root/'" in ddl
+    assert "  'es_backfill.location' = 's3://b/root/'\n);\n" in ddl  # a table made from it is the backfill's
 
 
 def test_a_parquet_table_is_stored_as_parquet_with_the_same_columns_and_no_serde_settings():
@@ -154,7 +155,7 @@ def test_a_parquet_table_is_stored_as_parquet_with_the_same_columns_and_no_serde
     ddl = table.ddl()
     assert "  `message` struct<`_timestamp`:string>\n)\nPARTITIONED BY (`dt` string)\nSTORED AS PARQUET\n" in ddl
     assert "SERDE" not in ddl and "'projection.dt.range' = '2024-03-01,2024-03-09'" in ddl
-    glue = table.glue_input({})
+    glue = table.glue_input()
     assert glue["Parameters"]["classification"] == "parquet"
     assert glue["StorageDescriptor"]["SerdeInfo"] == {
         "SerializationLibrary": "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe",
