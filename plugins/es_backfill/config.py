@@ -45,6 +45,7 @@ _RESERVED_BUCKET_PREFIXES = ("xn--", "sthree-", "amzn-s3-demo-")
 _RESERVED_BUCKET_SUFFIXES = ("-s3alias", "--ol-s3", "--x-s3", ".mrap")
 
 _NAME_TEXT = {"type": "string", "minLength": 1}
+_COLUMN_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 _NAMES = {"type": "array", "items": _NAME_TEXT}
 
 # The shape of the conf and of the source settings (defaults file + overrides), as JSON Schema: the types at
@@ -589,8 +590,16 @@ def _source_config(raw: Mapping[str, Any], problems: list[str]) -> SourceConfig 
     names: set[str] = set()
     indices = {messages["index"]: "source.messages.index"}
     for i, item in enumerate(raw.get("related", [])):
-        if item["name"] in names or item["name"] in {"message", "message_id", "window"}:
-            problems.append(f"source.related[{i}].name {item['name']!r} is used twice or is reserved")
+        if not _COLUMN_NAME.fullmatch(item["name"]):
+            problems.append(
+                f"source.related[{i}].name {item['name']!r} is a key of every record and a column of the output's "
+                "table: use lower-case letters, digits and _, not starting with a digit (Athena's column names)"
+            )
+        elif item["name"] in names or item["name"] in {"message", "message_id", "window", "dt"}:
+            problems.append(
+                f"source.related[{i}].name {item['name']!r} is used twice or is reserved (message, message_id, "
+                "window and dt, the table's partition column)"
+            )
         names.add(item["name"])
         if item["index"] in indices:
             problems.append(

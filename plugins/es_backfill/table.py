@@ -279,6 +279,8 @@ def widened(columns: dict[str, Type], misfits: Iterable[Sequence[str]]) -> dict[
                 break  # a struct above the field is json already
         else:
             fields[path[-1]] = "json"
+            if len(path) == 1:
+                taken.setdefault(path[0].lower(), path[0])  # a second key differing only in case cannot be one
     return out
 
 
