@@ -26,6 +26,8 @@ from es_backfill.windows import Window
 
 log = logging.getLogger(__name__)
 
+ATHENA_QUERY_LIMIT = 262144  # bytes of a query string
+
 
 class ReconciliationError(RuntimeError):
     """Some windows failed, or their written counts differ from Elasticsearch's."""
@@ -166,6 +168,10 @@ def write_table(
     athena = AthenaTable(table_name(config.backfill_name), table_location(config), widened(columns, found),
                          (days[0], days[-1]), parquet=output_format == "parquet")  # fmt: skip
     ddl = athena.ddl()
+    if len(ddl.encode()) > ATHENA_QUERY_LIMIT:
+        log.warning("_athena.sql is %s bytes, more than an Athena query takes (%s): register the table with "
+                    "glue_database (or the command line's table) instead of pasting it", len(ddl.encode()),
+                    ATHENA_QUERY_LIMIT)  # fmt: skip
     key = manifest.table_ddl_key(config)
     store.put(key, ddl.encode(), content_type="application/sql")
     log.info("Wrote the table %s over %s: s3://%s/%s", athena.name, athena.location, config.s3_bucket, key)

@@ -23,12 +23,15 @@ run writes (:class:`AthenaTable`) applies every window's findings: no value read
 row fails a query. A struct whose field names differ only in case is ``json`` too (Athena's names are
 case-insensitive). Athena allows only letters, digits and ``_`` in struct field names: others get a name of
 those (``@timestamp`` is ``_timestamp``) and a SerDe ``mapping.`` property that reads the key as written
-(:class:`AthenaNames`); in DDL every struct field name is quoted with backticks.
+(:class:`AthenaNames`); in DDL every struct field name is quoted with backticks. A column whose type
+would be longer than the Glue Data Catalog takes (:data:`GLUE_TYPE_LIMIT` characters: thousands of fields)
+is ``json`` as a whole.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 from collections.abc import Iterable, Sequence
@@ -52,6 +55,8 @@ _LEAVES = {
     **dict.fromkeys(["double", "float", "half_float", "scaled_float"], "double"),
     "boolean": "boolean",
 }  # fmt: skip
+log = logging.getLogger(__name__)
+
 _RANGES = {"bigint": 63, "int": 31, "smallint": 15, "tinyint": 7}
 _LONGEST_INTEGER = len(str(2**63))  # digits: an integer with more fits no integer column
 _NOT_IN_SOURCE = {"alias"}
@@ -71,7 +76,17 @@ def from_mappings(
     for name, cardinality, mappings in related:
         document = _merged(mappings)
         columns[name] = document if cardinality == "one" else {"array": document}
+    names = AthenaNames(columns)
+    for name, kind in columns.items():
+        length = len(athena_type(kind, names, ddl=False))
+        if length > GLUE_TYPE_LIMIT:
+            log.warning("The column %s would have a type of %s characters, more than the Glue Data Catalog's %s: "
+                        "it is JSON text", name, length, GLUE_TYPE_LIMIT)  # fmt: skip
+            columns[name] = "json"
     return columns
+
+
+GLUE_TYPE_LIMIT = 131072  # a column's type, in the Glue Data Catalog's API
 
 
 def _merged(mappings: list[dict[str, Any]]) -> Type:

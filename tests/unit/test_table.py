@@ -94,6 +94,16 @@ def test_an_integer_longer_than_python_converts_misfits_every_integer_column():
     assert misfits.found() == [["message", "score"], ["message", "size"], ["status", "code"]]
 
 
+def test_a_column_of_more_fields_than_glue_takes_in_a_type_is_json_text_and_the_others_stay_typed():
+    wide = {"properties": {f"field_number_{n:05d}_of_a_wide_index": {"type": "keyword"} for n in range(4000)}}
+    columns = from_mappings([MESSAGES], [("status", "one", [STATUS]), ("audit", "many", [wide])])
+    assert columns["audit"] == "json" and columns["status"]["struct"]["code"] == "smallint"
+    narrower = from_mappings(
+        [MESSAGES], [("audit", "many", [{"properties": dict(list(wide["properties"].items())[:3000])}])]
+    )
+    assert len(athena_type(narrower["audit"], AthenaNames(narrower), ddl=False)) <= 131072  # kept: under the limit
+
+
 def test_an_array_of_json_values_fits_and_a_value_for_it_that_is_no_array_does_not():
     misfits = Misfits({"message_id": "string", "notes": {"array": "json"}, "tags": {"array": "string"}})
     misfits.check({"message_id": "m", "notes": [1, {"a": [2]}, "x", None], "tags": ["a", 5]})
