@@ -429,6 +429,12 @@ def from_params(params: Mapping[str, Any], defaults: Mapping[str, Any]) -> Backf
             f"{', '.join(columns)} (a single name is a top-level key a transform adds)"
             for i, path in enumerate(json_fields) if len(path) > 1 and path[0] not in columns
         ]  # fmt: skip
+        problems += [
+            f"json_fields[{i}]: {path[0]!r} differs only in case from the column {column!r}, which a record cannot "
+            f"also have (Athena's names are case-insensitive): name {column!r} or one of its fields"
+            for i, path in enumerate(json_fields) for column in columns
+            if path[0] != column and path[0].lower() == column.lower()
+        ]  # fmt: skip
 
     if problems:
         raise ConfigError(problems)

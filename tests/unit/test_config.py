@@ -171,6 +171,8 @@ BAD_CONFS = [
     ({"json_fields": ["Window"]}, "json_fields[0]: Window is the record's Window, a string; name another field"),
     ({"json_fields": ["message.tags", "mesage.tags"]}, "json_fields[1]: 'mesage.tags' is a field of no column: the "
      "record's columns are message, history, status, audit"),
+    ({"json_fields": ["Status"]}, "json_fields[0]: 'Status' differs only in case from the column 'status'"),
+    ({"json_fields": ["Message.raw"]}, "json_fields[0]: 'Message' differs only in case from the column 'message'"),
     ({"page_size": "1000"}, 'page_size must be an integer, not "1000"'),
     ({"page_size": True}, "page_size must be an integer, not true"),
     ({"page_size": 10_001}, "page_size must be within 100..10000, not 10001"),
