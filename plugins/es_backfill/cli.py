@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         help="write _athena.sql for a backfill already written (and register it in the conf's glue_database)",
         description="Writes the table over a backfill already written, as the DAG's summarise task does: "
         "_athena.sql from its plan's columns and its windows' findings, and the table in the conf's glue_database "
-        "if it names one. Prints the DDL. Needs no cluster; exits 2 if there is no plan with columns.",
+        "if it names one. Prints the DDL. Needs no cluster; exits 2 if there is no plan with columns, 1 if Glue "
+        "refuses the table.",
     ).set_defaults(redaction=False)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -168,11 +169,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _table(config: BackfillConfig, store: ObjectStore, catalog: GlueCatalog | None) -> int:
     from es_backfill.plan import check_bucket, check_catalog
-    from es_backfill.summary import write_existing_table
+    from es_backfill.summary import TableRegistrationError, write_existing_table
 
     check_bucket(store)
     check_catalog(config, catalog)
-    print(write_existing_table(config, store, catalog)["ddl"], end="")
+    try:
+        print(write_existing_table(config, store, catalog)["ddl"], end="")
+    except TableRegistrationError as err:
+        print(err, file=sys.stderr)
+        return 1
     return 0
 
 

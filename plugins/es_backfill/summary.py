@@ -141,7 +141,7 @@ def summarise(
 
 
 class TableRegistrationError(RuntimeError):
-    """The run reconciled and its manifest and ``_athena.sql`` are written, but Glue did not take the table."""
+    """Glue did not take the table; the backfill's files and ``_athena.sql`` are written."""
 
 
 def write_table(
@@ -186,9 +186,9 @@ def register_table(catalog: GlueCatalog, athena: AthenaTable) -> str:
         catalog.register(athena)
     except (CatalogConflict, ClientError, BotoCoreError) as err:
         raise TableRegistrationError(
-            f"The backfill's files, run manifest and _athena.sql are written, but the Glue table "
-            f"{catalog.database}.{athena.name} could not be registered: {err}. Fix that and clear this task, or "
-            "run the command line's table command, or create the table from _athena.sql"
+            f"The Glue table {catalog.database}.{athena.name} could not be registered: {err}. The backfill's files "
+            "and _athena.sql are written: once that is fixed, clear the summarise task or run the command line's "
+            "table command (or create the table from _athena.sql)"
         ) from err
     return f"{catalog.database}.{athena.name}"
 

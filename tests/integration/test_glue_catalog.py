@@ -130,9 +130,8 @@ def _result(window, messages: int) -> dict:
 def test_a_table_glue_refuses_fails_the_run_after_its_manifest_is_written_saying_so(s3_server, s3_bucket, glue):
     config, store, windows = _planned(s3_server, s3_bucket, glue_database="exports")
     glue.create_table(DatabaseName="exports", TableInput={"Name": "orders", "Parameters": {}})  # made by hand since
-    with pytest.raises(TableRegistrationError, match=r"manifest and _athena.sql are written, but the Glue table "
-                       r"exports.orders could not be registered: Glue table exports.orders exists and is not "
-                       r"es-backfill's"):  # fmt: skip
+    with pytest.raises(TableRegistrationError, match=r"The Glue table exports.orders could not be registered: Glue "
+                       r"table exports.orders exists and is not es-backfill's"):  # fmt: skip
         summarise(config, windows, [_result(w, 2) for w in windows], store, catalog=GlueCatalog(glue, "exports"))
     objects = read_objects(s3_bucket, "orders/")
     run = orjson.loads(objects["orders/_run_manifest.json"])
@@ -192,3 +191,20 @@ def test_a_table_made_from_the_pasted_ddl_is_the_backfills_own_and_updated(s3_se
     updated = glue.get_table(DatabaseName="exports", Name="orders")["Table"]
     assert updated["Parameters"]["projection.dt.range"] == "2024-03-01,2024-03-02"
     assert [c["Name"] for c in updated["StorageDescriptor"]["Columns"]] == ["message_id", "window", "message"]
+
+
+def test_the_command_line_says_why_glue_refused_the_table_and_exits_1(s3_server, s3_bucket, glue, monkeypatch, capfd):
+    _planned(s3_server, s3_bucket, glue_database="exports")
+    monkeypatch.setattr("es_backfill.cli._catalog", lambda *_: GlueCatalog(CreatedMeanwhile(glue), "exports"))
+    conf = {"start": "2024-03-01", "end": "2024-03-03", "s3_bucket": s3_bucket, "backfill_name": "orders",
+            "glue_database": "exports"}  # fmt: skip
+    capfd.readouterr()
+    assert cli(["table", "--conf", json.dumps(conf)]) == 1
+    out, err = capfd.readouterr()
+    assert (
+        "The Glue table exports.orders could not be registered: Glue table exports.orders exists and is backfill" in err
+    )
+    assert (
+        "CREATE EXTERNAL TABLE" not in out
+        and "_athena.sql" in read_objects(s3_bucket, "orders/_athena.sql").popitem()[0]
+    )
