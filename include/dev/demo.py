@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from include.dev.servers.airflow_env import local_airflow_env
-from include.dev.servers.signals import stop_on_signals
+from include.dev.servers.signals import airflow_in_process, stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "es-backfill-demo"
@@ -86,7 +86,8 @@ def main() -> None:
         hook = S3Hook(aws_conn_id="aws_default")
         hook.create_bucket(bucket_name=BUCKET)
         print(f"\n== Running the es_backfill DAG (dag.test) with conf {json.dumps(conf)}")
-        run = DagBag(str(ROOT / "dags")).dags["es_backfill"].test(run_conf=conf)
+        with airflow_in_process():  # Ctrl-C or a SIGTERM still stops the demo and its servers
+            run = DagBag(str(ROOT / "dags")).dags["es_backfill"].test(run_conf=conf)
         print(f"   DAG run finished: {run.state}")
         if not cluster.started_here:
             created = f"{cluster.url}/{','.join(names.of(r) for r in ROLES)}"
@@ -167,4 +168,8 @@ def shortened(value: Any, chars: int = 60, items: int = 3) -> Any:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("\nInterrupted: the demo's servers are stopped", file=sys.stderr)
+        sys.exit(130)

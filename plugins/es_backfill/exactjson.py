@@ -163,7 +163,7 @@ def _fragments(value: Any, sort_keys: bool) -> Any:
 
 def _check_keys(value: dict[Any, Any]) -> None:
     for key in value:
-        if not isinstance(key, str):
+        if type(key) is not str:  # as orjson: not even a subclass (an enum's member)
             raise TypeError(f"Dict key must be str, not {type(key).__name__}: {key!r}")
 
 
@@ -171,27 +171,42 @@ class _Punctuation(str):
     """Text :func:`_written` writes as it is."""
 
 
+class _Close(_Punctuation):
+    """The end of an object or array, where :func:`_written` goes up a level."""
+
+
+MAX_DEPTH = 10_000  # levels _written writes; the engines refuse documents nested deeper than 1,000
+
+
 def _written(value: Any, sort_keys: bool) -> str:
     """``value`` as JSON text, as orjson writes it, but for integers of any size, lone surrogates (escaped) and
-    any depth: an explicit stack instead of recursion."""
+    any depth up to :data:`MAX_DEPTH` (TypeError past it: a value that holds itself): an explicit stack instead
+    of recursion."""
     out: list[str] = []
     stack: list[Any] = [value]
+    depth = 0
     while stack:
         item = stack.pop()
         if isinstance(item, str):
             out.append(item if isinstance(item, _Punctuation) else _string(item))
-        elif isinstance(item, dict):
+            depth -= isinstance(item, _Close)
+            continue
+        if isinstance(item, dict | list | tuple):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise TypeError(f"Nested deeper than {MAX_DEPTH} levels (a value that holds itself?)")
+        if isinstance(item, dict):
             _check_keys(item)
             members = sorted(item.items()) if sort_keys else list(item.items())
             out.append("{")
-            stack.append(_Punctuation("}"))
+            stack.append(_Close("}"))
             for index in range(len(members) - 1, -1, -1):
                 key, member = members[index]
                 stack.append(member)
                 stack.append(_Punctuation(("," if index else "") + _string(key) + ":"))
         elif isinstance(item, list | tuple):
             out.append("[")
-            stack.append(_Punctuation("]"))
+            stack.append(_Close("]"))
             for index in range(len(item) - 1, -1, -1):
                 stack.append(item[index])
                 if index:

@@ -144,12 +144,14 @@ class Shaper:
         """Raise :class:`TransformError` if ``shaped`` holds NaN or an infinity, which JSON cannot hold (orjson
         would write null: a value lost without a word). An explicit stack: a document may nest deep."""
         stack: list[Any] = [shaped]
+        seen: set[int] = set()  # a value the record holds twice is checked once (and one holding itself ends)
         while stack:
             item = stack.pop()
-            if isinstance(item, dict):
-                stack.extend(item.values())
-            elif isinstance(item, list | tuple):
-                stack.extend(item)
+            if isinstance(item, dict | list | tuple):
+                if id(item) in seen:
+                    continue
+                seen.add(id(item))
+                stack.extend(item.values() if isinstance(item, dict) else item)
             elif isinstance(item, float) and not isinstance(item, exactjson.Number) and not math.isfinite(item):
                 raise TransformError(
                     f"transform {self.transform_name} returned the number {item!r}, which JSON cannot hold "

@@ -59,9 +59,12 @@ def run_backfill(airflow_db, es_connection, s3_server):
     a second ``dag.test()`` on the same DAG object would carry the first run's conf into its params."""
     from airflow.dag_processing.dagbag import DagBag
 
+    from include.dev.servers.signals import airflow_in_process
+
     def run(conf: dict[str, Any]):
         dag = DagBag(os.environ["AIRFLOW__CORE__DAGS_FOLDER"]).get_dag("es_backfill")
-        return dag.test(run_conf=conf)
+        with airflow_in_process():  # a SIGTERM (CI cancelling the run) still stops the session
+            return dag.test(run_conf=conf)
 
     return run
 

@@ -98,3 +98,12 @@ def test_a_key_that_is_not_a_string_is_refused_not_written_as_its_text():
     for value in ({1: "a", "1": "b"}, {"s": "\ud83d", "o": {None: 1}}, _nested({True: 1}, 300)):
         with pytest.raises(TypeError, match="Dict key must be str"):
             exactjson.dumps(value)
+
+
+def test_a_value_that_holds_itself_is_refused_not_written_until_memory_runs_out():
+    looped: dict = {"a": [1]}
+    looped["a"].append(looped)
+    with pytest.raises(TypeError, match="Nested deeper than 10000 levels"):
+        exactjson.dumps({"message": looped})
+    levels = (exactjson.MAX_DEPTH - 1) // 2  # each {"x": [...]} is two: with [1], every level it may have
+    assert exactjson.dumps(_nested([1], levels)).endswith(b"[1]" + b"]}" * levels)

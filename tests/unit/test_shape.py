@@ -119,6 +119,19 @@ def infinite_deep_down(record):
     return record
 
 
+def holds_itself(record):
+    record["message"]["self"] = record["message"]
+    return record
+
+
+def test_a_record_a_transform_made_hold_itself_is_checked_to_the_end_and_refused_when_written():
+    _, record = _record()
+    shaper = Shaper((), None, "tests.unit.test_shape.holds_itself", _RELATED)
+    shaped = shaper.apply({**record, "window": "w"})
+    with pytest.raises(TypeError, match="holds itself"):
+        exactjson.dumps(shaped)  # which fails the window as the transform's (extract: Shaper.unwritable)
+
+
 def test_each_record_handed_to_a_transform_is_its_own():
     shared, record = _record()
     second = {**record, "message_id": "m2", "window": "w", "message": {"sender": "b"}}

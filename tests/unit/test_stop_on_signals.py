@@ -1,5 +1,7 @@
-"""``make servers``, ``make demo`` and pytest stop their servers on the first Ctrl-C or SIGTERM, and a second one
-(``make`` passes a SIGTERM sent to its process group on to us) cannot cut that shutdown short."""
+"""``make servers``, ``make demo`` and pytest stop their servers on the first Ctrl-C or SIGTERM, a second one at
+once (``make`` passes a SIGTERM sent to its process group on to us) cannot cut that shutdown short, and
+``dag.test()`` (which swallows an interrupt inside a task and installs its own SIGTERM handler) does not stop them
+from working."""
 
 from __future__ import annotations
 
@@ -12,13 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from include.dev.servers.signals import stop_on_signals
+from include.dev.servers import signals
+from include.dev.servers.signals import airflow_in_process, stop_on_signals
 
 ROOT = Path(__file__).resolve().parents[2]
+INSTALL = signal.signal
 
 
 @pytest.fixture
-def restored_handlers():
+def restored_handlers(monkeypatch):
+    monkeypatch.setattr(signals, "_last_interrupt", None)
     saved = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield
     for signum, handler in saved.items():
@@ -31,7 +36,7 @@ def _deliver(signum: int) -> None:
 
 
 @pytest.mark.parametrize("first", [signal.SIGINT, signal.SIGTERM])
-def test_the_first_signal_interrupts_and_later_ones_are_ignored(restored_handlers, first):
+def test_the_first_signal_interrupts_and_those_right_after_it_are_ignored(restored_handlers, first):
     stop_on_signals()
     with pytest.raises(KeyboardInterrupt):
         _deliver(first)
@@ -40,6 +45,44 @@ def test_the_first_signal_interrupts_and_later_ones_are_ignored(restored_handler
         _deliver(signum)
         stopped.append(signum)
     assert stopped == [signal.SIGTERM, signal.SIGINT]
+
+
+def test_a_signal_after_a_while_interrupts_again_as_a_second_ctrl_c_does(restored_handlers, monkeypatch):
+    monkeypatch.setattr(signals, "DUPLICATE_S", 0.2)
+    stop_on_signals()
+    with pytest.raises(KeyboardInterrupt):
+        _deliver(signal.SIGINT)
+    time.sleep(0.3)
+    with pytest.raises(KeyboardInterrupt):
+        _deliver(signal.SIGTERM)
+
+
+def _task_as_airflow_runs_it() -> str:
+    """What ``dag.test()`` does for each task: installs its own SIGTERM handler, and turns any BaseException
+    the task raises (a KeyboardInterrupt from a signal too) into a failed task."""
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    try:
+        _deliver(signal.SIGTERM)  # CI cancelling the run while the task runs
+    except BaseException:
+        return "failed"
+    return "success"
+
+
+def test_a_signal_dag_test_swallows_stops_the_run_once_dag_test_returns(restored_handlers):
+    stop_on_signals()
+    states = []
+    with pytest.raises(KeyboardInterrupt), airflow_in_process():
+        states += [_task_as_airflow_runs_it()]
+    assert states == ["failed"]  # the handler stayed ours; the task failed; then the interrupt was raised again
+    assert signal.getsignal(signal.SIGTERM) is signal.getsignal(signal.SIGINT) is signals._interrupt
+    assert signal.signal is INSTALL  # no longer patched
+
+
+def test_without_our_handlers_dag_test_installs_its_own_as_before(restored_handlers):
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    with airflow_in_process():
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_IGN
 
 
 def test_later_signals_are_caught_not_ignored_so_programs_started_during_shutdown_can_be_stopped(restored_handlers):

@@ -1,9 +1,10 @@
 """Free TCP ports on the loopback interface for the local servers.
 
 A port is free when nothing listens on it, and it stays ours until the server binds it: ports are taken from
-below the kernel's ephemeral range (where the local ports of connections come from, so no client takes one
-meanwhile) and claimed in a directory every process on this machine shares (``make test`` runs two pytest
-processes, each starting servers). A claim lasts as long as its process; a dead process's claims are taken over.
+outside the kernel's ephemeral range where it leaves room (where the local ports of connections come from, so
+no client takes one meanwhile) and claimed in a directory every process on this machine shares
+(``$TMPDIR/es-backfill-ports``; ``make test`` runs two pytest processes, each starting servers). A claim lasts
+as long as its process; a dead process's claims are taken over.
 """
 
 from __future__ import annotations
@@ -20,39 +21,62 @@ from pathlib import Path
 
 CLAIMS = Path(tempfile.gettempdir()) / "es-backfill-ports"
 LOWEST = 15000
+ROOM = 4096  # ports outside the ephemeral range that make it worth staying out of it
 TRIES = 200
 _mine: list[Path] = []
 
 
 def free_port() -> int:
     """A port that nothing listens on right now and no other process of ours has been given."""
-    low, high = _candidates()
+    span = _candidates(*_ephemeral_range())
     with _registry() as claims:
         for _ in range(TRIES):
-            port = random.randrange(low, high)
+            port = random.randrange(*span) if span else _any_port()
             claim = claims / str(port)
             if claim.exists() and _alive(claim):
                 continue
             if _bindable(port):
                 claim.write_text(str(os.getpid()))
+                with contextlib.suppress(OSError):
+                    claim.chmod(0o666)
                 _mine.append(claim)
                 return port
-    raise RuntimeError(f"No free port found in {TRIES} tries between {low} and {high} (claims in {CLAIMS})")
+    raise RuntimeError(f"No free port found in {TRIES} tries ({span or 'any port'}; claims in {CLAIMS})")
 
 
-def _candidates() -> tuple[int, int]:
-    """Below the ephemeral range if it leaves room there (Linux's default starts at 32768), else above it."""
+def _ephemeral_range() -> tuple[int, int]:
     try:
         first, last = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
     except (OSError, ValueError):
-        first, last = 32768, 60999
-    return (LOWEST, first) if first - LOWEST >= 4096 else (last + 1, 65536)
+        return 32768, 60999  # Linux's default
+    return first, last
+
+
+def _candidates(first: int, last: int) -> tuple[int, int] | None:
+    """Below the ephemeral range ``first``..``last`` if it leaves room there, else above it; None if neither
+    does (the kernel then picks)."""
+    if first - LOWEST >= ROOM:
+        return LOWEST, first
+    if 65535 - last >= ROOM:
+        return last + 1, 65536
+    return None
+
+
+def _any_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 @contextlib.contextmanager
 def _registry() -> Iterator[Path]:
-    CLAIMS.mkdir(mode=0o777, exist_ok=True)
-    with open(CLAIMS / ".lock", "a") as lock:
+    """The claims, locked against every other process for the block (open to every user, who share ports)."""
+    CLAIMS.mkdir(exist_ok=True)
+    lock_path = CLAIMS / ".lock"
+    with open(lock_path, "a") as lock:
+        with contextlib.suppress(OSError):  # another user's directory: theirs to open up, as they did
+            CLAIMS.chmod(0o1777)
+            lock_path.chmod(0o666)
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield CLAIMS
 
@@ -78,5 +102,8 @@ def _bindable(port: int) -> bool:
 
 @atexit.register
 def _release() -> None:
+    pid = str(os.getpid())
     for claim in _mine:
-        claim.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            if claim.read_text() == pid:  # not a forked child's parent's
+                claim.unlink()
