@@ -28,6 +28,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from es_backfill.catalog import GlueCatalog
 from es_backfill.config import BackfillConfig, ConfigError, defaults_path, from_params, load_defaults
 from es_backfill.sink import ObjectStore
@@ -142,8 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         help="write _athena.sql for a backfill already written (and register it in the conf's glue_database)",
         description="Writes the table over a backfill already written, as the DAG's summarise task does: "
         "_athena.sql from its plan's columns and its windows' findings, and the table in the conf's glue_database "
-        "if it names one. Prints the DDL. Needs no cluster; exits 2 if there is no plan with columns, 1 if Glue "
-        "refuses the table.",
+        "if it names one. Prints the DDL. Needs no cluster; exits 2 for a bad conf, no plan with columns, or a Glue "
+        "database missing or holding another backfill's table of that name, 1 if Glue refuses a request.",
     ).set_defaults(redaction=False)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -172,10 +174,10 @@ def _table(config: BackfillConfig, store: ObjectStore, catalog: GlueCatalog | No
     from es_backfill.summary import TableRegistrationError, write_existing_table
 
     check_bucket(store)
-    check_catalog(config, catalog)
     try:
+        check_catalog(config, catalog)
         print(write_existing_table(config, store, catalog)["ddl"], end="")
-    except TableRegistrationError as err:
+    except (TableRegistrationError, ClientError, BotoCoreError) as err:  # Glue refused (no permission, a race)
         print(err, file=sys.stderr)
         return 1
     return 0

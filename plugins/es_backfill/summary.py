@@ -21,7 +21,7 @@ from es_backfill.catalog import CatalogConflict, GlueCatalog
 from es_backfill.config import BackfillConfig, ConfigError
 from es_backfill.lease import Holder
 from es_backfill.sink import ObjectStore
-from es_backfill.table import AthenaTable, table_location, table_name, widened
+from es_backfill.table import AthenaTable, table_location, table_name, widened, within_glue_limits
 from es_backfill.windows import Window
 
 log = logging.getLogger(__name__)
@@ -106,24 +106,27 @@ def summarise(
     unregistered: TableRegistrationError | None = None
     try:
         saved = manifest.read_plan(store, config)
+        athena: AthenaTable | None = None
         if saved is not None and saved.table is not None:
             misfits = [r.get("misfits", []) for r in results]
             athena, run["table"] = write_table(config, store, saved.table, planned, misfits, config.output_format)
-            if catalog is not None and problems:
-                log.warning("The table is not registered in the Glue database %s: the run does not reconcile (it "
-                            "is when a run does)", catalog.database)  # fmt: skip
-            elif catalog is not None:
-                try:
-                    run["table"]["glue_table"] = register_table(catalog, athena)
-                except TableRegistrationError as err:
-                    run["table"]["glue_error"] = str(err)
-                    unregistered = err
         else:
             log.warning(
-                "The plan of %s has no table columns (planned by an older version): no _athena.sql",
+                "The plan of %s has no table columns (planned by an older version): no _athena.sql, no Glue table",
                 config.backfill_name,
             )
-        store.put(manifest.run_manifest_key(config), manifest.dumps(run))
+        run_key = manifest.run_manifest_key(config)
+        store.put(run_key, manifest.dumps(run))  # before Glue is asked, which may take minutes (its retries)
+        if catalog is not None and athena is not None and problems:
+            log.warning("The table is not registered in the Glue database %s: the run does not reconcile (it is "
+                        "when a run does)", catalog.database)  # fmt: skip
+        elif catalog is not None and athena is not None:
+            try:
+                run["table"]["glue_table"] = register_table(catalog, athena)
+            except TableRegistrationError as err:
+                run["table"]["glue_error"] = str(err)
+                unregistered = err
+            store.put(run_key, manifest.dumps(run))  # with what Glue made of it
     finally:
         if holder is not None:
             lease.release(store, config, holder)  # a retrigger, or a cleared window of this run, takes it again
@@ -165,8 +168,10 @@ def write_table(
         log.warning("Records hold a top-level key dt (a transform's?), which the table does not read: its partition "
                     "column dt is the day of the folder (the UTC day its windows start)")  # fmt: skip
     days = sorted(Window.from_dict(w).day for w in planned)
-    athena = AthenaTable(table_name(config.backfill_name), table_location(config), widened(columns, found),
-                         (days[0], days[-1]), parquet=output_format == "parquet")  # fmt: skip
+    # Keys found in objects the mappings do not type add fields: the column may pass Glue's limit only now.
+    typed = within_glue_limits(widened(columns, found))
+    athena = AthenaTable(table_name(config.backfill_name), table_location(config), typed, (days[0], days[-1]),
+                         parquet=output_format == "parquet")  # fmt: skip
     ddl = athena.ddl()
     if len(ddl.encode()) > ATHENA_QUERY_LIMIT:
         log.warning("_athena.sql is %s bytes, more than an Athena query takes (%s): register the table with "

@@ -76,14 +76,20 @@ def from_mappings(
     for name, cardinality, mappings in related:
         document = _merged(mappings)
         columns[name] = document if cardinality == "one" else {"array": document}
+    return within_glue_limits(columns)
+
+
+def within_glue_limits(columns: dict[str, Type]) -> dict[str, Type]:
+    """``columns``, each whose type would be longer than the Glue Data Catalog takes made ``json`` (logged)."""
     names = AthenaNames(columns)
+    fitting = dict(columns)
     for name, kind in columns.items():
         length = len(athena_type(kind, names, ddl=False))
         if length > GLUE_TYPE_LIMIT:
             log.warning("The column %s would have a type of %s characters, more than the Glue Data Catalog's %s: "
                         "it is JSON text", name, length, GLUE_TYPE_LIMIT)  # fmt: skip
-            columns[name] = "json"
-    return columns
+            fitting[name] = "json"
+    return fitting
 
 
 GLUE_TYPE_LIMIT = 131072  # a column's type, in the Glue Data Catalog's API

@@ -208,3 +208,23 @@ def test_the_command_line_says_why_glue_refused_the_table_and_exits_1(s3_server,
         "CREATE EXTERNAL TABLE" not in out
         and "_athena.sql" in read_objects(s3_bucket, "orders/_athena.sql").popitem()[0]
     )
+
+
+class DeniedGetDatabase(CreatedMeanwhile):
+    """The Glue client of a role without glue:GetDatabase."""
+
+    def get_database(self, **request):
+        from botocore.exceptions import ClientError
+
+        raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}, "GetDatabase")
+
+
+def test_the_command_line_says_what_glue_denied_without_a_traceback(s3_server, s3_bucket, glue, monkeypatch, capfd):
+    _planned(s3_server, s3_bucket, glue_database="exports")
+    monkeypatch.setattr("es_backfill.cli._catalog", lambda *_: GlueCatalog(DeniedGetDatabase(glue), "exports"))
+    conf = {"start": "2024-03-01", "end": "2024-03-03", "s3_bucket": s3_bucket, "backfill_name": "orders",
+            "glue_database": "exports"}  # fmt: skip
+    capfd.readouterr()
+    assert cli(["table", "--conf", json.dumps(conf)]) == 1
+    err = capfd.readouterr().err
+    assert "AccessDeniedException" in err and "not allowed" in err and "Traceback" not in err

@@ -17,6 +17,7 @@ from es_backfill.table import (
     table_name,
     to_saved,
     widened,
+    within_glue_limits,
 )
 
 MESSAGES = {
@@ -102,6 +103,10 @@ def test_a_column_of_more_fields_than_glue_takes_in_a_type_is_json_text_and_the_
         [MESSAGES], [("audit", "many", [{"properties": dict(list(wide["properties"].items())[:3000])}])]
     )
     assert len(athena_type(narrower["audit"], AthenaNames(narrower), ddl=False)) <= 131072  # kept: under the limit
+    # Keys the windows find in an object its mapping does not type (dynamic: false) add fields to the table's type.
+    found = [("audit", f"unmapped_key_number_{n:05d}_found_by_a_window") for n in range(4000)]
+    table = within_glue_limits(widened(narrower, found))
+    assert table["audit"] == "json" and narrower["audit"] != "json"
 
 
 def test_an_array_of_json_values_fits_and_a_value_for_it_that_is_no_array_does_not():
