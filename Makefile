@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 UV_VERSION := 0.12.3
 UV := .tools/bin/uv
 
-.PHONY: venv system-deps test lint demo servers bench verify lock clean
+.PHONY: venv system-deps test lint demo servers airflow bench verify lock clean
 
 venv: $(VENV)/.synced
 
@@ -39,6 +39,10 @@ demo: venv
 # A local engine (DEMO_ENGINE too) and S3 server with a seeded week, for the CLI, verify and a local Airflow; until Ctrl-C.
 servers: venv
 	$(BIN)/python -m include.dev.servers
+
+# A local Airflow (api-server, scheduler, dag-processor on a throwaway PostgreSQL) for the Quickstart; until Ctrl-C.
+airflow: venv
+	$(BIN)/python -m include.dev.airflow
 
 # elasticdump for the bench, from npm, into .tools/elasticdump (once per version); include/dev/bench.py runs it there.
 ELASTICDUMP_VERSION := 6.125.1

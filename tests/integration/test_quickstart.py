@@ -1,8 +1,9 @@
 """README's Quickstart, run as written: ``make servers`` starts the local servers and writes the files the
-Quickstart's second step asks for, then every shell block of the Quickstart runs verbatim, in order, in one shell
-(the dry run, Airflow's connections and pool, the Secrets Manager command, the trigger, the watch until the run
-ends, ``make verify``) against those servers and a real Airflow (api-server, scheduler, dag-processor), and the
-bucket ends holding exactly the seeded messages. The connection examples are read by our hook into the settings
+Quickstart's second step asks for, ``make airflow`` a real Airflow (api-server, scheduler, dag-processor), each
+printing the ``export`` line the Quickstart says to paste; then every shell block of the Quickstart runs
+verbatim, in order, in one shell (the dry run, Airflow's connections and pool, the Secrets Manager command, the
+trigger, the watch until the run ends, ``make verify``) against them, and the bucket ends holding exactly the
+seeded messages. The connection examples are read by our hook into the settings
 the Quickstart says they give."""
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ import boto3
 import pytest
 
 from include.dev.datagen import SEED_WEEK, DatasetSpec, generate
-from include.dev.servers.airflow_stack import running_airflow
-from include.dev.servers.postgres import running_postgres
 
 ROOT = Path(__file__).resolve().parents[2]
 SECTION = ROOT.joinpath("README.md").read_text().split("\n## Quickstart", 1)[1].split("\n## ", 1)[0]
@@ -80,11 +79,14 @@ def test_the_quickstart_runs_as_written_on_the_local_servers(tmp_path, monkeypat
     # The servers and Airflow get only what the Quickstart gives them, not the suite's connections.
     for name in ("AIRFLOW_CONN_ELASTICSEARCH_DEFAULT", "AIRFLOW_CONN_AWS_DEFAULT"):
         monkeypatch.delenv(name, raising=False)
-    with _make_servers(tmp_path / "servers.log") as printed, running_postgres() as db, running_airflow(db) as airflow:
+    with (
+        _make("servers", tmp_path / "servers.log", "Ctrl-C stops the servers") as printed,
+        _make("airflow", tmp_path / "airflow.log", "Ctrl-C stops Airflow") as airflow,
+    ):
         exports = dict(pair.split("=", 1) for pair in shlex.split(printed["export"]))
         subprocess.run(printed["cp"], shell=True, cwd=workdir, check=True, timeout=30)  # noqa: S602 - its own line
-        airflow.wait_for("the DAG to be parsed", lambda: airflow.has_dag("es_backfill"))
-        env = {k: v for k, v in airflow.env.items() if not k.startswith("AIRFLOW_CONN_")} | exports
+        airflow_exports = dict(pair.split("=", 1) for pair in shlex.split(airflow["export"]))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIRFLOW_CONN_")} | airflow_exports | exports
         result = subprocess.run(
             ["bash", "-c", _script()], cwd=workdir, env=env, capture_output=True, text=True, timeout=1500
         )
@@ -92,6 +94,10 @@ def test_the_quickstart_runs_as_written_on_the_local_servers(tmp_path, monkeypat
         output = result.stdout + result.stderr
         assert "Dry run, nothing written" in output, output[-4000:]  # the plan printed its per-window report
         assert "verified 7 windows: 7 ok, 0 with problems" in output, output[-4000:]
+        # The query step's DuckDB table: one row per dt, each message once, their counts adding up.
+        rows = re.findall(r"│ (2024-03-0\d) │\s+(\d+) │\s+(\d+) │\s+(\d+) │", result.stdout)
+        assert len(rows) == 7 and all(messages == ids for _, messages, ids, _ in rows), result.stdout[-3000:]
+        assert sum(int(messages) for _, messages, _, _ in rows) == MESSAGES
         records = _records(exports)
         secret = boto3.client("secretsmanager", region_name="eu-west-1", endpoint_url=exports["AWS_ENDPOINT_URL"],
                               aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
@@ -117,35 +123,36 @@ def _script() -> str:
     return "set -euo pipefail\n" + "\n".join(steps)
 
 
-class _make_servers:
-    """``make servers`` in its own process group: yields its printed ``export`` and ``cp`` lines once it is
-    ready; on exit, SIGTERM as from Ctrl-C's neighbour ``kill``, and both servers must stop answering."""
+class _make:
+    """``make <target>`` (``servers`` or ``airflow``) in its own process group, as README runs it in another shell:
+    yields its printed ``export`` line (and ``cp`` line, if it prints one) once it says ``ready``; on exit, SIGTERM
+    as from Ctrl-C's neighbour ``kill``, and every server it named must stop answering."""
 
-    def __init__(self, log: Path) -> None:
-        self.log = log
+    def __init__(self, target: str, log: Path, ready: str) -> None:
+        self.target, self.log, self.ready = target, log, ready
 
     def __enter__(self) -> dict[str, str]:
         env = {**os.environ, "SERVERS_MESSAGES": str(MESSAGES)}
         with self.log.open("w") as out:
-            self.proc = subprocess.Popen(["make", "servers"], cwd=ROOT, env=env, stdout=out,
+            self.proc = subprocess.Popen(["make", self.target], cwd=ROOT, env=env, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 600
-        while "Ctrl-C stops the servers" not in (text := self.log.read_text()):
+        while self.ready not in (text := self.log.read_text()):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.__exit__()
-                pytest.fail(f"make servers did not get ready:\n{text[-3000:]}")
+                pytest.fail(f"make {self.target} did not get ready:\n{text[-3000:]}")
             time.sleep(1)
-        self.urls = re.findall(r"running at (http://\S+)", text)
+        self.urls = re.findall(r"(?:running at|Airflow at) (http://\S+)", text)
         lines = text.splitlines()
         return {
             "export": next(line for line in lines if line.startswith("export "))[len("export ") :],
-            "cp": next(line for line in lines if line.startswith("cp ")),
+            "cp": next((line for line in lines if line.startswith("cp ")), ""),
         }
 
     def __exit__(self, *exc: object) -> None:
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=120)
-        for url in getattr(self, "urls", []):  # the engine and moto, both stopped: their ports refuse connections
+        for url in getattr(self, "urls", []):  # every server it started, stopped: their ports refuse connections
             address = urlsplit(url)
             with pytest.raises(ConnectionRefusedError):
                 for _ in range(60):
