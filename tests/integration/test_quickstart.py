@@ -170,3 +170,10 @@ def _records(exports: dict[str, str]) -> list[dict]:
                 data = gzip.decompress(s3.get_object(Bucket="es-backfill-local", Key=obj["Key"])["Body"].read())
                 records += [json.loads(line) for line in data.splitlines()]
     return records
+
+
+def test_the_quickstart_files_are_kept_out_of_git_as_it_says():
+    files = ["es_conn.json", "aws_conn.json", "conf.json"]
+    assert all(f"`{name}`" in SECTION for name in files) and "out of git" in SECTION
+    ignored = subprocess.run(["git", "check-ignore", *files], cwd=ROOT, capture_output=True, text=True, timeout=30)
+    assert ignored.stdout.split() == files
