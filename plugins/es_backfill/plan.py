@@ -466,6 +466,11 @@ def suggest_pool_slots(durations: list[float], target_s: float) -> int | None:
     return low
 
 
+# What a window costs whatever its size: its task's start in Airflow, its point in time, count and manifest
+# (README, *Sizing*: about 10 s a task; the Quickstart's windows of ~90 messages took 5-8 s each).
+WINDOW_OVERHEAD_S = 10.0
+
+
 def dry_run_report(config: BackfillConfig, reader: Reader, windows: list[Window]) -> dict[str, Any]:
     """Per-window counts, the output size and the run time, estimated from one sample page."""
     counts = window_counts(config, reader, windows)
@@ -475,11 +480,11 @@ def dry_run_report(config: BackfillConfig, reader: Reader, windows: list[Window]
             "window": w.label,
             "messages": c,
             "estimated_bytes": round(c * sample.bytes_per_message),
-            "estimated_seconds": round(c * sample.seconds_per_message, 1),
+            "estimated_seconds": round(WINDOW_OVERHEAD_S + c * sample.seconds_per_message, 1),
         }
         for w, c in zip(windows, counts, strict=True)
     ]
-    durations = [c * sample.seconds_per_message for c in counts]
+    durations = [WINDOW_OVERHEAD_S + c * sample.seconds_per_message for c in counts]
     target_s = config.target_duration.total_seconds() if config.target_duration else None
     return {
         "windows": rows,
