@@ -14,9 +14,11 @@ and prints how to delete them.
 
 from __future__ import annotations
 
+import atexit
 import gzip
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,9 +38,11 @@ MESSAGES = int(os.environ.get("DEMO_MESSAGES", "5000"))
 
 
 def _airflow_env() -> None:
+    home = tempfile.mkdtemp(prefix="es-backfill-demo-airflow-")
+    atexit.register(shutil.rmtree, home, ignore_errors=True)  # its database and logs: nothing to look at after
     os.environ.update(
         {
-            **local_airflow_env(tempfile.mkdtemp(prefix="es-backfill-demo-airflow-")),
+            **local_airflow_env(home),
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
             # dag.test() records the output's asset event through the alias the way a scheduler does: Airflow
             # first warns that the asset is not known yet, then creates it. Nothing for a user to do.

@@ -9,9 +9,11 @@ until Ctrl-C (or SIGTERM), which stops both servers. With ``ES_URL`` (a cluster 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shlex
+import shutil
 import signal
 import sys
 import tempfile
@@ -46,6 +48,7 @@ def main() -> None:
             aws_access_key_id=TEST_ACCESS_KEY, aws_secret_access_key=TEST_SECRET_KEY, region_name=REGION
         ).client("s3", endpoint_url=s3.endpoint_url).create_bucket(Bucket=BUCKET)
         files = Path(tempfile.mkdtemp(prefix="es-backfill-servers-"))
+        atexit.register(shutil.rmtree, files, ignore_errors=True)  # connections to servers stopped by then
         (files / "es_conn.json").write_text(elasticsearch_connection_uri(cluster.url) + "\n")
         (files / "aws_conn.json").write_text(aws_connection_uri(s3.endpoint_url) + "\n")
         (files / "conf.json").write_text(
