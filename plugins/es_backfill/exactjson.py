@@ -175,7 +175,7 @@ class _Close(_Punctuation):
     """The end of an object or array, where :func:`_written` goes up a level."""
 
 
-MAX_DEPTH = 10_000  # levels _written writes; the engines refuse documents nested deeper than 1,000
+MAX_DEPTH = 10_000  # levels _written writes; the engines' parser (Jackson) refuses over 1,000 by default
 
 
 def _written(value: Any, sort_keys: bool) -> str:
