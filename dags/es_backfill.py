@@ -13,8 +13,9 @@ says where the cluster is; the engine is detected.
   `es_backfill` pool, which caps how many windows read Elasticsearch at once. A window's
   objects have fixed keys and its manifest is written last, so a failed window is retried
   by clearing its task, and a re-triggered run skips the windows already complete.
-* **summarise** writes the run manifest, releases the lease, and fails if any window's written count differs
-  from Elasticsearch's. When every window reconciles it emits an asset event for the output,
+* **summarise** writes the run manifest and the output's table (``_athena.sql``), releases the lease, and fails
+  if any window's written count differs from Elasticsearch's. When every window reconciles it registers the
+  table in ``glue_database`` if the run names one, and emits an asset event for the output,
   `s3://{s3_bucket}/{s3_prefix}/{backfill_name}` (through the `es_backfill_output` asset alias),
   whose extra carries the run's figures.
 
