@@ -21,12 +21,16 @@ Run with ``plugins/`` on ``PYTHONPATH``; ``make verify CONF=conf.json`` does.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import logging
+import os
 import sys
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -149,11 +153,41 @@ def main(argv: list[str] | None = None) -> int:
     ).set_defaults(redaction=False)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    with _result_only_on_stdout() as out:
+        return _command(args, out)
+
+
+@contextlib.contextmanager
+def _result_only_on_stdout() -> Iterator[TextIO]:
+    """The stream for the command's result (the DDL, verify's report): standard output, which holds nothing else
+    meanwhile: what else writes to it (Airflow's log lines do) goes to standard error. A standard output that is
+    not the process's (a caller's capture) is left as it is."""
+    sys.stdout.flush()
+    try:
+        ours = sys.stdout.fileno() == 1
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        ours = False
+    if not ours:
+        yield sys.stdout
+        return
+    saved = os.dup(1)
+    result = os.fdopen(os.dup(saved), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    try:
+        yield result
+    finally:
+        result.close()
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def _command(args: argparse.Namespace, out: TextIO) -> int:
     try:
         config = from_params(_conf(args.conf), load_defaults(args.defaults))
         store = _store(config, args)
         if args.command == "table":
-            return _table(config, store, _catalog(config, args))
+            return _table(config, store, _catalog(config, args), out)
         reader = _reader(config, args)
     except (ConfigError, SourceError) as err:  # a bad conf, a cluster that cannot be read: one line, no traceback
         print(err, file=sys.stderr)
@@ -166,24 +200,26 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(err, file=sys.stderr)
             return 2
-        return _run(args.command, config, reader, store, args.redaction)
+        return _run(args.command, config, reader, store, out, args.redaction)
 
 
-def _table(config: BackfillConfig, store: ObjectStore, catalog: GlueCatalog | None) -> int:
+def _table(config: BackfillConfig, store: ObjectStore, catalog: GlueCatalog | None, out: TextIO) -> int:
     from es_backfill.plan import check_bucket, check_catalog
     from es_backfill.summary import TableRegistrationError, write_existing_table
 
     check_bucket(store)
     try:
         check_catalog(config, catalog)
-        print(write_existing_table(config, store, catalog)["ddl"], end="")
+        print(write_existing_table(config, store, catalog)["ddl"], end="", file=out)
     except (TableRegistrationError, ClientError, BotoCoreError) as err:  # Glue refused (no permission, a race)
         print(err, file=sys.stderr)
         return 1
     return 0
 
 
-def _run(command: str, config: BackfillConfig, reader: Reader, store: ObjectStore, redaction: bool = False) -> int:
+def _run(
+    command: str, config: BackfillConfig, reader: Reader, store: ObjectStore, out: TextIO, redaction: bool = False
+) -> int:
     if command == "plan":
         from es_backfill.plan import check_cluster, dry_run_report, identify_cluster, plan_or_resume
         from es_backfill.summary import log_dry_run
@@ -201,7 +237,7 @@ def _run(command: str, config: BackfillConfig, reader: Reader, store: ObjectStor
     from es_backfill.verify import verify
 
     report = verify(identify_cluster(config, reader), reader, store, redaction=redaction)
-    print(report.render())
+    print(report.render(), file=out)
     return 0 if report.ok else 1
 
 

@@ -228,3 +228,20 @@ def test_the_command_line_says_what_glue_denied_without_a_traceback(s3_server, s
     assert cli(["table", "--conf", json.dumps(conf)]) == 1
     err = capfd.readouterr().err
     assert "AccessDeniedException" in err and "not allowed" in err and "Traceback" not in err
+
+
+def test_the_command_line_prints_only_the_ddl_on_standard_output_so_it_can_be_saved(s3_server, s3_bucket):
+    """Run as a user runs it (its own process, standard output to a file): Airflow's log lines go elsewhere."""
+    import os
+    import subprocess
+    import sys
+
+    _planned(s3_server, s3_bucket)
+    conf = {"start": "2024-03-01", "end": "2024-03-03", "s3_bucket": s3_bucket, "backfill_name": "orders"}
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root / "plugins")}
+    done = subprocess.run([sys.executable, "-m", "es_backfill.cli", "table", "--conf", json.dumps(conf)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout == read_objects(s3_bucket, "orders/_athena.sql")["orders/_athena.sql"].decode()
+    assert "Wrote the table orders" in done.stderr  # the log lines, on standard error
