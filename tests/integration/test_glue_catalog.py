@@ -193,23 +193,6 @@ def test_a_table_made_from_the_pasted_ddl_is_the_backfills_own_and_updated(s3_se
     assert [c["Name"] for c in updated["StorageDescriptor"]["Columns"]] == ["message_id", "window", "message"]
 
 
-def test_the_command_line_says_why_glue_refused_the_table_and_exits_1(s3_server, s3_bucket, glue, monkeypatch, capfd):
-    _planned(s3_server, s3_bucket, glue_database="exports")
-    monkeypatch.setattr("es_backfill.cli._catalog", lambda *_: GlueCatalog(CreatedMeanwhile(glue), "exports"))
-    conf = {"start": "2024-03-01", "end": "2024-03-03", "s3_bucket": s3_bucket, "backfill_name": "orders",
-            "glue_database": "exports"}  # fmt: skip
-    capfd.readouterr()
-    assert cli(["table", "--conf", json.dumps(conf)]) == 1
-    out, err = capfd.readouterr()
-    assert (
-        "The Glue table exports.orders could not be registered: Glue table exports.orders exists and is backfill" in err
-    )
-    assert (
-        "CREATE EXTERNAL TABLE" not in out
-        and "_athena.sql" in read_objects(s3_bucket, "orders/_athena.sql").popitem()[0]
-    )
-
-
 class DeniedGetDatabase(CreatedMeanwhile):
     """The Glue client of a role without glue:GetDatabase."""
 
@@ -219,15 +202,27 @@ class DeniedGetDatabase(CreatedMeanwhile):
         raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}, "GetDatabase")
 
 
-def test_the_command_line_says_what_glue_denied_without_a_traceback(s3_server, s3_bucket, glue, monkeypatch, capfd):
+@pytest.mark.parametrize(
+    ("client", "said", "written"),
+    [
+        (CreatedMeanwhile, "The Glue table exports.orders could not be registered: Glue table exports.orders exists "
+         "and is backfill s3://other/backfill/", True),
+        (DeniedGetDatabase, "An error occurred (AccessDeniedException) when calling the GetDatabase operation: not "
+         "allowed", False),
+    ],
+)  # fmt: skip
+def test_the_command_line_says_what_glue_refused_without_a_traceback_and_exits_1(
+    client, said, written, s3_server, s3_bucket, glue, monkeypatch, capfd
+):
     _planned(s3_server, s3_bucket, glue_database="exports")
-    monkeypatch.setattr("es_backfill.cli._catalog", lambda *_: GlueCatalog(DeniedGetDatabase(glue), "exports"))
+    monkeypatch.setattr("es_backfill.cli._catalog", lambda *_: GlueCatalog(client(glue), "exports"))
     conf = {"start": "2024-03-01", "end": "2024-03-03", "s3_bucket": s3_bucket, "backfill_name": "orders",
             "glue_database": "exports"}  # fmt: skip
     capfd.readouterr()
     assert cli(["table", "--conf", json.dumps(conf)]) == 1
-    err = capfd.readouterr().err
-    assert "AccessDeniedException" in err and "not allowed" in err and "Traceback" not in err
+    out, err = capfd.readouterr()
+    assert said in err and "Traceback" not in err and "CREATE EXTERNAL TABLE" not in out
+    assert ("orders/_athena.sql" in read_objects(s3_bucket, "orders/")) is written  # registering comes after
 
 
 def test_the_command_line_prints_only_the_ddl_on_standard_output_so_it_can_be_saved(s3_server, s3_bucket):
