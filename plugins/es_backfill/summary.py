@@ -173,12 +173,13 @@ def write_table(
     athena = AthenaTable(table_name(config.backfill_name), table_location(config), typed, (days[0], days[-1]),
                          parquet=output_format == "parquet")  # fmt: skip
     ddl = athena.ddl()
-    if len(ddl.encode()) > ATHENA_QUERY_LIMIT:
+    data = ddl.encode()
+    if len(data) > ATHENA_QUERY_LIMIT:
         log.warning("_athena.sql is %s bytes, more than an Athena query takes (%s): register the table with "
-                    "glue_database (or the command line's table) instead of pasting it", len(ddl.encode()),
+                    "glue_database (or the command line's table) instead of pasting it", len(data),
                     ATHENA_QUERY_LIMIT)  # fmt: skip
     key = manifest.table_ddl_key(config)
-    store.put(key, ddl.encode(), content_type="application/sql")
+    store.put(key, data, content_type="application/sql")
     log.info("Wrote the table %s over %s: s3://%s/%s", athena.name, athena.location, config.s3_bucket, key)
     return athena, {"name": athena.name, "location": athena.location, "ddl_object": f"s3://{config.s3_bucket}/{key}",
                     "ddl": ddl}  # fmt: skip

@@ -5,11 +5,15 @@ by a rerun, and never put over another backfill's table."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import boto3
 import orjson
 import pytest
+from botocore.exceptions import ClientError
 
 from es_backfill.catalog import GlueCatalog
 from es_backfill.cli import main as cli
@@ -104,7 +108,8 @@ def test_a_missing_glue_database_fails_the_plan_naming_it(seeded_small, run_back
     assert read_objects(s3_bucket, "glue/") == {}
 
 
-DEFAULTS = load_defaults(Path(__file__).resolve().parents[2] / "include" / "backfill_defaults.json")
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULTS = load_defaults(ROOT / "include" / "backfill_defaults.json")
 
 
 def _config(bucket: str, **conf):
@@ -197,8 +202,6 @@ class DeniedGetDatabase(CreatedMeanwhile):
     """The Glue client of a role without glue:GetDatabase."""
 
     def get_database(self, **request):
-        from botocore.exceptions import ClientError
-
         raise ClientError({"Error": {"Code": "AccessDeniedException", "Message": "not allowed"}}, "GetDatabase")
 
 
@@ -227,15 +230,10 @@ def test_the_command_line_says_what_glue_refused_without_a_traceback_and_exits_1
 
 def test_the_command_line_prints_only_the_ddl_on_standard_output_so_it_can_be_saved(s3_server, s3_bucket):
     """Run as a user runs it (its own process, standard output to a file): Airflow's log lines go elsewhere."""
-    import os
-    import subprocess
-    import sys
-
     _planned(s3_server, s3_bucket)
     conf = {"start": "2024-03-01", "end": "2024-03-03", "s3_bucket": s3_bucket, "backfill_name": "orders"}
-    root = Path(__file__).resolve().parents[2]
-    env = {**os.environ, "PYTHONPATH": str(root / "plugins")}
-    done = subprocess.run([sys.executable, "-m", "es_backfill.cli", "table", "--conf", json.dumps(conf)], cwd=root,
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "plugins")}
+    done = subprocess.run([sys.executable, "-m", "es_backfill.cli", "table", "--conf", json.dumps(conf)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout == read_objects(s3_bucket, "orders/_athena.sql")["orders/_athena.sql"].decode()
